@@ -1,0 +1,220 @@
+"""Settings (from the environment) and the blueprint (`ephem.yaml`, what an environment is).
+
+Why: this is the only module that reads `os.environ`. Everything else receives a `Settings` or a
+`Blueprint` value, so tests build them explicitly and nothing changes behind their back.
+Invalid configuration fails at start with a message naming the file, the key path and what was
+expected, never with a trace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.domain import DataMode, parse_duration
+from bot.errors import ConfigError, UserError
+
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+
+class Settings(BaseSettings):
+    """Process settings. Names are the environment variables, case-insensitive."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    slack_bot_token: SecretStr = Field(default=SecretStr(""), alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr = Field(default=SecretStr(""), alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field(default=DEFAULT_SLACK_API_URL, alias="SLACK_API_URL")
+    database_url: str = Field(default="", alias="EPHEM_DATABASE_URL")
+    config: Path | None = Field(default=None, alias="EPHEM_CONFIG")
+    http_port: int = Field(default=3000, alias="EPHEM_HTTP_PORT", ge=0, le=65535)
+    http_host: str = Field(default="0.0.0.0", alias="EPHEM_HTTP_HOST")  # noqa: S104
+    workers: int = Field(default=4, alias="EPHEM_WORKERS", ge=0, le=64)
+    lease_seconds: float = Field(default=30.0, alias="EPHEM_LEASE_SECONDS", gt=0)
+    poll_seconds: float = Field(default=1.0, alias="EPHEM_POLL_SECONDS", gt=0)
+    grace_seconds: float = Field(default=60.0, alias="EPHEM_GRACE_SECONDS", ge=0)
+    scheduler_seconds: float = Field(default=60.0, alias="EPHEM_SCHEDULER_SECONDS", gt=0)
+    secret_key: SecretStr = Field(default=SecretStr(""), alias="EPHEM_SECRET_KEY")
+    log_level: str = Field(default="INFO", alias="EPHEM_LOG_LEVEL")
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _trailing_slash(cls, v: str) -> str:
+        return v if v.endswith("/") else v + "/"
+
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.slack_app_token and self.slack_app_token.get_secret_value())
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (and `.env`); `overrides` win. Raises ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "environment")) from None
+
+
+def env_var(name: str) -> str | None:
+    """The one sanctioned read of a single environment variable (e.g. a secret the blueprint
+    names by reference, or a test switch)."""
+    return os.environ.get(name)
+
+
+# --------------------------------------------------------------------------- blueprint
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+_ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+def _expand(value: object) -> object:
+    """`${VAR}` in a string is replaced by that environment variable (for secrets in URLs)."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            found = os.environ.get(m.group(1))
+            if found is None:
+                raise ValueError(f"environment variable {m.group(1)} is not set")
+            return found
+
+        return _ENV_REF.sub(sub, value)
+    return value
+
+
+Expanded = Annotated[str, BeforeValidator(_expand)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Strict):
+    ttl: Duration = timedelta(days=2)
+    max_ttl: Duration = timedelta(days=14)
+    reference: str | None = None
+    data: DataMode = DataMode.SEED
+    remind_before: Duration = timedelta(hours=4)
+
+
+class Channels(_Strict):
+    approvals: str | None = None
+
+
+class Reference(_Strict):
+    """A long-lived environment others are made to match (`--match staging`)."""
+
+    description: str = ""
+    releases: dict[str, str] = Field(default_factory=dict)
+
+
+class Component(_Strict):
+    image: str | None = None
+    description: str = ""
+
+
+class DataPhaseConfig(_Strict):
+    """Where per-environment databases live. `server` is an admin URL on the target server."""
+
+    server: Expanded | None = None
+    database_prefix: str = Field(default="ephem_", pattern=r"^[a-z_][a-z0-9_]{0,20}$")
+
+    @field_validator("server")
+    @classmethod
+    def _pg_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a postgresql:// URL")
+        return v
+
+
+class Phases(_Strict):
+    infra: dict[str, Any] | None = None
+    code: dict[str, Any] | None = None
+    data: DataPhaseConfig | None = None
+
+
+class Timeouts(_Strict):
+    infra: Duration = timedelta(minutes=30)
+    code: Duration = timedelta(minutes=15)
+    data: Duration = timedelta(minutes=15)
+
+
+class Retries(_Strict):
+    attempts: int = Field(default=3, ge=1, le=20)
+    backoff: Duration = timedelta(seconds=5)
+
+
+class Blueprint(_Strict):
+    version: Literal[1] = 1
+    project: str = "ephem"
+    defaults: Defaults = Defaults()
+    channels: Channels = Channels()
+    admins: list[str] = Field(default_factory=list)
+    references: dict[str, Reference] = Field(default_factory=dict)
+    components: dict[str, Component] = Field(default_factory=dict)
+    phases: Phases = Phases()
+    timeouts: Timeouts = Timeouts()
+    retries: Retries = Retries()
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {path}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def example_blueprint_path() -> Path:
+    """The example blueprint packaged with Ephem (also `examples/ephem.yaml` in the repo)."""
+    return Path(str(resources.files("bot") / "examples" / "ephem.yaml"))
+
+
+def load_blueprint(path: Path | None) -> Blueprint:
+    """Load and validate a blueprint file; the packaged example when `path` is None."""
+    path = path or example_blueprint_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (set EPHEM_CONFIG to your ephem.yaml)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_blueprint(raw if raw is not None else {}, source=str(path))
+
+
+def parse_blueprint(raw: object, *, source: str = "blueprint") -> Blueprint:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return Blueprint.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

@@ -1,0 +1,113 @@
+"""The seams between layers, as protocols and plain values.
+
+Why: `bot.slack` must call the command handlers and `bot.executor` must call the pipeline runner,
+yet `bot` may not import `handlers` or `pipelines`. Each side depends on these shapes only, and
+`bot.app` (the composition root) plugs the real implementations in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from bot.domain import JobKind, ProgressEvent
+
+# --------------------------------------------------------------------------- Slack edge → handlers
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Someone asked Ephem for something: a slash command, a mention, a button, a shell line."""
+
+    user_id: str
+    channel_id: str
+    text: str = ""
+    source: str = "slack"  # slack | mention | button | shell | scheduler
+    thread_ts: str | None = None
+
+
+class Visibility(StrEnum):
+    EPHEMERAL = "ephemeral"  # only the person who asked sees it
+    THREAD = "thread"  # in the environment's thread (the status card is its root)
+    CHANNEL = "channel"  # a new message in the channel
+    OWNER = "owner"  # only the environment's owner (ephemeral to them, or a DM)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Something to say back. Rendering and posting are the notifier's job."""
+
+    text: str
+    visibility: Visibility = Visibility.EPHEMERAL
+    env_id: int | None = None  # THREAD/OWNER replies: whose thread or owner
+    blocks: Sequence[dict[str, Any]] | None = None
+
+
+class CommandHandler(Protocol):
+    async def command(self, inv: Invocation) -> list[Reply]:
+        """Handle `/ephem …` text (also mentions and shell lines)."""
+        ...
+
+    async def action(self, inv: Invocation, *, action_id: str, value: str) -> list[Reply]:
+        """Handle a button click (`action_id` names the button, `value` carries its target)."""
+        ...
+
+
+# --------------------------------------------------------------------------- executor → runner
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    env_id: int
+    kind: JobKind
+    attempts: int
+    requested_by: str
+
+
+class OutcomeKind(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRY = "retry"  # a temporary failure: run the job again after `delay` seconds
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    kind: OutcomeKind
+    error: str | None = None
+    delay: float = 0.0
+
+
+class JobWork(Protocol):
+    async def __call__(self, job: ClaimedJob) -> JobOutcome:
+        """Run a claimed job to an outcome. CancelledError means: lease lost or shutting down."""
+        ...
+
+
+# --------------------------------------------------------------------------- pipelines → notifier
+
+
+class Events(Protocol):
+    async def progress(self, event: ProgressEvent) -> None:
+        """A phase moved; refresh the status card (and post `detail` if it is a milestone)."""
+        ...
+
+    async def to_owner(self, env_id: int, text: str) -> None:
+        """Say something to the environment's owner only (credentials)."""
+        ...
+
+
+@dataclass
+class RecordedEvents:
+    """An `Events` that keeps what it was told; for the shell's summary and for tests."""
+
+    progress_events: list[ProgressEvent] = field(default_factory=list)
+    owner_messages: list[tuple[int, str]] = field(default_factory=list)
+
+    async def progress(self, event: ProgressEvent) -> None:
+        self.progress_events.append(event)
+
+    async def to_owner(self, env_id: int, text: str) -> None:
+        self.owner_messages.append((env_id, text))

@@ -1,0 +1,162 @@
+"""SQLAlchemy 2.0 models for the bot's state. The schema is owned by the Alembic migrations in
+`bot/store/migrations`; a test compares the two so they cannot drift."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from bot.domain import (
+    DataMode,
+    EnvStatus,
+    JobKind,
+    JobStatus,
+    PhaseAction,
+    PhaseName,
+    PhaseStatus,
+)
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _enum(cls: type[Any], name: str) -> Enum:
+    return Enum(cls, name=name, values_callable=lambda e: [m.value for m in e])
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {
+        dict[str, Any]: JSONB,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class Environment(TimestampMixin, Base):
+    __tablename__ = "environments"
+    __table_args__ = (
+        # One live environment per name; a destroyed one frees its name.
+        Index(
+            "uq_environments_live_name",
+            "name",
+            unique=True,
+            postgresql_where=text("status <> 'destroyed'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    owner_id: Mapped[str] = mapped_column(String(64))
+    channel_id: Mapped[str] = mapped_column(String(64))
+    thread_ts: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[EnvStatus] = mapped_column(_enum(EnvStatus, "env_status"), index=True)
+    reference: Mapped[str | None] = mapped_column(String(63))
+    release_set: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    data_mode: Mapped[DataMode] = mapped_column(_enum(DataMode, "data_mode"))
+    data_snapshot: Mapped[str | None] = mapped_column(String(63))
+    reason: Mapped[str | None] = mapped_column(Text)
+    outputs: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    reminded_at: Mapped[datetime | None]
+    destroyed_at: Mapped[datetime | None]
+
+
+class Job(TimestampMixin, Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # The database itself enforces "one running job per environment".
+        Index(
+            "uq_jobs_running_env",
+            "env_id",
+            unique=True,
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index("ix_jobs_claimable", "status", "run_after"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    env_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"))
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    run_after: Mapped[datetime] = mapped_column(server_default=func.now())
+    requested_by: Mapped[str] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class PhaseRun(Base):
+    __tablename__ = "phase_runs"
+    __table_args__ = (Index("ix_phase_runs_env_phase", "env_id", "phase", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    env_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    phase: Mapped[PhaseName] = mapped_column(_enum(PhaseName, "phase_name"))
+    action: Mapped[PhaseAction] = mapped_column(_enum(PhaseAction, "phase_action"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[PhaseStatus] = mapped_column(_enum(PhaseStatus, "phase_status"))
+    detail: Mapped[str] = mapped_column(Text, server_default="")
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+    outputs: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(32))
+    env_id: Mapped[int | None] = mapped_column(
+        ForeignKey("environments.id", ondelete="SET NULL"), index=True
+    )
+    details: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+
+class SlackEventSeen(Base):
+    """Event ids already handled, so Slack's retries (X-Slack-Retry-Num) run nothing twice."""
+
+    __tablename__ = "slack_events_seen"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)

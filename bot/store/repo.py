@@ -1,0 +1,214 @@
+"""Repositories: named queries over the models. They flush, never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.domain import (
+    LIVE_STATUSES,
+    DataMode,
+    EnvStatus,
+    JobKind,
+    JobStatus,
+    PhaseAction,
+    PhaseName,
+    PhaseStatus,
+    env_transition,
+    job_transition,
+)
+from bot.errors import UserError
+from bot.store.models import AuditEvent, Environment, Job, PhaseRun, SlackEventSeen
+
+JOBS_CHANNEL = "ephem_jobs"
+
+# --------------------------------------------------------------------------- environments
+
+
+async def create_environment(
+    s: AsyncSession,
+    *,
+    name: str,
+    owner_id: str,
+    channel_id: str,
+    reference: str | None,
+    release_set: dict[str, str],
+    data_mode: DataMode,
+    data_snapshot: str | None,
+    reason: str | None,
+    expires_at: datetime,
+) -> Environment:
+    """Insert a queued environment; a live environment with the same name is a UserError."""
+    env = Environment(
+        name=name,
+        owner_id=owner_id,
+        channel_id=channel_id,
+        status=EnvStatus.QUEUED,
+        reference=reference,
+        release_set=dict(release_set),
+        data_mode=data_mode,
+        data_snapshot=data_snapshot,
+        reason=reason,
+        expires_at=expires_at,
+        outputs={},
+    )
+    try:
+        async with s.begin_nested():
+            s.add(env)
+            await s.flush()
+    except IntegrityError:
+        raise UserError(
+            f"An environment named `{name}` already exists. Pick another name, "
+            f"or `/ephem destroy {name}` first."
+        ) from None
+    return env
+
+
+async def get_environment(s: AsyncSession, env_id: int, *, for_update: bool = False) -> Environment:
+    stmt = select(Environment).where(Environment.id == env_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await s.execute(stmt)).scalar_one()
+
+
+async def find_live_environment(
+    s: AsyncSession, name: str, *, for_update: bool = False
+) -> Environment | None:
+    stmt = select(Environment).where(
+        Environment.name == name, Environment.status.in_(LIVE_STATUSES)
+    )
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await s.execute(stmt)).scalar_one_or_none()
+
+
+async def live_environments(s: AsyncSession, *, owner_id: str | None = None) -> Sequence[Environment]:
+    stmt = select(Environment).where(Environment.status.in_(LIVE_STATUSES))
+    if owner_id is not None:
+        stmt = stmt.where(Environment.owner_id == owner_id)
+    return (await s.execute(stmt.order_by(Environment.created_at, Environment.id))).scalars().all()
+
+
+async def live_names(s: AsyncSession) -> set[str]:
+    stmt = select(Environment.name).where(Environment.status.in_(LIVE_STATUSES))
+    return set((await s.execute(stmt)).scalars().all())
+
+
+async def set_status(s: AsyncSession, env: Environment, target: EnvStatus) -> None:
+    """Move an environment to `target`; an illegal transition raises IllegalTransition."""
+    env.status = env_transition(env.status, target)
+    if target is EnvStatus.DESTROYED:
+        env.destroyed_at = func.now()  # type: ignore[assignment]
+    await s.flush()
+
+
+async def expiring(s: AsyncSession, *, before: datetime) -> Sequence[Environment]:
+    """Ready or failed environments whose expiry is earlier than `before`."""
+    stmt = select(Environment).where(
+        Environment.status.in_((EnvStatus.READY, EnvStatus.FAILED)),
+        Environment.expires_at < before,
+    )
+    return (await s.execute(stmt.order_by(Environment.expires_at))).scalars().all()
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+async def enqueue_job(
+    s: AsyncSession, *, env_id: int, kind: JobKind, requested_by: str
+) -> Job:
+    """Queue a job; executors LISTENing on `ephem_jobs` are woken when the transaction commits."""
+    job = Job(env_id=env_id, kind=kind, status=JobStatus.QUEUED, requested_by=requested_by)
+    s.add(job)
+    await s.flush()
+    await s.execute(select(func.pg_notify(JOBS_CHANNEL, str(job.id))))
+    return job
+
+
+async def pending_jobs(s: AsyncSession, env_id: int) -> Sequence[Job]:
+    """Jobs of an environment that are queued or running, oldest first."""
+    stmt = select(Job).where(
+        Job.env_id == env_id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
+    )
+    return (await s.execute(stmt.order_by(Job.id))).scalars().all()
+
+
+async def cancel_queued_jobs(s: AsyncSession, env_id: int, *, kind: JobKind) -> int:
+    """Cancel jobs of `kind` that have not started; returns how many."""
+    job_transition(JobStatus.QUEUED, JobStatus.CANCELLED)
+    result = await s.execute(
+        update(Job)
+        .where(Job.env_id == env_id, Job.kind == kind, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, finished_at=func.now())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- phase runs
+
+
+async def latest_phase_runs(s: AsyncSession, env_id: int) -> dict[PhaseName, PhaseRun]:
+    """The most recent run of each phase of an environment."""
+    stmt = (
+        select(PhaseRun)
+        .where(PhaseRun.env_id == env_id)
+        .order_by(PhaseRun.phase, PhaseRun.id.desc())
+        .distinct(PhaseRun.phase)
+    )
+    return {run.phase: run for run in (await s.execute(stmt)).scalars().all()}
+
+
+async def start_phase_run(
+    s: AsyncSession, *, env_id: int, job_id: int, phase: PhaseName, action: PhaseAction,
+    status: PhaseStatus = PhaseStatus.RUNNING, detail: str = "",
+) -> PhaseRun:
+    count = await s.scalar(
+        select(func.count()).where(
+            PhaseRun.env_id == env_id, PhaseRun.phase == phase, PhaseRun.action == action
+        )
+    )
+    run = PhaseRun(
+        env_id=env_id, job_id=job_id, phase=phase, action=action,
+        attempt=int(count or 0) + 1, status=status, detail=detail, outputs={},
+    )
+    s.add(run)
+    await s.flush()
+    return run
+
+
+async def abandon_running_phase_runs(s: AsyncSession, env_id: int) -> int:
+    """Mark runs left `running` by a dead process as abandoned; returns how many."""
+    result = await s.execute(
+        update(PhaseRun)
+        .where(PhaseRun.env_id == env_id, PhaseRun.status == PhaseStatus.RUNNING)
+        .values(status=PhaseStatus.ABANDONED, finished_at=func.now(),
+                error="the process running it stopped")
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- audit, dedupe
+
+
+async def audit(
+    s: AsyncSession, *, actor: str, action: str, source: str,
+    env_id: int | None = None, details: dict[str, Any] | None = None,
+) -> None:
+    s.add(AuditEvent(actor=actor, action=action, source=source, env_id=env_id,
+                     details=details or {}))
+    await s.flush()
+
+
+async def first_sighting(s: AsyncSession, event_id: str) -> bool:
+    """Record a Slack event id; True the first time it is seen, False for a retry."""
+    result = await s.execute(
+        insert(SlackEventSeen).values(event_id=event_id).on_conflict_do_nothing()
+        .returning(SlackEventSeen.event_id)
+    )
+    return result.scalar_one_or_none() is not None

@@ -1,0 +1,62 @@
+"""The state store on a real PostgreSQL: constraints and transitions the rest relies on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
+from bot.errors import IllegalTransition, UserError
+from bot.store import Store
+from bot.store import repo
+from bot.store.models import Job
+
+
+async def _env(store: Store, name: str = "pr-1") -> int:
+    async with store.transaction() as s:
+        env = await repo.create_environment(
+            s, name=name, owner_id="U1", channel_id="C1", reference="staging",
+            release_set={"api": "1.0"}, data_mode=DataMode.SEED, data_snapshot=None,
+            reason=None, expires_at=datetime.now(UTC) + timedelta(days=1),
+        )
+        return env.id
+
+
+async def test_live_name_is_unique_until_destroyed(store: Store) -> None:
+    env_id = await _env(store)
+    with pytest.raises(UserError, match="already exists"):
+        await _env(store)
+    async with store.transaction() as s:
+        env = await repo.get_environment(s, env_id)
+        await repo.set_status(s, env, EnvStatus.DESTROYING)
+        await repo.set_status(s, env, EnvStatus.DESTROYED)
+    assert await _env(store) != env_id  # the name is free again
+
+
+async def test_illegal_transition_raises(store: Store) -> None:
+    env_id = await _env(store)
+    async with store.transaction() as s:
+        env = await repo.get_environment(s, env_id)
+        with pytest.raises(IllegalTransition, match="queued to ready"):
+            await repo.set_status(s, env, EnvStatus.READY)
+
+
+async def test_one_running_job_per_environment_is_enforced_by_the_database(store: Store) -> None:
+    env_id = await _env(store)
+    async with store.transaction() as s:
+        s.add(Job(env_id=env_id, kind=JobKind.CREATE, status=JobStatus.RUNNING,
+                  requested_by="U1"))
+    with pytest.raises(IntegrityError):
+        async with store.transaction() as s:
+            s.add(Job(env_id=env_id, kind=JobKind.DESTROY, status=JobStatus.RUNNING,
+                      requested_by="U1"))
+
+
+async def test_slack_event_ids_are_seen_once(store: Store) -> None:
+    async with store.transaction() as s:
+        assert await repo.first_sighting(s, "Ev1") is True
+    async with store.transaction() as s:
+        assert await repo.first_sighting(s, "Ev1") is False
+        assert await repo.first_sighting(s, "Ev2") is True
