@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -104,7 +104,7 @@ async def set_status(s: AsyncSession, env: Environment, target: EnvStatus) -> No
     """Move an environment to `target`; an illegal transition raises IllegalTransition."""
     env.status = env_transition(env.status, target)
     if target is EnvStatus.DESTROYED:
-        env.destroyed_at = func.now()  # type: ignore[assignment]
+        env.destroyed_at = func.now()
     await s.flush()
 
 
@@ -159,7 +159,7 @@ async def latest_phase_runs(s: AsyncSession, env_id: int) -> dict[PhaseName, Pha
         select(PhaseRun)
         .where(PhaseRun.env_id == env_id)
         .order_by(PhaseRun.phase, PhaseRun.id.desc())
-        .distinct(PhaseRun.phase)
+        .ext(distinct_on(PhaseRun.phase))
     )
     return {run.phase: run for run in (await s.execute(stmt)).scalars().all()}
 
@@ -212,3 +212,9 @@ async def first_sighting(s: AsyncSession, event_id: str) -> bool:
         .returning(SlackEventSeen.event_id)
     )
     return result.scalar_one_or_none() is not None
+
+
+async def last_job_kind(s: AsyncSession, env_id: int) -> JobKind | None:
+    """The kind of the environment's most recent job (what a Retry repeats)."""
+    stmt = select(Job.kind).where(Job.env_id == env_id).order_by(Job.id.desc()).limit(1)
+    return (await s.execute(stmt)).scalar_one_or_none()

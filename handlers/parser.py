@@ -1,0 +1,258 @@
+"""The `/ephem` grammar: text in, one of three results out — run a command, reply with text, or
+ignore. No I/O, no blueprint: validation against the blueprint happens in `handlers.commands`.
+
+Why pure: the grammar is the most-tested surface of the bot (a table of inputs and results), and
+it must never raise on anything a person can type.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from bot.domain import DataMode, DataRequest, EnvRequest, parse_duration, validate_name
+from bot.errors import UserError
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Create:
+    request: EnvRequest
+
+
+@dataclass(frozen=True)
+class ListEnvs:
+    mine: bool = False
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+
+
+@dataclass(frozen=True)
+class Destroy:
+    name: str
+
+
+@dataclass(frozen=True)
+class Extend:
+    name: str
+    by: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Help:
+    topic: str | None = None
+
+
+Command = Create | ListEnvs | Status | Destroy | Extend | Help
+
+
+@dataclass(frozen=True)
+class Run:
+    command: Command
+
+
+@dataclass(frozen=True)
+class Say:
+    """Reply with this text (a usage message naming what was wrong)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Nothing to do (e.g. a mention with no text after it)."""
+
+    why: str = field(default="")
+
+
+Parsed = Run | Say | Ignore
+
+# --------------------------------------------------------------------------- usage
+
+CREATE_USAGE = (
+    "/ephem create [NAME] [--match ENV] [--set COMPONENT=VERSION]… [--ttl DURATION] "
+    "[--data none|seed|snapshot[:NAME]] [--reason TEXT]"
+)
+USAGE = {
+    "create": CREATE_USAGE,
+    "list": "/ephem list [--mine]",
+    "status": "/ephem status NAME",
+    "destroy": "/ephem destroy NAME",
+    "extend": "/ephem extend NAME [DURATION]",
+    "help": "/ephem help [COMMAND]",
+}
+VERBS = tuple(USAGE)
+
+
+def usage(verb: str | None = None) -> str:
+    if verb in USAGE:
+        return f"Usage: `{USAGE[verb]}`"
+    lines = "\n".join(f"• `{u}`" for u in USAGE.values())
+    return f"Ephem makes throw-away copies of your system. Commands:\n{lines}"
+
+
+def _wrong(verb: str, what: str) -> Say:
+    return Say(f"{what}\n{usage(verb)}")
+
+
+# --------------------------------------------------------------------------- parsing
+
+_QUOTES = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"})
+_MENTION = re.compile(r"^\s*<@[A-Z0-9]+(\|[^>]*)?>\s*")
+_COMPONENT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_CREATE_OPTS = ("--match", "--set", "--ttl", "--data", "--reason")
+
+
+def normalize(text: str) -> str:
+    """Undo what Slack does to typed text: HTML escapes, smart quotes, a leading mention."""
+    text = html.unescape(text).translate(_QUOTES)
+    return _MENTION.sub("", text).strip()
+
+
+def parse(text: str) -> Parsed:
+    """Parse the text after `/ephem`. Never raises."""
+    text = normalize(text)
+    if not text:
+        return Run(Help())
+    try:
+        tokens = shlex.split(text)
+    except ValueError:
+        return Say(f"I could not read that: a quote is not closed.\n{usage()}")
+    verb, args = tokens[0].lower(), tokens[1:]
+    if verb in ("help", "-h", "--help"):
+        return Run(Help(args[0].lower() if args else None))
+    if verb not in VERBS:
+        return Say(f"`{tokens[0]}` is not a command I know.\n{usage()}")
+    if "--help" in args or "-h" in args:
+        return Say(usage(verb))
+    try:
+        if verb == "create":
+            return _create(args)
+        if verb == "list":
+            return _list(args)
+        if verb == "extend":
+            return _extend(args)
+        return _named(verb, args)
+    except UserError as exc:
+        return _wrong(verb, str(exc))
+
+
+def _single_name(verb: str, args: list[str]) -> str:
+    if not args:
+        raise UserError(f"`{verb}` needs the name of an environment.")
+    if args[0].startswith("-"):
+        raise UserError(f"`{verb}` takes no option `{args[0]}`.")
+    return validate_name(args[0].lower())
+
+
+def _named(verb: str, args: list[str]) -> Parsed:
+    name = _single_name(verb, args)
+    if len(args) > 1:
+        raise UserError(f"`{verb}` takes one name; I do not know what to do with `{args[1]}`.")
+    return Run(Status(name) if verb == "status" else Destroy(name))
+
+
+def _list(args: list[str]) -> Parsed:
+    if not args:
+        return Run(ListEnvs())
+    if args == ["--mine"]:
+        return Run(ListEnvs(mine=True))
+    raise UserError(f"`list` does not take `{' '.join(args)}`.")
+
+
+def _extend(args: list[str]) -> Parsed:
+    name = _single_name("extend", args)
+    if len(args) > 2:
+        raise UserError(f"`extend` takes a name and a duration; `{args[2]}` is extra.")
+    by = parse_duration(args[1]) if len(args) == 2 else None
+    return Run(Extend(name, by))
+
+
+def _split_option(token: str, rest: list[str]) -> tuple[str, str | None]:
+    """`--ttl=2d` or `--ttl 2d` → ("--ttl", "2d"), consuming from `rest` as needed."""
+    if "=" in token:
+        opt, _, value = token.partition("=")
+        return opt, value
+    if rest and not rest[0].startswith("--"):
+        return token, rest.pop(0)
+    return token, None
+
+
+def _create(args: list[str]) -> Parsed:
+    rest = list(args)
+    name: str | None = None
+    if rest and not rest[0].startswith("-"):
+        name = validate_name(rest.pop(0).lower())
+    match: str | None = None
+    overrides: dict[str, str] = {}
+    ttl: timedelta | None = None
+    data: DataRequest | None = None
+    reason: str | None = None
+    while rest:
+        token = rest.pop(0)
+        if token.startswith("-") and not token.startswith("--"):
+            raise UserError(f"`create` has no option `{token}`.")
+        if not token.startswith("--"):
+            raise UserError(
+                f"I did not expect `{token}` here"
+                + (" — the name goes right after `create`." if name is None else ".")
+            )
+        opt = token.partition("=")[0].lower()
+        if opt not in _CREATE_OPTS:
+            raise UserError(f"`create` has no option `{opt}`.")
+        if opt == "--reason":
+            words = [token.partition("=")[2]] if "=" in token else []
+            while rest and rest[0].lower().partition("=")[0] not in _CREATE_OPTS:
+                words.append(rest.pop(0))
+            reason = " ".join(w for w in words if w).strip()
+            if not reason:
+                raise UserError("`--reason` needs some text.")
+            if len(reason) > 500:
+                raise UserError("`--reason` is longer than 500 characters.")
+            continue
+        _, value = _split_option(token, rest)
+        if value is None or not value:
+            raise UserError(f"`{opt}` needs a value.")
+        if opt == "--match":
+            if match is not None:
+                raise UserError("`--match` is given twice.")
+            match = validate_name(value.lower())
+        elif opt == "--set":
+            for pair in value.split(","):
+                component, sep, version = pair.partition("=")
+                component = component.strip().lower()
+                version = version.strip()
+                if not sep or not _COMPONENT.match(component) or not _VERSION.match(version):
+                    raise UserError(
+                        f"`--set {pair}` is not COMPONENT=VERSION (like `--set api=2.8.0-rc1`)."
+                    )
+                if component in overrides and overrides[component] != version:
+                    raise UserError(f"`{component}` is set twice, to two versions.")
+                overrides[component] = version
+        elif opt == "--ttl":
+            ttl = parse_duration(value)
+        else:  # --data
+            data = _data(value)
+    return Run(Create(EnvRequest(name=name, match=match, overrides=overrides, ttl=ttl,
+                                 data=data, reason=reason)))
+
+
+def _data(value: str) -> DataRequest:
+    mode_text, sep, snapshot = value.lower().partition(":")
+    try:
+        mode = DataMode(mode_text)
+    except ValueError:
+        raise UserError(f"`--data {value}`: use `none`, `seed` or `snapshot[:NAME]`.") from None
+    if sep and mode is not DataMode.SNAPSHOT:
+        raise UserError(f"`--data {value}`: only `snapshot` takes a name.")
+    if sep:
+        validate_name(snapshot)
+    return DataRequest(mode, snapshot or None)

@@ -1,0 +1,160 @@
+"""Command handlers against a real store: what each command persists and what it answers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.config import parse_blueprint
+from bot.domain import EnvStatus, JobKind, JobStatus
+from bot.ports import Invocation, Visibility
+from bot.store import Store, repo
+from bot.store.models import AuditEvent, Environment, Job
+from handlers.commands import Commands
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+BLUEPRINT = parse_blueprint({
+    "admins": ["UADMIN"],
+    "defaults": {"ttl": "1d", "max_ttl": "3d", "reference": "staging"},
+    "references": {"staging": {"releases": {"api": "2.7.3", "web": "5.1.0"}}},
+    "components": {"api": {}, "web": {}},
+    "phases": {"data": {}},
+})
+
+
+@pytest.fixture
+def commands(store: Store) -> Commands:
+    return Commands(store=store, blueprint=BLUEPRINT, clock=lambda: NOW)
+
+
+def inv(text: str, user: str = "UANA") -> Invocation:
+    return Invocation(user_id=user, channel_id="CENV", text=text)
+
+
+async def _count(store: Store, model: type[object]) -> int:
+    async with store.transaction() as s:
+        return int(await s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_create_persists_environment_job_and_audit(commands: Commands,
+                                                         store: Store) -> None:
+    replies = await commands.command(inv("create pr-142 --set api=2.8.0-rc1 --ttl 2d"))
+    assert len(replies) == 1 and replies[0].visibility is Visibility.THREAD
+    async with store.transaction() as s:
+        env = await repo.find_live_environment(s, "pr-142")
+        assert env is not None
+        assert replies[0].env_id == env.id
+        assert env.owner_id == "UANA" and env.channel_id == "CENV"
+        assert env.status is EnvStatus.QUEUED
+        assert env.release_set == {"api": "2.8.0-rc1", "web": "5.1.0"}
+        assert env.reference == "staging"
+        assert env.expires_at == NOW + timedelta(days=2)
+        jobs = (await s.execute(select(Job))).scalars().all()
+        assert [(j.env_id, j.kind, j.status) for j in jobs] == [
+            (env.id, JobKind.CREATE, JobStatus.QUEUED)]
+        audit = (await s.execute(select(AuditEvent))).scalars().one()
+        assert (audit.actor, audit.action, audit.env_id) == ("UANA", "create", env.id)
+    assert "api=2.8.0-rc1" in replies[0].text
+
+
+async def test_create_without_a_name_generates_a_unique_one(commands: Commands,
+                                                           store: Store) -> None:
+    for _ in range(5):
+        await commands.command(inv("create --match staging"))
+    async with store.transaction() as s:
+        names = await repo.live_names(s)
+    assert len(names) == 5
+    assert all(n[0].isalpha() and len(n) <= 40 for n in names)
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("create --match prod", "no reference environment `prod`"),
+    ("create --set db=1.0", "unknown components: db"),
+    ("create --ttl 4d", "longer than the 3d"),
+    ("create --data snapshot", "has none configured"),
+    ("create pr_1", "not a valid name"),
+])
+async def test_invalid_create_is_answered_and_persists_nothing(
+    commands: Commands, store: Store, text: str, fragment: str
+) -> None:
+    replies = await commands.command(inv(text))
+    assert len(replies) == 1 and replies[0].visibility is Visibility.EPHEMERAL
+    assert fragment in replies[0].text
+    assert await _count(store, Environment) == 0
+    assert await _count(store, Job) == 0
+
+
+async def test_duplicate_live_name_is_refused(commands: Commands) -> None:
+    await commands.command(inv("create pr-1"))
+    replies = await commands.command(inv("create pr-1", user="UBOB"))
+    assert "already exists" in replies[0].text
+
+
+async def test_destroy_is_refused_for_others_and_allowed_for_admins(
+    commands: Commands, store: Store
+) -> None:
+    await commands.command(inv("create pr-1"))
+    refused = await commands.command(inv("destroy pr-1", user="UBOB"))
+    assert "belongs to <@UANA>" in refused[0].text
+    allowed = await commands.command(inv("destroy pr-1", user="UADMIN"))
+    assert allowed[0].visibility is Visibility.THREAD
+    async with store.transaction() as s:
+        kinds = [(j.kind, j.status) for j in (await s.execute(select(Job).order_by(Job.id)))
+                 .scalars()]
+    # The queued create was cancelled; the destroy is queued.
+    assert kinds == [(JobKind.CREATE, JobStatus.CANCELLED), (JobKind.DESTROY, JobStatus.QUEUED)]
+    again = await commands.command(inv("destroy pr-1"))
+    assert "already being destroyed" in again[0].text
+
+
+async def test_extend_adds_time_and_is_capped(commands: Commands, store: Store) -> None:
+    await commands.command(inv("create pr-1"))  # expires NOW + 1d
+    await commands.command(inv("extend pr-1 1d"))
+    async with store.transaction() as s:
+        env = await repo.find_live_environment(s, "pr-1")
+        assert env is not None and env.expires_at == NOW + timedelta(days=2)
+    capped = await commands.command(inv("extend pr-1 5d"))
+    assert "capped" in capped[0].text
+    async with store.transaction() as s:
+        env = await repo.find_live_environment(s, "pr-1")
+        assert env is not None and env.expires_at == NOW + timedelta(days=3)
+
+
+async def test_retry_only_for_failed_and_repeats_the_last_job_kind(
+    commands: Commands, store: Store
+) -> None:
+    await commands.command(inv("create pr-1"))
+    not_failed = await commands.action(inv(""), action_id="retry", value="pr-1")
+    assert "not failed" in not_failed[0].text
+    async with store.transaction() as s:
+        env = await repo.find_live_environment(s, "pr-1")
+        assert env is not None
+        job = (await s.execute(select(Job))).scalars().one()
+        job.status = JobStatus.FAILED
+        await repo.set_status(s, env, EnvStatus.CREATING)
+        await repo.set_status(s, env, EnvStatus.FAILED)
+    retried = await commands.action(inv(""), action_id="retry", value="pr-1")
+    assert retried[0].visibility is Visibility.THREAD
+    async with store.transaction() as s:
+        jobs = (await s.execute(select(Job).order_by(Job.id))).scalars().all()
+    assert [(j.kind, j.status) for j in jobs][-1] == (JobKind.CREATE, JobStatus.QUEUED)
+
+
+async def test_list_and_status(commands: Commands) -> None:
+    empty = await commands.command(inv("list"))
+    assert "No live environments" in empty[0].text
+    await commands.command(inv("create pr-1"))
+    await commands.command(inv("create pr-2", user="UBOB"))
+    listed = await commands.command(inv("list --mine"))
+    assert "pr-1" in listed[0].text and "pr-2" not in listed[0].text
+    status = await commands.command(inv("status pr-2"))
+    assert "*pr-2* is queued" in status[0].text and "data: pending" in status[0].text
+    missing = await commands.command(inv("status nope"))
+    assert "no live environment named `nope`" in missing[0].text
+
+
+async def test_unknown_button_is_answered(commands: Commands) -> None:
+    replies = await commands.action(inv(""), action_id="explode", value="x")
+    assert "not one I know" in replies[0].text

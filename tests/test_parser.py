@@ -1,0 +1,107 @@
+"""The `/ephem` grammar as a table: input text → the result it must produce."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from bot.domain import DataMode, DataRequest, EnvRequest
+from handlers.parser import (
+    Create,
+    Destroy,
+    Extend,
+    Help,
+    ListEnvs,
+    Run,
+    Say,
+    Status,
+    parse,
+)
+
+RUNS = [
+    ("", Help()),
+    ("help", Help()),
+    ("help create", Help("create")),
+    ("create", Create(EnvRequest())),
+    ("create --match staging", Create(EnvRequest(match="staging"))),
+    ("create pr-142", Create(EnvRequest(name="pr-142"))),
+    ("create PR-142", Create(EnvRequest(name="pr-142"))),
+    (
+        "create pr-142 --match staging --set api=2.8.0-rc1 --data snapshot --ttl 2d",
+        Create(EnvRequest(name="pr-142", match="staging", overrides={"api": "2.8.0-rc1"},
+                          ttl=timedelta(days=2), data=DataRequest(DataMode.SNAPSHOT))),
+    ),
+    ("create --set api=1.2,web=3.4 --set worker=1.2",
+     Create(EnvRequest(overrides={"api": "1.2", "web": "3.4", "worker": "1.2"}))),
+    ("create --ttl=90m", Create(EnvRequest(ttl=timedelta(minutes=90)))),
+    ("create --ttl 1d12h", Create(EnvRequest(ttl=timedelta(hours=36)))),
+    ("create --data none", Create(EnvRequest(data=DataRequest(DataMode.NONE)))),
+    ("create --data snapshot:nightly",
+     Create(EnvRequest(data=DataRequest(DataMode.SNAPSHOT, "nightly")))),
+    ("create --reason testing the new checkout --ttl 8h",
+     Create(EnvRequest(reason="testing the new checkout", ttl=timedelta(hours=8)))),
+    ('create --reason "quoted reason"', Create(EnvRequest(reason="quoted reason"))),
+    ("create --reason “smart quotes” here", Create(EnvRequest(reason="smart quotes here"))),
+    ("<@U0BOT> create demo", Create(EnvRequest(name="demo"))),
+    ("create --set api=2.8.0&amp;x", None),  # `&` unescaped → not a valid version (see SAYS)
+    ("list", ListEnvs()),
+    ("list --mine", ListEnvs(mine=True)),
+    ("status pr-142", Status("pr-142")),
+    ("STATUS pr-142", Status("pr-142")),
+    ("destroy pr-142", Destroy("pr-142")),
+    ("extend pr-142", Extend("pr-142")),
+    ("extend pr-142 3d", Extend("pr-142", timedelta(days=3))),
+]
+
+SAYS = [
+    ("frobnicate", "not a command I know"),
+    ("create pr_142", "not a valid name"),
+    ("create -pr", "has no option"),
+    ("create " + "a" * 41, "at most 40"),
+    ("create --match", "`--match` needs a value"),
+    ("create --match staging --match prod", "given twice"),
+    ("create --set api", "is not COMPONENT=VERSION"),
+    ("create --set api=", "is not COMPONENT=VERSION"),
+    ("create --set api=1 --set api=2", "set twice"),
+    ("create --set api=2.8.0&amp;x", "is not COMPONENT=VERSION"),
+    ("create --ttl forever", "not a duration"),
+    ("create --ttl 0m", "zero"),
+    ("create --data everything", "use `none`, `seed` or `snapshot"),
+    ("create --data seed:x", "only `snapshot` takes a name"),
+    ("create --reason", "needs some text"),
+    ("create --colour blue", "no option `--colour`"),
+    ("create pr-1 pr-2", "I did not expect `pr-2`"),
+    ('create --reason "open', "quote is not closed"),
+    ("status", "needs the name"),
+    ("destroy a b", "takes one name"),
+    ("list --all", "does not take"),
+    ("extend pr-1 soon", "not a duration"),
+    ("create --help", "Usage: `/ephem create"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [r for r in RUNS if r[1] is not None])
+def test_runs(text: str, expected: object) -> None:
+    assert parse(text) == Run(expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "fragment"), SAYS)
+def test_says_what_was_wrong(text: str, fragment: str) -> None:
+    result = parse(text)
+    assert isinstance(result, Say), result
+    assert fragment in result.text
+
+
+@pytest.mark.parametrize("text", ["create --x", "status", "create a b", "zzz"])
+def test_wrong_input_reply_carries_usage(text: str) -> None:
+    result = parse(text)
+    assert isinstance(result, Say)
+    assert "/ephem" in result.text
+
+
+def test_parser_never_raises_on_junk() -> None:
+    junk = ["--", "create --set =", "create '", "\x00", "create --ttl=", "extend -x 1d",
+            "create --data snapshot:", "create --set ,,", "🙂", "create --reason=--ttl"]
+    for text in junk:
+        assert isinstance(parse(text), Run | Say)
