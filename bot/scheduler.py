@@ -1,0 +1,113 @@
+"""Time-driven work: expiry reminders and the reaper.
+
+Why here and not in a handler: nobody types these; they happen because time passed. Each tick is
+one transaction per environment, safe to run in several bot processes at once (rows are locked
+with SKIP LOCKED, so two schedulers never remind or reap the same environment twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from bot.domain import EnvStatus, JobKind
+from bot.store import Store, repo
+from bot.store.models import Environment
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_ACTOR = "ephem"
+
+Remind = Callable[[int], Awaitable[None]]
+Reaped = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class TickResult:
+    reminded: list[int]
+    reaped: list[int]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        remind_before: timedelta,
+        remind: Remind,
+        reaped: Reaped,
+        interval: float = 60.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.remind_before = remind_before
+        self.remind = remind
+        self.reaped = reaped
+        self.interval = interval
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> TickResult:
+        """One pass: remind owners of environments about to expire, reap expired ones."""
+        now = self.clock()
+        reminded: list[int] = []
+        reaped: list[int] = []
+        live = (EnvStatus.READY, EnvStatus.FAILED)
+        async with self.store.transaction() as s:
+            due = (await s.execute(
+                select(Environment).where(
+                    Environment.status.in_(live),
+                    Environment.reminded_at.is_(None),
+                    Environment.expires_at > now,
+                    Environment.expires_at <= now + self.remind_before,
+                ).with_for_update(skip_locked=True)
+            )).scalars().all()
+            for env in due:
+                env.reminded_at = now
+                reminded.append(env.id)
+        async with self.store.transaction() as s:
+            expired = (await s.execute(
+                select(Environment).where(
+                    Environment.status.in_(live), Environment.expires_at <= now,
+                ).with_for_update(skip_locked=True)
+            )).scalars().all()
+            for env in expired:
+                if await repo.pending_jobs(s, env.id):
+                    continue
+                await repo.enqueue_job(s, env_id=env.id, kind=JobKind.DESTROY,
+                                       requested_by=SCHEDULER_ACTOR)
+                await repo.audit(s, actor=SCHEDULER_ACTOR, action="reap", source="scheduler",
+                                 env_id=env.id, details={"expired_at": env.expires_at.isoformat()})
+                reaped.append(env.id)
+        # Slack is written after commit, so a failed post never undoes the bookkeeping.
+        for env_id in reminded:
+            await self.remind(env_id)
+        for env_id in reaped:
+            await self.reaped(env_id)
+        return TickResult(reminded=reminded, reaped=reaped)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler tick failed; trying again in %.0fs", self.interval)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="ephem-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

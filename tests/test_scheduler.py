@@ -1,0 +1,60 @@
+"""Reminders and the reaper, on a real store with an explicit clock (no sleeping)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
+from bot.scheduler import Scheduler
+from bot.store import Store, repo
+from bot.store.models import AuditEvent, Job
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+async def _ready_env(store: Store, name: str, expires_in: timedelta) -> int:
+    async with store.transaction() as s:
+        env = await repo.create_environment(
+            s, name=name, owner_id="UANA", channel_id="C1", reference=None, release_set={},
+            data_mode=DataMode.NONE, data_snapshot=None, reason=None,
+            expires_at=NOW + expires_in,
+        )
+        await repo.set_status(s, env, EnvStatus.CREATING)
+        await repo.set_status(s, env, EnvStatus.READY)
+        return env.id
+
+
+async def test_reminds_once_and_reaps_expired(store: Store) -> None:
+    soon = await _ready_env(store, "soon", timedelta(hours=1))
+    later = await _ready_env(store, "later", timedelta(days=1))
+    gone = await _ready_env(store, "gone", timedelta(minutes=-5))
+    reminded: list[int] = []
+    reaped: list[int] = []
+
+    async def remind(env_id: int) -> None:
+        reminded.append(env_id)
+
+    async def on_reaped(env_id: int) -> None:
+        reaped.append(env_id)
+
+    clock = [NOW]
+    sched = Scheduler(store=store, remind_before=timedelta(hours=4), remind=remind,
+                      reaped=on_reaped, clock=lambda: clock[0])
+    first = await sched.tick()
+    assert first.reminded == [soon] and first.reaped == [gone]
+    second = await sched.tick()  # nothing twice: reminded_at is set, the destroy is queued
+    assert second.reminded == [] and second.reaped == []
+    assert reminded == [soon] and reaped == [gone]
+
+    async with store.transaction() as s:
+        jobs = (await s.execute(select(Job))).scalars().all()
+        assert [(j.env_id, j.kind, j.status, j.requested_by) for j in jobs] == [
+            (gone, JobKind.DESTROY, JobStatus.QUEUED, "ephem")]
+        audit = (await s.execute(select(AuditEvent))).scalars().one()
+        assert (audit.action, audit.env_id) == ("reap", gone)
+
+    clock[0] = NOW + timedelta(hours=21)  # `later` is now within 4h of expiry
+    third = await sched.tick()
+    assert third.reminded == [later]
