@@ -18,7 +18,12 @@ config = context.config
 target_metadata = Base.metadata
 
 
+# Several replicas may start at once; one migrates, the others wait and find nothing to do.
+_MIGRATION_LOCK = 0x6570_6865_6D00  # "ephem" as a number
+
+
 def _run(connection: Connection) -> None:
+    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
     context.configure(connection=connection, target_metadata=target_metadata,
                       compare_type=True)
     with context.begin_transaction():
