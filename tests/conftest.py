@@ -28,7 +28,7 @@ PREFIX = f"t{RUN_ID}_"
 async def _answers(url: str) -> bool:
     try:
         conn = await asyncio.wait_for(asyncpg.connect(asyncpg_dsn(url)), timeout=3)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()
     return True

@@ -9,8 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
 from bot.errors import IllegalTransition, UserError
-from bot.store import Store
-from bot.store import repo
+from bot.store import Store, repo
 from bot.store.models import Job
 
 

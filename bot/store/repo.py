@@ -88,7 +88,9 @@ async def find_live_environment(
     return (await s.execute(stmt)).scalar_one_or_none()
 
 
-async def live_environments(s: AsyncSession, *, owner_id: str | None = None) -> Sequence[Environment]:
+async def live_environments(
+    s: AsyncSession, *, owner_id: str | None = None
+) -> Sequence[Environment]:
     stmt = select(Environment).where(Environment.status.in_(LIVE_STATUSES))
     if owner_id is not None:
         stmt = stmt.where(Environment.owner_id == owner_id)
@@ -218,3 +220,30 @@ async def last_job_kind(s: AsyncSession, env_id: int) -> JobKind | None:
     """The kind of the environment's most recent job (what a Retry repeats)."""
     stmt = select(Job.kind).where(Job.env_id == env_id).order_by(Job.id.desc()).limit(1)
     return (await s.execute(stmt)).scalar_one_or_none()
+
+
+async def finish_phase_run(
+    s: AsyncSession, run_id: int, *, status: PhaseStatus,
+    outputs: dict[str, Any] | None = None, error: str | None = None, detail: str | None = None,
+) -> bool:
+    """Close a `running` run; False if it was no longer running (another worker abandoned it)."""
+    values: dict[str, Any] = {"status": status, "finished_at": func.now(), "error": error}
+    if outputs is not None:
+        values["outputs"] = outputs
+    if detail is not None:
+        values["detail"] = detail
+    result = await s.execute(
+        update(PhaseRun)
+        .where(PhaseRun.id == run_id, PhaseRun.status == PhaseStatus.RUNNING)
+        .values(**values)
+    )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+async def set_phase_run_detail(s: AsyncSession, run_id: int, detail: str) -> None:
+    """Record what a running phase is doing now ("creating role")."""
+    await s.execute(
+        update(PhaseRun)
+        .where(PhaseRun.id == run_id, PhaseRun.status == PhaseStatus.RUNNING)
+        .values(detail=detail)
+    )

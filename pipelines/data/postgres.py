@@ -1,0 +1,190 @@
+"""The data phase's first part: each environment's own database and login role on a PostgreSQL
+server.
+
+Why: an environment's data must never be shared, so every environment gets a database owned by
+a role of its own, with PUBLIC's CONNECT revoked so no other environment's role can get in. Both
+names are the configured prefix plus the environment name (`pr-142` → `ephem_pr_142`). The
+password is derived (`PhaseContext.derive_secret`), so re-applying yields the same one and nothing
+secret is stored; it is sent to the server only as a SCRAM-SHA-256 verifier, so it appears in no
+statement text and so in no server log either. The connection URL with the password goes to the
+owner only, as a `PhaseResult` secret.
+
+Neighbours: migrations, seed data and snapshot clones (later parts of the data phase) fill the
+database this module creates. The runner retries `TemporaryError`s and stops on `PermanentError`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+
+from bot.domain import PhaseName
+from bot.errors import PermanentError, TemporaryError
+from bot.pg import asyncpg_dsn, quote_ident, quote_literal, with_database
+from pipelines.base import PhaseContext, PhaseResult
+
+CONNECT_TIMEOUT = 10.0
+_PASSWORD_PURPOSE = "db-password"  # noqa: S105 - a derivation label, not a password
+
+# SQLSTATE classes and codes worth retrying: connection trouble, too many connections or out of
+# resources, the server shutting down or starting, a lock or object busy, a deadlock.
+_TEMPORARY_CLASSES = ("08", "53", "57", "40")
+_TEMPORARY_CODES = ("55006", "55P03")
+_DENIED_CLASSES = ("28",)  # invalid authorization
+_DENIED_CODES = ("42501",)  # insufficient privilege
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802 / 7677).
+
+    `ALTER ROLE … PASSWORD '<verifier>'` sets the password without the server ever seeing it.
+    """
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+class DatabasePhase:
+    """A database and a login role per environment on the server behind `admin_url`."""
+
+    name = PhaseName.DATA
+
+    def __init__(self, *, admin_url: str, prefix: str) -> None:
+        self._admin_url = admin_url
+        self._prefix = prefix
+        self.host, self.port = _server(admin_url)
+
+    def database_name(self, env_name: str) -> str:
+        """Also the role's name: `prefix` + the environment name with `-` → `_`."""
+        return self._prefix + env_name.replace("-", "_")
+
+    async def describe(self, ctx: PhaseContext) -> str:
+        db = self.database_name(ctx.name)
+        return f"database {db} (role {db}) on {self.host}:{self.port}"
+
+    async def apply(self, ctx: PhaseContext) -> PhaseResult:
+        db = self.database_name(ctx.name)
+        password = ctx.derive_secret(_PASSWORD_PURPOSE)
+        async with self._admin() as conn:
+            await ctx.emit(f"creating role {db}")
+            await _ensure_role(conn, db, scram_verifier(password))
+            await ctx.emit(f"creating database {db}")
+            await _ensure_database(conn, db)
+        url = with_database(self._admin_url, db, user=db, password=password)
+        return PhaseResult(
+            outputs={"host": self.host, "port": self.port, "database": db, "user": db},
+            secrets={"database_url": url},
+            summary=f"database {db} on {self.host}:{self.port}",
+        )
+
+    async def destroy(self, ctx: PhaseContext) -> None:
+        db = self.database_name(ctx.name)
+        async with self._admin() as conn:
+            await ctx.emit(f"dropping database {db}")
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()", db)
+            force = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
+            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(db)}{force}")
+            await ctx.emit(f"dropping role {db}")
+            await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(db)}")
+
+    @asynccontextmanager
+    async def _admin(self) -> AsyncIterator[Any]:
+        """An admin connection; server errors become Temporary/PermanentError with a short,
+        password-free reason naming the server."""
+        where = f"{self.host}:{self.port}"
+        try:
+            conn = await asyncpg.connect(asyncpg_dsn(self._admin_url), timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise TemporaryError(f"cannot reach PostgreSQL at {where} ({_name(exc)})") from None
+        except asyncpg.PostgresError as exc:
+            raise _classify(exc, where) from None
+        try:
+            yield conn
+        except asyncpg.PostgresError as exc:
+            raise _classify(exc, where) from None
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            raise TemporaryError(f"lost the connection to PostgreSQL at {where} "
+                                 f"({_name(exc)})") from None
+        finally:
+            await _close(conn)
+
+
+async def _close(conn: Any) -> None:
+    try:
+        await conn.close(timeout=CONNECT_TIMEOUT)
+    except asyncio.CancelledError:
+        conn.terminate()
+        raise
+    except Exception:
+        conn.terminate()
+
+
+async def _ensure_role(conn: Any, role: str, verifier: str) -> None:
+    ident, secret = quote_ident(role), quote_literal(verifier)
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    if not exists:
+        try:
+            await conn.execute(f"CREATE ROLE {ident} LOGIN PASSWORD {secret}")
+            return
+        except asyncpg.DuplicateObjectError:
+            pass  # created concurrently: set the password below
+    await conn.execute(f"ALTER ROLE {ident} WITH LOGIN PASSWORD {secret}")
+
+
+async def _ensure_database(conn: Any, db: str) -> None:
+    ident = quote_ident(db)
+    if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        # A non-superuser admin may only give a database to a role it is a member of.
+        await conn.execute(f"GRANT {ident} TO CURRENT_USER")
+    exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db)
+    if not exists:
+        # CREATE DATABASE cannot run inside a transaction; asyncpg runs it on its own.
+        # A duplicate means another apply created it concurrently: fine.
+        with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+            await conn.execute(f"CREATE DATABASE {ident} OWNER {ident}")
+    await conn.execute(f"ALTER DATABASE {ident} OWNER TO {ident}")
+    await conn.execute(f"REVOKE ALL ON DATABASE {ident} FROM PUBLIC")
+
+
+def _server(admin_url: str) -> tuple[str, int]:
+    """Host and port other tools use to reach the server (a socket directory if no host)."""
+    parts = urlsplit(asyncpg_dsn(admin_url))
+    query = parse_qs(parts.query)
+    host = parts.hostname or (query.get("host") or ["localhost"])[0]
+    port = parts.port or int((query.get("port") or ["5432"])[0])
+    return host, port
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _classify(exc: asyncpg.PostgresError, where: str) -> TemporaryError | PermanentError:
+    """Sort a server error by its SQLSTATE. The reason quotes the server's message, which for
+    the statements above never holds the password (it is sent only as a verifier)."""
+    state = str(getattr(exc, "sqlstate", "") or "")
+    message = str(getattr(exc, "message", "") or _name(exc)).splitlines()[0][:160]
+    if state.startswith(_TEMPORARY_CLASSES) or state in _TEMPORARY_CODES:
+        return TemporaryError(f"PostgreSQL at {where} is busy or unavailable: {message}")
+    if state.startswith(_DENIED_CLASSES) or state in _DENIED_CODES:
+        return PermanentError(f"PostgreSQL at {where} refused: {message}")
+    return PermanentError(f"PostgreSQL at {where} failed: {message} ({state or _name(exc)})")

@@ -1,0 +1,249 @@
+"""The pipeline runner: one job (create or destroy) of one environment, phase by phase.
+
+Why: phases only know how to apply or destroy their part; everything cross-cutting lives here,
+in a fixed order — the environment's status transitions, resume after a crash, the order of the
+phases, one PhaseRun row per attempt committed before and after the attempt, retries of temporary
+errors with backoff, timeouts, secrets delivered to the owner and never stored, and the progress
+events the notifier turns into Slack updates.
+
+Resume rule: a phase whose latest run for the environment is a succeeded (or skipped) run of the
+same action is done and not run again. So a process killed mid-job, or a Retry after a failure,
+continues at the first unfinished phase. Runs left `running` by a dead process are marked
+abandoned when the next job of the environment starts.
+
+Neighbours: `bot.executor` calls a Runner as its `JobWork` and owns the job row; `attempt.py`
+runs one phase attempt and sorts its failure; `bot.store.repo` holds the queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.config import Blueprint
+from bot.domain import (
+    CREATE_ORDER,
+    DESTROY_ORDER,
+    DataRequest,
+    EnvStatus,
+    JobKind,
+    PhaseAction,
+    PhaseName,
+    PhaseStatus,
+    ProgressEvent,
+    ReleaseSet,
+)
+from bot.ports import ClaimedJob, Events, JobOutcome, OutcomeKind
+from bot.store import Store, repo
+from bot.store.models import Environment
+from pipelines.attempt import Emit, Failure, Superseded, error_id, run_attempts
+from pipelines.base import Phase, PhaseContext
+
+log = logging.getLogger(__name__)
+
+_DONE = (PhaseStatus.SUCCEEDED, PhaseStatus.SKIPPED)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    action: PhaseAction
+    order: tuple[PhaseName, ...]
+    working: EnvStatus
+    done: EnvStatus
+
+
+_PLANS: Mapping[JobKind, _Plan] = {
+    JobKind.CREATE: _Plan(PhaseAction.APPLY, CREATE_ORDER, EnvStatus.CREATING, EnvStatus.READY),
+    JobKind.DESTROY: _Plan(
+        PhaseAction.DESTROY, DESTROY_ORDER, EnvStatus.DESTROYING, EnvStatus.DESTROYED
+    ),
+}
+
+
+class Runner:
+    """Runs a claimed job's phases in order; usable as the executor's `JobWork`."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        phases: Mapping[PhaseName, Phase],
+        blueprint: Blueprint,
+        events: Events,
+        secret_key: bytes,
+    ) -> None:
+        self.store = store
+        self.phases = dict(phases)
+        self.blueprint = blueprint
+        self.events = events
+        self._secret_key = secret_key
+
+    async def __call__(self, job: ClaimedJob) -> JobOutcome:
+        plan = _PLANS[job.kind]
+        try:
+            return await self._run(job, plan)
+        except Superseded:
+            log.warning("job %s: another worker took over environment %s", job.id, job.env_id)
+            return JobOutcome(OutcomeKind.FAILED, error="another worker took over this job")
+        except Exception:
+            # Only the runner's own bookkeeping gets here (phase errors are sorted per attempt).
+            eid = error_id()
+            log.exception("job %s (%s of environment %s) failed unexpectedly [error id %s]",
+                          job.id, job.kind, job.env_id, eid)
+            reason = f"unexpected error (id {eid})"
+            try:
+                await self._finish_failed(job, last_error=f"{job.kind} failed: {reason}")
+            except Exception:
+                log.exception("job %s: could not record its failure [error id %s]", job.id, eid)
+            return JobOutcome(OutcomeKind.FAILED, error=reason)
+
+    # ------------------------------------------------------------------ the job
+
+    async def _run(self, job: ClaimedJob, plan: _Plan) -> JobOutcome:
+        async with self.store.transaction() as s:
+            await repo.abandon_running_phase_runs(s, job.env_id)
+            env = await repo.get_environment(s, job.env_id, for_update=True)
+            name = env.name
+            destroyed = env.status is EnvStatus.DESTROYED
+            if not destroyed:
+                await _enter(s, env, plan.working)
+            latest = await repo.latest_phase_runs(s, job.env_id)
+        if destroyed:
+            return await self._already_destroyed(job, plan, name=name)
+        await self._progress(ProgressEvent(job.env_id, None, PhaseStatus.RUNNING,
+                                           detail=f"{plan.working} {name}"))
+        for phase_name in plan.order:
+            run = latest.get(phase_name)
+            if run is not None and run.action is plan.action and run.status in _DONE:
+                continue  # finished by an earlier job or attempt: resume after it
+            phase = self.phases.get(phase_name)
+            if phase is None:
+                await self._skip(job, phase_name, plan.action)
+                continue
+            failure = await self._phase(job, phase, plan.action)
+            if failure is not None:
+                last_error = f"{phase_name} {plan.action} failed: {failure.reason}"
+                await self._finish_failed(job, last_error=last_error)
+                return JobOutcome(OutcomeKind.FAILED, error=last_error)
+        await self._finish_ok(job, plan, name=name)
+        return JobOutcome(OutcomeKind.SUCCEEDED)
+
+    async def _phase(self, job: ClaimedJob, phase: Phase, action: PhaseAction) -> Failure | None:
+        """Run one phase with retries; deliver its results; None on success."""
+        started = time.monotonic()
+        outcome = await run_attempts(
+            store=self.store,
+            phase=phase,
+            action=action,
+            job_id=job.id,
+            context=lambda emit: self._context(job.env_id, emit),
+            events=self.events,
+            blueprint=self.blueprint,
+        )
+        if isinstance(outcome, Failure):
+            await self._progress(ProgressEvent(job.env_id, phase.name, PhaseStatus.FAILED,
+                                               detail=outcome.reason))
+            return outcome
+        took = f"in {time.monotonic() - started:.1f}s"
+        detail = f"{outcome.summary} ({took})" if outcome.summary else took
+        if outcome.secrets:
+            await self._to_owner(job.env_id, phase.name, outcome.secrets)
+        await self._progress(ProgressEvent(job.env_id, phase.name, PhaseStatus.SUCCEEDED,
+                                           detail=detail))
+        if outcome.links:
+            links = "\n".join(f"{label}: {url}" for label, url in outcome.links.items())
+            await self._progress(ProgressEvent(job.env_id, phase.name, PhaseStatus.SUCCEEDED,
+                                               detail=links, milestone=True))
+        return None
+
+    async def _context(self, env_id: int, emit: Emit) -> PhaseContext:
+        async with self.store.transaction() as s:
+            env = await repo.get_environment(s, env_id)
+        return PhaseContext(
+            env_id=env.id,
+            name=env.name,
+            owner_id=env.owner_id,
+            release_set=ReleaseSet(dict(env.release_set)),
+            data=DataRequest(env.data_mode, env.data_snapshot),
+            blueprint=self.blueprint,
+            outputs={PhaseName(k): dict(v) for k, v in env.outputs.items()},
+            emit=emit,
+            secret_key=self._secret_key,
+        )
+
+    async def _skip(self, job: ClaimedJob, name: PhaseName, action: PhaseAction) -> None:
+        detail = "not configured in the blueprint"
+        async with self.store.transaction() as s:
+            run = await repo.start_phase_run(s, env_id=job.env_id, job_id=job.id, phase=name,
+                                             action=action, status=PhaseStatus.SKIPPED,
+                                             detail=detail)
+            run.finished_at = func.now()
+        await self._progress(ProgressEvent(job.env_id, name, PhaseStatus.SKIPPED, detail=detail))
+
+    # ------------------------------------------------------------------ endings
+
+    async def _finish_ok(self, job: ClaimedJob, plan: _Plan, *, name: str) -> None:
+        async with self.store.transaction() as s:
+            env = await repo.get_environment(s, job.env_id, for_update=True)
+            await repo.set_status(s, env, plan.done)
+            env.last_error = None
+            await repo.audit(s, actor="ephem", action=f"{job.kind}-succeeded", source="executor",
+                             env_id=job.env_id, details={"job_id": job.id})
+        await self._progress(ProgressEvent(job.env_id, None, PhaseStatus.SUCCEEDED,
+                                           detail=f"{name} is {plan.done}", milestone=True))
+
+    async def _finish_failed(self, job: ClaimedJob, *, last_error: str) -> None:
+        async with self.store.transaction() as s:
+            env = await repo.get_environment(s, job.env_id, for_update=True)
+            if env.status in (EnvStatus.CREATING, EnvStatus.DESTROYING):
+                await repo.set_status(s, env, EnvStatus.FAILED)
+            env.last_error = last_error
+            await repo.audit(s, actor="ephem", action=f"{job.kind}-failed", source="executor",
+                             env_id=job.env_id, details={"job_id": job.id, "error": last_error})
+        await self._progress(ProgressEvent(job.env_id, None, PhaseStatus.FAILED,
+                                           detail=last_error, milestone=True))
+
+    async def _already_destroyed(self, job: ClaimedJob, plan: _Plan, *, name: str) -> JobOutcome:
+        """Destroying a destroyed environment is done already; creating one is refused."""
+        if plan.done is EnvStatus.DESTROYED:
+            await self._progress(ProgressEvent(job.env_id, None, PhaseStatus.SUCCEEDED,
+                                               detail=f"{name} was already destroyed"))
+            return JobOutcome(OutcomeKind.SUCCEEDED)
+        return JobOutcome(OutcomeKind.FAILED,
+                          error=f"{name} is destroyed; create a new environment instead")
+
+    # ------------------------------------------------------------------ telling people
+
+    async def _progress(self, event: ProgressEvent) -> None:
+        """Report progress; a notifier failure never fails the job."""
+        try:
+            await self.events.progress(event)
+        except Exception as exc:
+            log.warning("progress event for environment %s not delivered (%s)",
+                        event.env_id, type(exc).__name__)
+
+    async def _to_owner(self, env_id: int, phase: PhaseName, secrets: Mapping[str, str]) -> None:
+        lines = [f"Credentials from the {phase} phase (only you can see this):"]
+        lines += [f"• {key}: `{value}`" for key, value in secrets.items()]
+        try:
+            await self.events.to_owner(env_id, "\n".join(lines))
+        except Exception as exc:
+            log.warning("credentials for environment %s not delivered (%s); re-applying the "
+                        "phase delivers them again", env_id, type(exc).__name__)
+
+
+async def _enter(s: AsyncSession, env: Environment, target: EnvStatus) -> None:
+    """Move the environment to the job's working status.
+
+    `creating`/`destroying` left behind by a job that no longer runs (this job holds the
+    environment's only running slot) is first closed as `failed`, since that job did not finish.
+    """
+    if env.status in (EnvStatus.CREATING, EnvStatus.DESTROYING) and env.status is not target:
+        await repo.set_status(s, env, EnvStatus.FAILED)
+    await repo.set_status(s, env, target)
+
