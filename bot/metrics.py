@@ -1,0 +1,65 @@
+"""Prometheus metrics, registered once on a registry of Ephem's own.
+
+Why a module of its own: the Slack edge, the executor and the pipeline runner all count things,
+and `GET /metrics` must serve them together. A private `REGISTRY` (instead of prometheus_client's
+global default) keeps tests and repeated app construction from colliding on duplicate names; the
+HTTP server renders exactly this registry. Label values must stay few: verbs, methods, phases and
+outcomes, never user input.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+COMMANDS = Counter(
+    "ephem_commands",
+    "Commands, mentions and button clicks handled, by verb and outcome (ok, error).",
+    ["verb", "outcome"],
+    registry=REGISTRY,
+)
+SLACK_API_CALLS = Counter(
+    "ephem_slack_api_calls",
+    "Slack Web API attempts, by method and outcome "
+    "(ok, ratelimited, server_error, connection_error, error).",
+    ["method", "outcome"],
+    registry=REGISTRY,
+)
+SLACK_API_RETRIES = Counter(
+    "ephem_slack_api_retries",
+    "Slack Web API calls retried, by method and reason "
+    "(ratelimited, server_error, connection_error).",
+    ["method", "reason"],
+    registry=REGISTRY,
+)
+SOCKET_RECONNECTS = Counter(
+    "ephem_socket_reconnects",
+    "Socket Mode connections replaced by the watchdog, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+JOBS = Counter(
+    "ephem_jobs",
+    "Jobs finished, by kind (create, destroy) and outcome.",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
+JOBS_RUNNING = Gauge(
+    "ephem_jobs_running",
+    "Jobs running in this process now.",
+    registry=REGISTRY,
+)
+PHASE_SECONDS = Histogram(
+    "ephem_phase_seconds",
+    "Duration of one phase attempt, by phase, action (apply, destroy) and final status.",
+    ["phase", "action", "status"],
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+    registry=REGISTRY,
+)
+ACK_SECONDS = Histogram(
+    "ephem_ack_seconds",
+    "Time from a Slack request's arrival to its acknowledgement (Slack gives up after 3 s).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5),
+    registry=REGISTRY,
+)

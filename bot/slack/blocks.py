@@ -1,0 +1,290 @@
+"""Block Kit: the status card, the expiry reminder, Slack's size limits, and a plain-text view.
+
+Why: what a message looks like is decided here and nowhere else; the notifier only posts. The
+card is built from a `CardView` — plain values taken from the store's rows — so rendering needs
+no database and the same view renders as Block Kit (for Slack) and as text (fallback `text`, the
+terminal shell). Blocks are built with `slack_sdk.models.blocks`, which validates shapes and
+lengths; `fit_blocks` additionally trims any message (including blocks handed over by handlers)
+to the limits Slack enforces, so an oversized message is shortened instead of rejected.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from bot.domain import CREATE_ORDER, EnvStatus, PhaseAction, PhaseName, PhaseStatus
+from bot.slack import messages
+from bot.store.models import Environment, PhaseRun
+
+# Slack's limits (https://api.slack.com/reference/block-kit/blocks).
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_FIELD_TEXT = 2000
+MAX_FIELDS = 10
+MAX_HEADER_TEXT = 150
+MAX_CONTEXT_ELEMENTS = 10
+MAX_TEXT = 40000  # chat.postMessage truncates `text` beyond this
+SHORT_ERROR = 200
+
+ACTION_PREFIX = "ephem:"
+RETRY_ACTION = ACTION_PREFIX + "retry"
+DESTROY_ACTION = ACTION_PREFIX + "destroy"
+EXTEND_ACTION = ACTION_PREFIX + "extend"
+
+Blocks = list[dict[str, Any]]
+
+# --------------------------------------------------------------------------- limits
+
+
+def truncate(text: str, limit: int) -> str:
+    """`text` if it fits in `limit` characters, else cut and ended with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + messages.ELLIPSIS
+
+
+def _fit_text_object(obj: Any, limit: int) -> None:
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        obj["text"] = truncate(obj["text"], limit)
+
+
+def fit_blocks(blocks: Sequence[Mapping[str, Any]]) -> Blocks:
+    """A copy of `blocks` trimmed to Slack's limits: at most MAX_BLOCKS blocks (the last one
+    saying how many were left out), section texts, fields and headers cut with an ellipsis."""
+    fitted = [copy.deepcopy(dict(b)) for b in blocks]
+    if len(fitted) > MAX_BLOCKS:
+        omitted = len(fitted) - (MAX_BLOCKS - 1)
+        note = ContextBlock(elements=[MarkdownTextObject(text=messages.blocks_omitted(omitted))])
+        fitted = [*fitted[: MAX_BLOCKS - 1], note.to_dict()]
+    for block in fitted:
+        kind = block.get("type")
+        if kind == "section":
+            _fit_text_object(block.get("text"), MAX_SECTION_TEXT)
+            if isinstance(block.get("fields"), list):
+                block["fields"] = block["fields"][:MAX_FIELDS]
+                for field in block["fields"]:
+                    _fit_text_object(field, MAX_FIELD_TEXT)
+        elif kind == "header":
+            _fit_text_object(block.get("text"), MAX_HEADER_TEXT)
+        elif kind == "context" and isinstance(block.get("elements"), list):
+            block["elements"] = block["elements"][:MAX_CONTEXT_ELEMENTS]
+            for element in block["elements"]:
+                _fit_text_object(element, MAX_SECTION_TEXT)
+    return fitted
+
+
+def fit_text(text: str) -> str:
+    return truncate(text, MAX_TEXT)
+
+
+# --------------------------------------------------------------------------- plain text
+
+
+def _text_of(obj: Any) -> str:
+    return str(obj.get("text", "")) if isinstance(obj, dict) else ""
+
+
+def blocks_to_lines(blocks: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Blocks as readable lines: texts as they are, buttons as `[Retry] [Destroy]`."""
+    lines: list[str] = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind in ("header", "section"):
+            if text := _text_of(block.get("text")):
+                lines.extend(text.splitlines())
+            lines.extend(_text_of(f) for f in block.get("fields") or [])
+        elif kind == "context":
+            parts = [_text_of(e) or f"[{e.get('alt_text', 'image')}]"
+                     for e in block.get("elements") or [] if isinstance(e, dict)]
+            lines.append(" · ".join(p for p in parts if p))
+        elif kind == "actions":
+            buttons = [f"[{_text_of(e.get('text'))}]"
+                       for e in block.get("elements") or [] if isinstance(e, dict)]
+            lines.append(" ".join(buttons))
+        elif kind == "divider":
+            lines.append("---")
+    return lines
+
+
+_LEADING_EMOJI = re.compile(r"^(?::[a-z0-9_+-]+:\s*)+")
+_DATE = re.compile(r"<!date\^[^|>]*\|([^>]*)>")
+_USER = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
+_LINK = re.compile(r"<(https?://[^|>]+)\|([^>]+)>")
+
+
+def plain(line: str) -> str:
+    """A mrkdwn line for a terminal: no leading emoji codes; dates, users and links readable."""
+    line = _LEADING_EMOJI.sub("", line)
+    line = _DATE.sub(r"\1", line)
+    line = _USER.sub(r"@\1", line)
+    return _LINK.sub(r"\2 (\1)", line)
+
+
+# --------------------------------------------------------------------------- the status card
+
+
+@dataclass(frozen=True)
+class PhaseLine:
+    """What the card says about one phase: its latest run, or None when it has not run."""
+
+    phase: PhaseName
+    status: PhaseStatus | None = None
+    action: PhaseAction = PhaseAction.APPLY
+    detail: str = ""
+    error: str = ""
+    took: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class CardView:
+    name: str
+    status: EnvStatus
+    owner_id: str
+    reference: str | None
+    expires_at: datetime
+    phases: tuple[PhaseLine, ...]
+    last_error: str | None = None
+
+
+def card_view(env: Environment, runs: Mapping[PhaseName, PhaseRun]) -> CardView:
+    """The card's values from an environment row and the latest run of each phase."""
+    lines = []
+    for phase in CREATE_ORDER:
+        run = runs.get(phase)
+        if run is None:
+            lines.append(PhaseLine(phase))
+            continue
+        took = run.duration_seconds
+        lines.append(PhaseLine(
+            phase, run.status, run.action, detail=run.detail or "", error=run.error or "",
+            took=timedelta(seconds=took) if took is not None else None,
+        ))
+    return CardView(
+        name=env.name, status=env.status, owner_id=env.owner_id, reference=env.reference,
+        expires_at=env.expires_at, phases=tuple(lines), last_error=env.last_error,
+    )
+
+
+def one_line(text: str) -> str:
+    """The first line of an error or a detail, at most SHORT_ERROR characters."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return truncate(first, SHORT_ERROR)
+
+
+_MARKS: dict[PhaseStatus | None, tuple[str, str]] = {  # (emoji, plain-text mark)
+    None: (":white_circle:", "·"),
+    PhaseStatus.PENDING: (":white_circle:", "·"),
+    PhaseStatus.RUNNING: (":hourglass_flowing_sand:", "…"),
+    PhaseStatus.SUCCEEDED: (":white_check_mark:", "✓"),
+    PhaseStatus.FAILED: (":x:", "✗"),
+    PhaseStatus.SKIPPED: (":next_track_button:", "-"),
+    PhaseStatus.ABANDONED: (":warning:", "!"),
+}
+
+
+def phase_text(line: PhaseLine) -> str:
+    destroying = line.action is PhaseAction.DESTROY
+    match line.status:
+        case None | PhaseStatus.PENDING:
+            return messages.phase_pending(line.phase)
+        case PhaseStatus.RUNNING:
+            return messages.phase_running(line.phase, one_line(line.detail),
+                                          destroying=destroying)
+        case PhaseStatus.SUCCEEDED:
+            return messages.phase_done(line.phase, line.took, destroying=destroying)
+        case PhaseStatus.FAILED:
+            return messages.phase_failed(line.phase, one_line(line.error or line.detail))
+        case PhaseStatus.SKIPPED:
+            return messages.phase_skipped(line.phase)
+        case PhaseStatus.ABANDONED:
+            return messages.phase_interrupted(line.phase)
+
+
+def _card_error(view: CardView) -> str | None:
+    """The environment's error, when it failed and no phase line already shows why."""
+    if view.status is not EnvStatus.FAILED or not view.last_error:
+        return None
+    if any(line.status is PhaseStatus.FAILED for line in view.phases):
+        return None
+    return messages.card_error(one_line(view.last_error))
+
+
+def _destroy_button(name: str) -> ButtonElement:
+    return ButtonElement(
+        text=messages.DESTROY, action_id=DESTROY_ACTION, value=name, style="danger",
+        confirm=ConfirmObject(title=messages.confirm_destroy_title(),
+                              text=messages.confirm_destroy(name),
+                              confirm=messages.DESTROY, deny="Cancel", style="danger"),
+    )
+
+
+def status_card(view: CardView) -> Blocks:
+    """The card at the root of an environment's thread, as Block Kit."""
+    title = f"{messages.status_emoji(view.status)} {messages.card_title(view.name, view.status)}"
+    facts = messages.card_facts(owner_id=view.owner_id, reference=view.reference,
+                                expires=messages.slack_date(view.expires_at))
+    phases = "\n".join(f"{_MARKS[line.status][0]} {phase_text(line)}" for line in view.phases)
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=truncate(title, MAX_HEADER_TEXT), emoji=True)),
+        ContextBlock(elements=[MarkdownTextObject(text=facts)]),
+        SectionBlock(text=MarkdownTextObject(text=truncate(phases, MAX_SECTION_TEXT))),
+    ]
+    if error := _card_error(view):
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=truncate(error,
+                                                                         MAX_SECTION_TEXT))))
+    if view.status is EnvStatus.FAILED:
+        blocks.append(ActionsBlock(elements=[
+            ButtonElement(text=messages.RETRY, action_id=RETRY_ACTION, value=view.name,
+                          style="primary"),
+            _destroy_button(view.name),
+        ]))
+    return [b.to_dict() for b in blocks]
+
+
+def status_card_text(view: CardView) -> str:
+    """The card as plain text: the fallback `text` of the Slack message, and the shell's view."""
+    lines = [
+        messages.card_title(view.name, view.status),
+        messages.card_facts(owner_id=view.owner_id, reference=view.reference,
+                            expires=messages.plain_date(view.expires_at)),
+        *(f"{_MARKS[line.status][1]} {phase_text(line)}" for line in view.phases),
+    ]
+    if error := _card_error(view):
+        lines.append(error)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- reminder
+
+
+def reminder_text(name: str, *, expires_at: datetime) -> str:
+    """What the reminder says: which environment expires when (in each reader's time zone)."""
+    return messages.reminder(name, expires=messages.slack_date(expires_at))
+
+
+def reminder_blocks(name: str, text: str) -> Blocks:
+    """The reminder before expiry: `text` (see `reminder_text`), then Extend and Destroy."""
+    blocks: list[Block] = [
+        SectionBlock(text=MarkdownTextObject(text=truncate(text, MAX_SECTION_TEXT))),
+        ActionsBlock(elements=[
+            ButtonElement(text=messages.EXTEND, action_id=EXTEND_ACTION, value=name,
+                          style="primary"),
+            _destroy_button(name),
+        ]),
+    ]
+    return [b.to_dict() for b in blocks]

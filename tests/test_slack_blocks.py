@@ -1,0 +1,139 @@
+"""What the status card, the reminder and the console say — pure rendering, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from bot.domain import EnvStatus, PhaseAction, PhaseName, PhaseStatus
+from bot.slack.blocks import (
+    CardView,
+    PhaseLine,
+    fit_blocks,
+    reminder_blocks,
+    reminder_text,
+    status_card,
+    status_card_text,
+)
+from bot.slack.bolt import strip_mention
+from bot.slack.writer import ConsoleWriter
+
+EXPIRES = datetime(2031, 5, 4, 12, 30, tzinfo=UTC)
+
+
+def view(status: EnvStatus, *phases: PhaseLine, last_error: str | None = None) -> CardView:
+    return CardView(name="pr-142", status=status, owner_id="U1", reference="staging",
+                    expires_at=EXPIRES, phases=phases, last_error=last_error)
+
+
+def actions(blocks: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["action_id"], e["value"]) for b in blocks if b["type"] == "actions"
+            for e in b["elements"]]
+
+
+MIXED = (
+    PhaseLine(PhaseName.INFRA, PhaseStatus.SUCCEEDED, took=timedelta(seconds=72)),
+    PhaseLine(PhaseName.CODE, PhaseStatus.FAILED,
+              error="image api:9.9 not found\nTraceback (most recent call last): ..."),
+    PhaseLine(PhaseName.DATA),
+)
+
+
+def test_a_failed_card_offers_retry_and_destroy() -> None:
+    blocks = status_card(view(EnvStatus.FAILED, *MIXED))
+    assert actions(blocks) == [("ephem:retry", "pr-142"), ("ephem:destroy", "pr-142")]
+    destroy = blocks[-1]["elements"][1]
+    assert destroy["style"] == "danger" and "confirm" in destroy
+
+
+@pytest.mark.parametrize("status", [s for s in EnvStatus if s is not EnvStatus.FAILED])
+def test_other_cards_have_no_buttons(status: EnvStatus) -> None:
+    assert actions(status_card(view(status, *MIXED))) == []
+
+
+def test_each_phase_says_where_it_is() -> None:
+    running = PhaseLine(PhaseName.DATA, PhaseStatus.RUNNING, detail="cloning the template")
+    skipped = PhaseLine(PhaseName.INFRA, PhaseStatus.SKIPPED)
+    removing = PhaseLine(PhaseName.CODE, PhaseStatus.RUNNING, PhaseAction.DESTROY)
+
+    text = status_card_text(view(EnvStatus.FAILED, *MIXED))
+    assert text.splitlines() == [
+        "pr-142 · failed",
+        "Owner <@U1> · matches `staging` · expires 2031-05-04 12:30 UTC",
+        "✓ *infra* — done in 1m",
+        "✗ *code* — failed: image api:9.9 not found",
+        "· *data* — pending",
+    ]
+    text = status_card_text(view(EnvStatus.CREATING, skipped, removing, running))
+    assert "- *infra* — skipped" in text
+    assert "… *code* — removing" in text
+    assert "… *data* — running: cloning the template" in text
+
+
+def test_the_card_in_block_kit() -> None:
+    blocks = status_card(view(EnvStatus.READY, *MIXED))
+    assert [b["type"] for b in blocks] == ["header", "context", "section"]
+    assert blocks[0]["text"]["text"] == ":large_green_circle: pr-142 · ready"
+    assert f"<!date^{int(EXPIRES.timestamp())}^" in blocks[1]["elements"][0]["text"]  # local time
+    lines = blocks[2]["text"]["text"].splitlines()
+    assert lines[0] == ":white_check_mark: *infra* — done in 1m"
+    assert lines[1] == ":x: *code* — failed: image api:9.9 not found"
+
+
+def test_an_environment_error_shows_when_no_phase_explains_it() -> None:
+    text = status_card_text(view(EnvStatus.FAILED, PhaseLine(PhaseName.INFRA),
+                                 last_error="lease lost twice\ndetails"))
+    assert text.splitlines()[-1] == "Last error: lease lost twice"
+    assert "Last error" not in status_card_text(view(EnvStatus.FAILED, *MIXED,
+                                                     last_error="x"))
+
+
+def test_the_reminder_offers_extend_and_destroy() -> None:
+    text = reminder_text("pr-142", expires_at=EXPIRES)
+    blocks = reminder_blocks("pr-142", text)
+    assert blocks[0]["text"]["text"] == text and "`pr-142` expires" in text
+    assert actions(blocks) == [("ephem:extend", "pr-142"), ("ephem:destroy", "pr-142")]
+
+
+def test_fitting_leaves_small_messages_alone() -> None:
+    blocks = status_card(view(EnvStatus.FAILED, *MIXED))
+    assert fit_blocks(blocks) == blocks
+
+
+async def test_the_console_shows_the_card_as_lines_and_buttons() -> None:
+    printed: list[str] = []
+    console = ConsoleWriter(printed.append)
+    card = view(EnvStatus.FAILED, *MIXED)
+
+    root = await console.post_message("shell", text=status_card_text(card),
+                                      blocks=status_card(card))
+    reply = await console.post_message("shell", text="queued", thread_ts=root)
+    await console.post_ephemeral("shell", "U1", text="only you")
+
+    assert root != reply
+    assert printed[0].splitlines() == [
+        "pr-142 · failed",
+        "Owner @U1 · matches `staging` · expires 2031-05-04 12:30 UTC",
+        "*infra* — done in 1m",
+        "*code* — failed: image api:9.9 not found",
+        "*data* — pending",
+        "[Retry] [Destroy]",
+    ]
+    assert printed[1:] == ["  | queued", "only you"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("<@UBOT> status pr-1", "status pr-1"),
+    ("<@UBOT|ephem>: create pr-2 --ttl 2d", "create pr-2 --ttl 2d"),
+    ("  <@UBOT>", ""),
+    ("approve <@UBOT>", "approve <@UBOT>"),  # only a leading mention addresses the bot
+    ("<@U2> <@UBOT> help", "<@U2> <@UBOT> help"),  # someone else's mention is not stripped
+])
+def test_the_mention_is_stripped(text: str, expected: str) -> None:
+    assert strip_mention(text, "UBOT") == expected
+
+
+def test_without_the_bot_id_any_leading_mention_is_stripped() -> None:
+    assert strip_mention("<@UOTHER> list") == "list"
