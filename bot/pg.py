@@ -6,6 +6,7 @@ SQLAlchemy wants a driver in the scheme and asyncpg wants none. One place conver
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 _SCHEMES = ("postgresql+asyncpg", "postgresql", "postgres")
@@ -58,3 +59,11 @@ def quote_ident(name: str) -> str:
 def quote_literal(value: str) -> str:
     """Quote an SQL string literal (for DDL such as PASSWORD '…', which takes no parameters)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s]*@", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """Any URL password in free text (an error message, say) replaced by `***`."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)

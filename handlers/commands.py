@@ -174,7 +174,8 @@ class Commands:
 
     async def _persist_create(self, inv: Invocation, plan: CreatePlan) -> Environment:
         async with self.store.transaction() as s:
-            name = plan.name or generate_name(await repo.live_names(s))
+            # A generated name is random over ~400k; a clash fails the insert and is retried.
+            name = plan.name or generate_name()
             env = await repo.create_environment(
                 s, name=name, owner_id=inv.user_id, channel_id=inv.channel_id,
                 reference=plan.reference, release_set=plan.release_set,

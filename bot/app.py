@@ -1,0 +1,131 @@
+"""The composition root: the only place that builds and connects everything.
+
+`handlers` (the Slack edge's behaviour) and `pipelines` (the work) never import each other; this
+module hands each what it needs — the store, the blueprint, the notifier — and plugs the runner
+into the executor and the command handler into the bolt app. Changing how Ephem is assembled
+means changing this file only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bot.config import Blueprint, Settings
+from bot.domain import PhaseName
+from bot.executor import Executor
+from bot.ports import Invocation, Reply, Visibility
+from bot.scheduler import Scheduler
+from bot.slack.blocks import reminder_blocks
+from bot.slack.notifier import Notifier
+from bot.slack.writer import SlackWriter, WebApiWriter, make_web_client
+from bot.store import Store, repo
+from bot.tasks import InFlight
+from handlers.commands import Commands
+from pipelines.base import Phase
+from pipelines.data.postgres import DatabasePhase
+from pipelines.runner import Runner
+
+log = logging.getLogger(__name__)
+
+
+def build_phases(settings: Settings, blueprint: Blueprint) -> Mapping[PhaseName, Phase]:
+    """The phases this blueprint configures; the runner reports the others as skipped."""
+    phases: dict[PhaseName, Phase] = {}
+    data = blueprint.phases.data
+    if data is not None:
+        phases[PhaseName.DATA] = DatabasePhase(
+            admin_url=data.server or settings.database_url, prefix=data.database_prefix
+        )
+    return phases
+
+
+def secret_key(settings: Settings) -> bytes:
+    key = settings.secret_key.get_secret_value()
+    if key:
+        return key.encode()
+    log.warning("EPHEM_SECRET_KEY is not set: using a key for this process only, so "
+                "environment passwords change when Ephem restarts. Set it in production.")
+    return secrets.token_bytes(32)
+
+
+@dataclass
+class Ephem:
+    """Everything one bot process runs, built and wired; `start`/`stop` in dependency order."""
+
+    settings: Settings
+    blueprint: Blueprint
+    store: Store
+    writer: SlackWriter
+    notifier: Notifier
+    commands: Commands
+    runner: Runner
+    executor: Executor
+    scheduler: Scheduler
+    inflight: InFlight = field(default_factory=InFlight)
+
+    async def start(self, *, executor: bool = True, scheduler: bool = True) -> None:
+        if executor:
+            await self.executor.start()
+        if scheduler:
+            self.scheduler.start()
+
+    async def stop(self) -> None:
+        """Drain: stop taking work, let running phases finish up to the grace period, release
+        the rest, then make sure the final Slack updates land."""
+        await self.scheduler.stop()
+        await self.inflight.drain(self.settings.grace_seconds)
+        await self.executor.stop()
+        await self.notifier.flush()
+        await self.notifier.close()
+        await self.writer.close()
+        await self.store.close()
+
+    async def invoke(self, inv: Invocation) -> list[Reply]:
+        """Run one command as Slack would, and deliver its replies (used by shell and demo)."""
+        replies = await self.commands.command(inv)
+        await self.notifier.deliver(inv, replies)
+        return replies
+
+
+def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None
+          ) -> Ephem:
+    store = Store(settings.database_url)
+    if writer is None:
+        writer = WebApiWriter(make_web_client(settings))
+    notifier = Notifier(store, writer)
+    commands = Commands(store=store, blueprint=blueprint)
+    runner = Runner(store=store, phases=build_phases(settings, blueprint), blueprint=blueprint,
+                    events=notifier, secret_key=secret_key(settings))
+    executor = Executor(
+        store=store, work=runner, owner=f"{socket.gethostname()}:{os.getpid()}",
+        workers=settings.workers, lease_seconds=settings.lease_seconds,
+        poll_seconds=settings.poll_seconds, grace_seconds=settings.grace_seconds,
+    )
+
+    async def remind(env_id: int) -> None:
+        async with store.transaction() as s:
+            env = await repo.get_environment(s, env_id)
+        text = (f"<@{env.owner_id}> *{env.name}* expires <!date^{int(env.expires_at.timestamp())}"
+                f"^{{date_short_pretty}} at {{time}}|soon>. Extend it, or destroy it now?")
+        await notifier.deliver(
+            Invocation(user_id=env.owner_id, channel_id=env.channel_id, source="scheduler"),
+            [Reply(text, visibility=Visibility.THREAD, env_id=env_id,
+                   blocks=reminder_blocks(env.name, text))],
+        )
+
+    async def reaped(env_id: int) -> None:
+        await notifier.deliver(
+            Invocation(user_id="ephem", channel_id="", source="scheduler"),
+            [Reply("Expired: destroying it now.", visibility=Visibility.THREAD, env_id=env_id)],
+        )
+
+    scheduler = Scheduler(store=store, remind_before=blueprint.defaults.remind_before,
+                          remind=remind, reaped=reaped, interval=settings.scheduler_seconds)
+    return Ephem(settings=settings, blueprint=blueprint, store=store, writer=writer,
+                 notifier=notifier, commands=commands, runner=runner, executor=executor,
+                 scheduler=scheduler)

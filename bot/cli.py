@@ -1,0 +1,126 @@
+"""The `ephem` console script: serve, shell, demo, db upgrade, doctor.
+
+Every subcommand turns an expected failure (bad configuration, an unreachable server) into one
+line on stderr and a non-zero exit; nothing here prints a traceback unless EPHEM_LOG_LEVEL=DEBUG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from bot.config import load_blueprint, load_settings
+from bot.errors import ConfigError, EphemError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bot.serve import serve
+
+    settings = load_settings()
+    blueprint = load_blueprint(settings.config)
+    _setup_logging(settings.log_level)
+    asyncio.run(serve(settings, blueprint))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from bot.pg import redact
+    from bot.store.migrate import upgrade
+
+    settings = load_settings()
+    if not settings.database_url:
+        raise ConfigError("EPHEM_DATABASE_URL is not set: it names Ephem's own database.")
+    upgrade(settings.database_url)
+    print(f"schema of {redact(settings.database_url)} is at the newest migration")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from bot.doctor import Check, run_checks
+
+    settings = load_settings()
+    try:
+        blueprint = load_blueprint(settings.config)
+    except ConfigError as exc:
+        print(Check("blueprint", False, str(exc)).line())
+        return 1
+    source = str(settings.config or "the example blueprint")
+    checks = asyncio.run(run_checks(settings, blueprint, source=source))
+    for check in checks:
+        print(check.line())
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bot.demo import run_demo
+
+    settings = load_settings()
+    _setup_logging(settings.log_level if settings.log_level != "INFO" else "WARNING")
+    return asyncio.run(run_demo(settings, keep=args.keep))
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from bot.shell import run_shell
+
+    settings = load_settings()
+    _setup_logging(settings.log_level if settings.log_level != "INFO" else "WARNING")
+    return asyncio.run(run_shell(settings, user=args.user, channel=args.channel))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ephem", description="Ephemeral environments from Slack.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the bot (HTTP, or Socket Mode when SLACK_APP_TOKEN is set)"
+                   ).set_defaults(func=cmd_serve)
+    shell = sub.add_parser("shell", help="the same commands in a terminal, no Slack")
+    shell.add_argument("--user", default="U_SHELL", help="who you are (a Slack user id)")
+    shell.add_argument("--channel", default="C_SHELL", help="the channel to pretend to be in")
+    shell.set_defaults(func=cmd_shell)
+    demo = sub.add_parser("demo", help="create and destroy one environment end to end")
+    demo.add_argument("--keep", action="store_true", help="do not destroy the environment")
+    demo.set_defaults(func=cmd_demo)
+    db = sub.add_parser("db", help="Ephem's own database")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="migrate Ephem's own schema to the newest version"
+                     ).set_defaults(func=cmd_db_upgrade)
+    sub.add_parser("doctor", help="validate the configuration and check every connection"
+                   ).set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except EphemError as exc:
+        from bot.pg import scrub
+
+        print(f"ephem: {scrub(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            logging.exception("unexpected error")
+        from bot.pg import scrub
+
+        print(f"ephem: unexpected error: {type(exc).__name__}: {scrub(str(exc))}\n"
+              "Run again with EPHEM_LOG_LEVEL=DEBUG for details.", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`ephem serve`: the bot process — HTTP (or Socket Mode), executor, scheduler — until SIGTERM.
+
+Shutdown order matters: stop taking requests (readiness off, listener closed), finish the work
+already acked, let running phases finish up to the grace period and release the rest, make sure
+the final Slack updates land, then close the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from bot.app import build
+from bot.config import Blueprint, Settings
+from bot.errors import ConfigError
+from bot.pg import redact
+from bot.runtime import tune_gc
+from bot.slack.bolt import build_bolt_app
+from bot.slack.http import HttpServer
+from bot.slack.socket_mode import SocketMode
+from bot.store.migrate import upgrade_async
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, blueprint: Blueprint,
+                *, stop: asyncio.Event | None = None) -> None:
+    if not settings.database_url:
+        raise ConfigError("EPHEM_DATABASE_URL is not set: it names Ephem's own database.")
+    await upgrade_async(settings.database_url)
+    app = build(settings, blueprint)
+    bolt = build_bolt_app(settings=settings, handler=app.commands, notifier=app.notifier,
+                          store=app.store, inflight=app.inflight)
+    http = HttpServer(bolt_app=bolt, store=app.store, host=settings.http_host,
+                      port=settings.http_port)
+    socket_mode = None
+    if settings.socket_mode and settings.slack_app_token is not None:
+        socket_mode = SocketMode(bolt_app=bolt,
+                                 app_token=settings.slack_app_token.get_secret_value())
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    await http.start()
+    await app.start()
+    if socket_mode is not None:
+        await socket_mode.start()
+    tune_gc()
+    http.mark_ready()
+    log.info("ephem serving on %s:%d (%s), state in %s, %d workers", settings.http_host,
+             http.port, "socket mode" if socket_mode else "HTTP mode",
+             redact(settings.database_url), settings.workers)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: draining acked requests and running jobs")
+        http.mark_ready(False)
+        if socket_mode is not None:
+            await socket_mode.stop()
+        await http.stop()
+        await app.stop()
+        log.info("stopped")

@@ -1,0 +1,85 @@
+"""The `ephem` console script, run as a newcomer would run it: a subprocess, real servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.config import example_blueprint_path
+
+EPHEM = [sys.executable, "-m", "bot.cli"]
+
+
+def run(args: list[str], env: dict[str, str], *, timeout: float = 180
+        ) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("EPHEM_", "SLACK_"))}
+    return subprocess.run([*EPHEM, *args], env={**base, **env}, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture
+def blueprint_file(tmp_path: Path, db_prefix: str) -> Path:
+    """The example blueprint, with this test run's database prefix (so cleanup finds it)."""
+    raw = yaml.safe_load(example_blueprint_path().read_text())
+    raw["phases"]["data"]["database_prefix"] = db_prefix
+    path = tmp_path / "ephem.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_demo_on_an_existing_server(bot_db_url: str, blueprint_file: Path) -> None:
+    done = run(["demo"], {"EPHEM_DATABASE_URL": bot_db_url, "EPHEM_CONFIG": str(blueprint_file)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "wrote and read 1 row(s)" in done.stdout
+    assert "is gone" in done.stdout
+
+
+def test_demo_with_nothing_configured_starts_its_own_postgres(tmp_path: Path) -> None:
+    """The README's first command: no EPHEM_DATABASE_URL, the packaged example blueprint."""
+    done = run(["demo"], {"HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "private PostgreSQL" in done.stdout
+    assert "nothing left behind" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_bad_blueprint_names_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "ephem.yaml"
+    bad.write_text("defaults:\n  ttl: forever\nphases:\n  data:\n    server: mysql://x\n")
+    done = run(["doctor"], {"EPHEM_CONFIG": str(bad)})
+    assert done.returncode == 1
+    assert str(bad) in done.stdout
+    assert "defaults.ttl" in done.stdout and "phases.data.server" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_doctor_prints_one_line_per_check(bot_db_url: str, blueprint_file: Path) -> None:
+    done = run(["doctor"], {"EPHEM_DATABASE_URL": bot_db_url, "EPHEM_CONFIG": str(blueprint_file)})
+    lines = done.stdout.strip().splitlines()
+    by_name = {line.split(":")[0].split(None, 1)[1]: line.split()[0] for line in lines}
+    assert by_name["blueprint"] == "ok"
+    assert by_name["state database"] == "ok"
+    assert by_name["data server"] == "ok"
+    assert by_name["slack"] == "FAIL"  # no token in this test
+    assert done.returncode == 1
+
+
+def test_serve_without_settings_says_what_is_missing() -> None:
+    done = run(["serve"], {})
+    assert done.returncode == 1
+    assert "EPHEM_DATABASE_URL is not set" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_db_upgrade_is_repeatable(bot_db_url: str) -> None:
+    for _ in range(2):
+        done = run(["db", "upgrade"], {"EPHEM_DATABASE_URL": bot_db_url})
+        assert done.returncode == 0, done.stderr
+        assert "newest migration" in done.stdout
