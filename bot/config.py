@@ -23,7 +23,9 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -52,6 +54,7 @@ class Settings(BaseSettings):
     grace_seconds: float = Field(default=60.0, alias="EPHEM_GRACE_SECONDS", ge=0)
     scheduler_seconds: float = Field(default=60.0, alias="EPHEM_SCHEDULER_SECONDS", gt=0)
     secret_key: SecretStr = Field(default=SecretStr(""), alias="EPHEM_SECRET_KEY")
+    masking_key: SecretStr = Field(default=SecretStr(""), alias="EPHEM_MASKING_KEY")
     log_level: str = Field(default="INFO", alias="EPHEM_LOG_LEVEL")
 
     @field_validator("slack_api_url")
@@ -139,11 +142,75 @@ class Component(_Strict):
     description: str = ""
 
 
+def _resolve(value: object, info: ValidationInfo) -> object:
+    """Relative paths in a blueprint are relative to the blueprint file's directory."""
+    if isinstance(value, str | Path):
+        base = (info.context or {}).get("base_dir")
+        path = Path(value)
+        return path if path.is_absolute() or base is None else Path(base) / path
+    return value
+
+
+ResolvedPath = Annotated[Path, BeforeValidator(_resolve)]
+
+
+class MigrationsConfig(_Strict):
+    """How an environment's schema and seed data are made.
+
+    `builtin`: Flyway-style files (`V<version>__<name>.sql` once, in version order, then
+    `R__<name>.sql` whenever its checksum changes) from `locations`, then `seed_locations` the
+    same way (with `--data seed`; skipped with `--data none`). `command`: run `command` with the
+    environment's connection URL in `DATABASE_URL` (and PG* variables).
+    """
+
+    kind: Literal["builtin", "command"] = "builtin"
+    locations: list[ResolvedPath] = Field(default_factory=list)
+    seed_locations: list[ResolvedPath] = Field(default_factory=list)
+    command: list[str] | None = None
+    timeout: Duration = timedelta(minutes=10)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MigrationsConfig:
+        if self.kind == "command" and not self.command:
+            raise ValueError("kind `command` needs `command` (a list: program and arguments)")
+        if self.kind == "builtin" and self.command:
+            raise ValueError("`command` is only for kind `command`")
+        return self
+
+
+class SnapshotConfig(_Strict):
+    """A masked, subsetted copy of a source database, built into a golden template database."""
+
+    source: Expanded  # read-only URL of the source (production) database
+    rules: ResolvedPath  # the masking and subsetting rules file (YAML)
+    keep: int = Field(default=2, ge=1, le=20)  # how many built snapshots are kept
+    schedule: Duration | None = None  # rebuild this often (None: only `ephem snapshot build`)
+    pool: int = Field(default=2, ge=0, le=20)  # ready clones kept warm per snapshot
+    workers: int = Field(default=2, ge=1, le=16)  # parallel table copiers
+    leak_sample: int = Field(default=200, ge=0)  # source values per masked column checked
+
+    @field_validator("source")
+    @classmethod
+    def _pg_url(cls, v: str) -> str:
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a postgresql:// URL")
+        return v
+
+
 class DataPhaseConfig(_Strict):
     """Where per-environment databases live. `server` is an admin URL on the target server."""
 
     server: Expanded | None = None
     database_prefix: str = Field(default="ephem_", pattern=r"^[a-z_][a-z0-9_]{0,20}$")
+    migrations: MigrationsConfig | None = None
+    snapshots: dict[str, SnapshotConfig] = Field(default_factory=dict)
+    default_snapshot: str | None = None
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> DataPhaseConfig:
+        if self.default_snapshot is not None and self.default_snapshot not in self.snapshots:
+            raise ValueError(f"default_snapshot `{self.default_snapshot}` is not in `snapshots`")
+        return self
 
     @field_validator("server")
     @classmethod
@@ -208,13 +275,15 @@ def load_blueprint(path: Path | None) -> Blueprint:
         raise ConfigError(f"{path}: no such file (set EPHEM_CONFIG to your ephem.yaml)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_blueprint(raw if raw is not None else {}, source=str(path))
+    return parse_blueprint(raw if raw is not None else {}, source=str(path),
+                           base_dir=path.parent)
 
 
-def parse_blueprint(raw: object, *, source: str = "blueprint") -> Blueprint:
+def parse_blueprint(raw: object, *, source: str = "blueprint",
+                    base_dir: Path | None = None) -> Blueprint:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     try:
-        return Blueprint.model_validate(raw)
+        return Blueprint.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None

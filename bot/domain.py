@@ -31,6 +31,7 @@ class EnvStatus(StrEnum):
 class JobKind(StrEnum):
     CREATE = "create"
     DESTROY = "destroy"
+    RESET_DATA = "reset_data"  # re-clone the environment's database (data phase only)
 
 
 class JobStatus(StrEnum):
