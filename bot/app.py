@@ -92,12 +92,12 @@ class Ephem:
         return replies
 
 
-def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None
-          ) -> Ephem:
+def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None,
+          coalesce_seconds: float = 0.5) -> Ephem:
     store = Store(settings.database_url)
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
-    notifier = Notifier(store, writer)
+    notifier = Notifier(store, writer, coalesce_seconds=coalesce_seconds)
     commands = Commands(store=store, blueprint=blueprint)
     runner = Runner(store=store, phases=build_phases(settings, blueprint), blueprint=blueprint,
                     events=notifier, secret_key=secret_key(settings))

@@ -13,8 +13,10 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import asyncpg
+from pydantic import SecretStr
 
 from bot.app import Ephem, build
 from bot.bootstrap import state_database
@@ -91,7 +93,9 @@ async def run_demo(settings: Settings, *, keep: bool = False) -> int:
     blueprint = load_blueprint(settings.config)
     banner("starting" + ("" if settings.database_url else " a private PostgreSQL (embedded)"))
     async with state_database(settings) as url:
-        cfg = settings.model_copy(update={"database_url": url, "workers": 2,
+        key = settings.secret_key if settings.secret_key.get_secret_value() else \
+            SecretStr(secrets.token_hex(16))  # the demo's environments live for one run
+        cfg = settings.model_copy(update={"database_url": url, "workers": 2, "secret_key": key,
                                           "poll_seconds": 0.2, "lease_seconds": 15.0})
         transcript = Transcript()
         app = build(cfg, blueprint, writer=ConsoleWriter(transcript))
@@ -118,7 +122,7 @@ async def _scenario(app: Ephem, transcript: Transcript, *, keep: bool) -> int:
 
     banner(f"/ephem status {name}")
     await app.invoke(Invocation(user_id=USER, channel_id=CHANNEL, text=f"status {name}"))
-    creds = [u for u in transcript.urls() if "@" in u and ":" in u.split("@")[0][13:]]
+    creds = [u for u in transcript.urls() if urlsplit(u).password]
     if app.blueprint.phases.data is not None:
         if not creds:
             print("the environment's credentials never reached its owner")

@@ -23,6 +23,7 @@ from bot.store.models import Environment
 log = logging.getLogger(__name__)
 
 SCHEDULER_ACTOR = "ephem"
+EVENT_MEMORY = timedelta(days=1)  # how long a Slack event id is remembered for de-duplication
 
 Remind = Callable[[int], Awaitable[None]]
 Reaped = Callable[[int], Awaitable[None]]
@@ -85,6 +86,8 @@ class Scheduler:
                 await repo.audit(s, actor=SCHEDULER_ACTOR, action="reap", source="scheduler",
                                  env_id=env.id, details={"expired_at": env.expires_at.isoformat()})
                 reaped.append(env.id)
+        async with self.store.transaction() as s:
+            await repo.forget_events_before(s, now - EVENT_MEMORY)
         # Slack is written after commit, so a failed post never undoes the bookkeeping.
         for env_id in reminded:
             await self.remind(env_id)

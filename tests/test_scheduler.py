@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
 from bot.scheduler import Scheduler
 from bot.store import Store, repo
-from bot.store.models import AuditEvent, Job
+from bot.store.models import AuditEvent, Job, SlackEventSeen
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -54,6 +54,18 @@ async def test_reminds_once_and_reaps_expired(store: Store) -> None:
             (gone, JobKind.DESTROY, JobStatus.QUEUED, "ephem")]
         audit = (await s.execute(select(AuditEvent))).scalars().one()
         assert (audit.action, audit.env_id) == ("reap", gone)
+
+    # Slack event ids are forgotten after a day (the table would grow forever otherwise).
+    async with store.transaction() as s:
+        await repo.first_sighting(s, "EvOld")
+        await s.execute(update(SlackEventSeen).values(seen_at=NOW - timedelta(days=2)))
+        await repo.first_sighting(s, "EvNew")
+        await s.execute(update(SlackEventSeen).where(SlackEventSeen.event_id == "EvNew")
+                        .values(seen_at=NOW))
+    await sched.tick()
+    async with store.transaction() as s:
+        kept = (await s.execute(select(SlackEventSeen.event_id))).scalars().all()
+    assert kept == ["EvNew"]
 
     clock[0] = NOW + timedelta(hours=21)  # `later` is now within 4h of expiry
     third = await sched.tick()

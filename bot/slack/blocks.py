@@ -123,7 +123,7 @@ def blocks_to_lines(blocks: Sequence[Mapping[str, Any]]) -> list[str]:
 
 _LEADING_EMOJI = re.compile(r"^(?::[a-z0-9_+-]+:\s*)+")
 _DATE = re.compile(r"<!date\^[^|>]*\|([^>]*)>")
-_USER = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
+_USER = re.compile(r"<@([A-Z0-9_]+)(?:\|[^>]*)?>")
 _LINK = re.compile(r"<(https?://[^|>]+)\|([^>]+)>")
 
 

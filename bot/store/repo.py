@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -247,3 +247,9 @@ async def set_phase_run_detail(s: AsyncSession, run_id: int, detail: str) -> Non
         .where(PhaseRun.id == run_id, PhaseRun.status == PhaseStatus.RUNNING)
         .values(detail=detail)
     )
+
+
+async def forget_events_before(s: AsyncSession, before: datetime) -> int:
+    """Drop Slack event ids older than `before` (Slack retries for minutes, not days)."""
+    result = await s.execute(delete(SlackEventSeen).where(SlackEventSeen.seen_at < before))
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,103 @@
+"""`ephem shell` driven as a person would: a terminal process, lines typed, output read."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+import yaml
+
+from bot.pg import asyncpg_dsn, quote_ident
+
+
+class Terminal:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.seen = ""
+        self.pos = 0  # where the last expected text ended
+
+    async def type(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((line + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def expect(self, pattern: str, timeout: float = 30) -> str:
+        """Read output until `pattern` appears after what was already matched."""
+        assert self.proc.stdout is not None
+        start = self.pos
+        regex = re.compile(pattern)
+
+        async def read() -> str:
+            while not (m := regex.search(self.seen, start)):
+                chunk = await self.proc.stdout.read(4096)  # type: ignore[union-attr]
+                if not chunk:
+                    raise AssertionError(f"shell exited; output:\n{self.seen}")
+                self.seen += chunk.decode()
+            self.pos = m.end()
+            return m.group(0)
+
+        try:
+            return await asyncio.wait_for(read(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {pattern!r} in:\n{self.seen[start:]}") from None
+
+
+@pytest.fixture
+async def weak_role(pg_admin_url: str, db_prefix: str) -> str:
+    """A login role that may connect but not create databases (yet)."""
+    role = f"{db_prefix}shellweak"
+    conn = await asyncpg.connect(asyncpg_dsn(pg_admin_url))
+    await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(role)}")
+    await conn.execute(f"CREATE ROLE {quote_ident(role)} LOGIN")
+    await conn.close()
+    return role
+
+
+async def test_shell_runs_commands_and_clicks_buttons_by_label(
+    tmp_path: Path, bot_db_url: str, pg_admin_url: str, db_prefix: str, weak_role: str,
+    store: object,
+) -> None:
+    del store  # the bot's tables start empty
+    server = pg_admin_url.replace("postgres@", f"{weak_role}@", 1)
+    assert weak_role in server
+    (tmp_path / "ephem.yaml").write_text(yaml.safe_dump({
+        "phases": {"data": {"server": server, "database_prefix": db_prefix}},
+        "retries": {"attempts": 1, "backoff": "1s"},
+    }))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EPHEM_", "SLACK_"))}
+    env |= {"EPHEM_DATABASE_URL": bot_db_url, "EPHEM_CONFIG": str(tmp_path / "ephem.yaml"),
+            "EPHEM_POLL_SECONDS": "0.1", "EPHEM_SECRET_KEY": "shell-test"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "shell", "--user", "UANA",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=env)
+    term = Terminal(proc)
+    try:
+        await term.expect(r"Ephem shell as UANA")
+        await term.type("/ephem create sh-1")
+        await term.expect(r"sh-1 · failed")
+        await term.expect(r"\[Retry\] \[Destroy\]")
+
+        conn = await asyncpg.connect(asyncpg_dsn(pg_admin_url))
+        await conn.execute(f"ALTER ROLE {quote_ident(weak_role)} CREATEDB CREATEROLE")
+        await conn.close()
+        await term.type("Retry")  # clicks the Retry button shown on the card
+        await term.expect(r"sh-1 · ready")
+        await term.type("status sh-1")
+        await term.expect(r"\*sh-1\* is ready")
+        await term.type("Destroy sh-1")  # the button, by label and environment
+        await term.expect(r"sh-1 · destroyed")
+        await term.type("frobnicate")
+        await term.expect(r"not a command I know")
+        await term.type("exit")
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert "Traceback" not in term.seen
