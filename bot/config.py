@@ -81,6 +81,19 @@ def env_var(name: str) -> str | None:
     return os.environ.get(name)
 
 
+_OWN_PREFIXES = ("EPHEM_", "SLACK_")
+
+
+def child_environment() -> dict[str, str]:
+    """A copy of this process's environment: the base of every subprocess's (`bot.proc`).
+
+    Ephem's own settings (`EPHEM_*`, `SLACK_*`: the bot token, the secret key, the state
+    database URL) are left out — a project's migration command or Terraform module has no
+    business seeing them. Callers add to the copy; nothing writes to `os.environ`.
+    """
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith(_OWN_PREFIXES)}
+
+
 # --------------------------------------------------------------------------- blueprint
 
 
