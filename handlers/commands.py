@@ -32,7 +32,7 @@ from bot.ports import Invocation, Reply, Visibility
 from bot.store import Store, repo
 from bot.store.models import Environment
 from handlers import parser
-from handlers.parser import Create, Destroy, Extend, Help, ListEnvs, Status
+from handlers.parser import Create, Destroy, Extend, Help, ListEnvs, ResetData, Status
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,8 @@ class Commands:
                 return await self._destroy(inv, cmd)
             case Extend():
                 return await self._extend(inv, cmd)
+            case ResetData():
+                return await self._reset_data(inv, cmd)
             case Help():
                 return [Reply(parser.usage(cmd.topic))]
 
@@ -270,6 +272,26 @@ class Commands:
             text += (f" (capped: environments live at most "
                      f"{format_duration(self.blueprint.defaults.max_ttl)} from now)")
         return [Reply(text, visibility=Visibility.THREAD, env_id=env.id)]
+
+    async def _reset_data(self, inv: Invocation, cmd: ResetData) -> list[Reply]:
+        if self.blueprint.phases.data is None:
+            raise UserError("This project's blueprint configures no data phase; there is no "
+                            "database to reset.")
+        async with self.store.transaction() as s:
+            env = await self._find(s, cmd.name, for_update=True)
+            self._authorize(inv, env, "reset the data of")
+            if env.status is not EnvStatus.READY:
+                raise UserError(f"*{env.name}* is {env.status}; only a ready environment's "
+                                "data can be reset.")
+            if await repo.pending_jobs(s, env.id):
+                raise UserError(f"*{env.name}* already has work queued.")
+            await repo.enqueue_job(s, env_id=env.id, kind=JobKind.RESET_DATA,
+                                   requested_by=inv.user_id)
+            await repo.audit(s, actor=inv.user_id, action="reset-data", source=inv.source,
+                             env_id=env.id)
+        return [Reply(f"<@{inv.user_id}> asked to reset the data of *{env.name}*: its database "
+                      f"is re-created ({env.data_mode}); everything written to it is lost.",
+                      visibility=Visibility.THREAD, env_id=env.id)]
 
     async def _retry(self, inv: Invocation, name: str) -> list[Reply]:
         async with self.store.transaction() as s:

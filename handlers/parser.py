@@ -40,6 +40,11 @@ class Destroy:
 
 
 @dataclass(frozen=True)
+class ResetData:
+    name: str
+
+
+@dataclass(frozen=True)
 class Extend:
     name: str
     by: timedelta | None = None
@@ -50,7 +55,7 @@ class Help:
     topic: str | None = None
 
 
-Command = Create | ListEnvs | Status | Destroy | Extend | Help
+Command = Create | ListEnvs | Status | Destroy | Extend | ResetData | Help
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ USAGE = {
     "status": "/ephem status NAME",
     "destroy": "/ephem destroy NAME",
     "extend": "/ephem extend NAME [DURATION]",
+    "reset-data": "/ephem reset-data NAME",
     "help": "/ephem help [COMMAND]",
 }
 VERBS = tuple(USAGE)
@@ -157,7 +163,11 @@ def _named(verb: str, args: list[str]) -> Parsed:
     name = _single_name(verb, args)
     if len(args) > 1:
         raise UserError(f"`{verb}` takes one name; I do not know what to do with `{args[1]}`.")
-    return Run(Status(name) if verb == "status" else Destroy(name))
+    if verb == "status":
+        return Run(Status(name))
+    if verb == "reset-data":
+        return Run(ResetData(name))
+    return Run(Destroy(name))
 
 
 def _list(args: list[str]) -> Parsed:

@@ -33,6 +33,8 @@ class PhaseContext:
     # Reports progress detail ("creating role") on the status card.
     emit: Callable[[str], Awaitable[None]]
     secret_key: bytes = field(repr=False, default=b"")
+    # `/ephem reset-data`: the data phase re-creates the database instead of keeping it.
+    reset_data: bool = False
 
     def derive_secret(self, purpose: str, length: int = 32) -> str:
         """A stable secret for this environment (e.g. its database password).

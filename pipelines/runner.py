@@ -55,6 +55,7 @@ class _Plan:
     order: tuple[PhaseName, ...]
     working: EnvStatus
     done: EnvStatus
+    redo: bool = False  # run the phases even if they already succeeded (reset-data)
 
 
 _PLANS: Mapping[JobKind, _Plan] = {
@@ -62,6 +63,8 @@ _PLANS: Mapping[JobKind, _Plan] = {
     JobKind.DESTROY: _Plan(
         PhaseAction.DESTROY, DESTROY_ORDER, EnvStatus.DESTROYING, EnvStatus.DESTROYED
     ),
+    JobKind.RESET_DATA: _Plan(PhaseAction.APPLY, (PhaseName.DATA,), EnvStatus.CREATING,
+                              EnvStatus.READY, redo=True),
 }
 
 
@@ -119,7 +122,8 @@ class Runner:
                                            detail=f"{plan.working} {name}"))
         for phase_name in plan.order:
             run = latest.get(phase_name)
-            if run is not None and run.action is plan.action and run.status in _DONE:
+            if (not plan.redo and run is not None and run.action is plan.action
+                    and run.status in _DONE):
                 continue  # finished by an earlier job or attempt: resume after it
             phase = self.phases.get(phase_name)
             if phase is None:
@@ -141,7 +145,8 @@ class Runner:
             phase=phase,
             action=action,
             job_id=job.id,
-            context=lambda emit: self._context(job.env_id, emit),
+            context=lambda emit: self._context(job.env_id, emit,
+                                               reset=job.kind is JobKind.RESET_DATA),
             events=self.events,
             blueprint=self.blueprint,
         )
@@ -161,7 +166,7 @@ class Runner:
                                                detail=links, milestone=True))
         return None
 
-    async def _context(self, env_id: int, emit: Emit) -> PhaseContext:
+    async def _context(self, env_id: int, emit: Emit, *, reset: bool = False) -> PhaseContext:
         async with self.store.transaction() as s:
             env = await repo.get_environment(s, env_id)
         return PhaseContext(
@@ -174,6 +179,7 @@ class Runner:
             outputs={PhaseName(k): dict(v) for k, v in env.outputs.items()},
             emit=emit,
             secret_key=self._secret_key,
+            reset_data=reset,
         )
 
     async def _skip(self, job: ClaimedJob, name: PhaseName, action: PhaseAction) -> None:

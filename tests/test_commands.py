@@ -158,3 +158,25 @@ async def test_list_and_status(commands: Commands) -> None:
 async def test_unknown_button_is_answered(commands: Commands) -> None:
     replies = await commands.action(inv(""), action_id="explode", value="x")
     assert "not one I know" in replies[0].text
+
+
+async def test_reset_data_queues_a_data_only_job_for_ready_environments(
+    commands: Commands, store: Store
+) -> None:
+    await commands.command(inv("create pr-1"))
+    queued = await commands.command(inv("reset-data pr-1"))
+    assert "only a ready environment" in queued[0].text
+    async with store.transaction() as s:
+        env = await repo.find_live_environment(s, "pr-1")
+        assert env is not None
+        job = (await s.execute(select(Job))).scalars().one()
+        job.status = JobStatus.SUCCEEDED
+        await repo.set_status(s, env, EnvStatus.CREATING)
+        await repo.set_status(s, env, EnvStatus.READY)
+    other = await commands.command(inv("reset-data pr-1", user="UBOB"))
+    assert "belongs to" in other[0].text
+    done = await commands.command(inv("reset-data pr-1"))
+    assert done[0].visibility is Visibility.THREAD
+    async with store.transaction() as s:
+        kinds = [j.kind for j in (await s.execute(select(Job).order_by(Job.id))).scalars()]
+    assert kinds == [JobKind.CREATE, JobKind.RESET_DATA]

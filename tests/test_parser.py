@@ -13,6 +13,7 @@ from handlers.parser import (
     Extend,
     Help,
     ListEnvs,
+    ResetData,
     Run,
     Say,
     Status,
@@ -52,6 +53,7 @@ RUNS = [
     ("destroy pr-142", Destroy("pr-142")),
     ("extend pr-142", Extend("pr-142")),
     ("extend pr-142 3d", Extend("pr-142", timedelta(days=3))),
+    ("reset-data pr-142", ResetData("pr-142")),
 ]
 
 SAYS = [
@@ -77,6 +79,7 @@ SAYS = [
     ("destroy a b", "takes one name"),
     ("list --all", "does not take"),
     ("extend pr-1 soon", "not a duration"),
+    ("reset-data", "needs the name"),
     ("create --help", "Usage: `/ephem create"),
 ]
 

@@ -296,3 +296,21 @@ async def _job_ids(store: Store, env_id: int) -> list[int]:
         rows = await s.execute(text("SELECT id FROM jobs WHERE env_id = :e ORDER BY id"),
                                {"e": env_id})
         return list(rows.scalars())
+
+
+async def test_reset_data_reapplies_only_the_data_phase_with_reset_set(store: Store) -> None:
+    env_id = await make_env(store, "pr-r")
+    calls: list[str] = []
+    phases: list[Phase] = [ScriptedPhase(p, calls) for p in (INFRA, CODE, DATA)]
+    runner = _runner(store, phases, RecordedEvents())
+    assert (await runner(await new_job(store, env_id))).kind is OutcomeKind.SUCCEEDED
+    calls.clear()
+
+    outcome = await runner(await new_job(store, env_id, kind=JobKind.RESET_DATA))
+
+    assert outcome.kind is OutcomeKind.SUCCEEDED
+    assert calls == ["data.apply"]  # done phases are redone, but only the data phase
+    data = phases[2]
+    assert isinstance(data, ScriptedPhase)
+    assert [ctx.reset_data for ctx in data.seen] == [False, True]
+    assert (await _env(store, env_id))[0] is EnvStatus.READY
