@@ -107,15 +107,16 @@ def _duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
-_ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+_ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 
 
 def _expand(value: object) -> object:
-    """`${VAR}` in a string is replaced by that environment variable (for secrets in URLs)."""
+    """`${VAR}` in a string is replaced by that environment variable (for secrets in URLs);
+    `${VAR:-default}` falls back to `default` when it is unset."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
-            found = os.environ.get(m.group(1))
+            found = os.environ.get(m.group(1), m.group(2))
             if found is None:
                 raise ValueError(f"environment variable {m.group(1)} is not set")
             return found

@@ -79,16 +79,24 @@ def plan_create(req: EnvRequest, blueprint: Blueprint) -> CreatePlan:
             f"{format_duration(blueprint.defaults.max_ttl)} this project allows."
         )
     data = req.data or DataRequest(blueprint.defaults.data)
-    if data.mode is DataMode.SNAPSHOT:
-        raise UserError(
-            "`--data snapshot` needs a masked snapshot, and this project has none configured. "
-            "Use `--data seed` or `--data none`."
-        )
-    if data.mode is not DataMode.NONE and blueprint.phases.data is None:
+    phase = blueprint.phases.data
+    if data.mode is not DataMode.NONE and phase is None:
         raise UserError(
             f"`--data {data}` needs a database, and this project's blueprint configures no data "
             "phase. Use `--data none`."
         )
+    if data.mode is DataMode.SNAPSHOT:
+        assert phase is not None
+        name = data.snapshot or phase.default_snapshot
+        if not phase.snapshots:
+            raise UserError(
+                "`--data snapshot` needs a masked snapshot, and this project has none configured. "
+                "Use `--data seed` or `--data none`."
+            )
+        if name is None or name not in phase.snapshots:
+            known = ", ".join(f"`{n}`" for n in phase.snapshots)
+            raise UserError(f"There is no snapshot `{name or '(default)'}`; known: {known}.")
+        data = DataRequest(DataMode.SNAPSHOT, name)
     return CreatePlan(
         name=req.name, reference=reference, release_set={**releases, **req.overrides},
         overrides=dict(req.overrides), ttl=ttl, data=data, reason=req.reason,

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.config import parse_blueprint
-from bot.domain import EnvStatus, JobKind, JobStatus
+from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
 from bot.ports import Invocation, Visibility
 from bot.store import Store, repo
 from bot.store.models import AuditEvent, Environment, Job
@@ -180,3 +180,17 @@ async def test_reset_data_queues_a_data_only_job_for_ready_environments(
     async with store.transaction() as s:
         kinds = [j.kind for j in (await s.execute(select(Job).order_by(Job.id))).scalars()]
     assert kinds == [JobKind.CREATE, JobKind.RESET_DATA]
+
+
+async def test_data_snapshot_resolves_the_default_and_rejects_unknown_names(store: Store) -> None:
+    blueprint = parse_blueprint({"phases": {"data": {
+        "snapshots": {"shop": {"source": "postgresql://ro@db/shop", "rules": "rules.yaml"}},
+        "default_snapshot": "shop"}}})
+    commands = Commands(store=store, blueprint=blueprint, clock=lambda: NOW)
+    await commands.command(inv("create pr-s --data snapshot"))
+    async with store.transaction() as s:
+        env = await repo.find_live_environment(s, "pr-s")
+        assert env is not None and (env.data_mode, env.data_snapshot) == (
+            DataMode.SNAPSHOT, "shop")
+    unknown = await commands.command(inv("create pr-t --data snapshot:nightly"))
+    assert "no snapshot `nightly`" in unknown[0].text and "`shop`" in unknown[0].text
