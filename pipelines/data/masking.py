@@ -1,0 +1,487 @@
+"""Column maskers: one function per column rule, from PostgreSQL's text form of a value to the
+text form of its masked replacement.
+
+Why: a snapshot copies production rows with `COPY … TO STDOUT (FORMAT text)` and writes them
+back with `COPY … FROM STDIN`, so a masker sees exactly the text PostgreSQL prints for a value
+(after COPY unescaping; `DateStyle` ISO: `2024-01-31`, `2024-01-31 12:00:00+00`, `123.45`, JSON
+as text) and must return text the same column type accepts. None is SQL NULL and stays NULL
+(except under `null`, which always gives NULL).
+
+Every keyed transformer is an HMAC-SHA256 of `transformer name + NUL + value` under the masking
+key (for `phone`, the value's digits; for `date_shift`, its date part; so formatting does not
+matter). The same value gives the same output wherever it appears, so the same email masked in
+two tables is the same fake email and joins keep working; a different key gives unrelated
+output; a different transformer gives a different output for the same value. Table and
+column names are deliberately not part of the input. Fake names, streets and addresses are
+picked from lists taken from Faker once per locale and indexed by the HMAC (seeding Faker per
+value is about 20 times slower: bench/masking.py). Each masker caches its recent results in a
+bounded LRU, since real columns repeat values.
+
+The key is never logged or put in an error; `MaskingError` names the transformer, never the
+value (which is production data).
+
+Neighbours: `rules.py` defines and validates the rules; the snapshot builder calls
+`make_masker` once per masked column and streams values through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import date
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from functools import cache, lru_cache
+from typing import Any
+
+from pipelines.data.rules import (
+    WILDCARD,
+    ColumnRule,
+    JsonPath,
+    check_rule,
+    parse_json_path,
+    parse_template,
+)
+
+Masker = Callable[[str | None], str | None]
+Transform = Callable[[str], str | None]
+
+REDACTED = "[redacted]"
+EMAIL_DOMAINS = ("example.com", "example.net", "example.org")  # RFC 2606: nobody's mailbox
+DEFAULT_LOCALE = "en_US"
+DEFAULT_CACHE_SIZE = 1 << 16
+
+
+class MaskingError(ValueError):
+    """A value cannot be masked into a valid value of its kind (a date_shift of text that is no
+    date, say). The message names the transformer and what was expected, never the value."""
+
+
+# --------------------------------------------------------------------------- keyed hashing
+
+
+class _Keyed:
+    """HMAC-SHA256(key, purpose NUL value) with the key's pads and the purpose hashed once.
+
+    Copying two prepared SHA-256 states costs about a third of `hmac.digest` per call."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes, purpose: str) -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._inner.update(purpose.encode() + b"\0")
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def digest(self, value: str) -> bytes:
+        inner = self._inner.copy()
+        inner.update(value.encode("utf-8", "surrogatepass"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+def _more(digest: bytes, counter: int) -> bytes:
+    return hashlib.sha256(digest + counter.to_bytes(4, "big")).digest()
+
+
+def _hex(digest: bytes, count: int) -> str:
+    """`count` hex characters: the digest's, then an expansion of it."""
+    out, counter = digest.hex(), 0
+    while len(out) < count:
+        counter += 1
+        out += _more(digest, counter).hex()
+    return out[:count]
+
+
+# Bytes below 250 map evenly onto 0-9; the six above are dropped (no modulo bias).
+_DIGIT_OF = bytes((48 + b % 10) if b < 250 else 0 for b in range(256))
+_OVER = bytes(range(250, 256))
+
+
+def _digits(digest: bytes, count: int) -> str:
+    """`count` uniformly distributed decimal digits derived from the digest."""
+    out, counter = digest.translate(_DIGIT_OF, _OVER), 0
+    while len(out) < count:
+        counter += 1
+        out += _more(digest, counter).translate(_DIGIT_OF, _OVER)
+    return out[:count].decode("ascii")
+
+
+# --------------------------------------------------------------------------- Faker word lists
+
+
+@cache
+def _faker(locale: str) -> Any:
+    from faker import Faker
+
+    return Faker(locale)
+
+
+def _faker_list(locale: str, attrs: tuple[str, ...], method: str) -> tuple[str, ...]:
+    """A locale's word list: the provider's own table when it has a real one, else a sorted
+    sample of what the provider method produces (some locales compose names from parts)."""
+    fake = _faker(locale)
+    for attr in attrs:
+        for provider in fake.factories[0].get_providers():
+            found = getattr(provider, attr, None)
+            if found is not None and len(found) >= 20:
+                return tuple(dict.fromkeys(str(w) for w in found))
+    fake.seed_instance(0)
+    generate = getattr(fake, method)
+    return tuple(sorted({str(generate()) for _ in range(3000)}))
+
+
+@cache
+def first_names(locale: str = DEFAULT_LOCALE) -> tuple[str, ...]:
+    """Faker's first names for a locale (also what `detect` compares values with)."""
+    names = _faker_list(locale, ("first_names",), "first_name")
+    if len(names) < 20:
+        names = tuple(dict.fromkeys(
+            _faker_list(locale, ("first_names_female",), "first_name_female")
+            + _faker_list(locale, ("first_names_male",), "first_name_male")))
+    return names
+
+
+@cache
+def last_names(locale: str = DEFAULT_LOCALE) -> tuple[str, ...]:
+    return _faker_list(locale, ("last_names",), "last_name")
+
+
+@cache
+def street_names(locale: str = DEFAULT_LOCALE) -> tuple[str, ...]:
+    return _faker_list(locale, (), "street_name")
+
+
+_ASCII_WORD = re.compile(r"[a-z]+")
+
+
+@cache
+def _email_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def plain(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n.lower() for n in names if _ASCII_WORD.fullmatch(n.lower())))
+
+    return plain(first_names()), plain(last_names())
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def _redact(params: Mapping[str, Any], key: bytes) -> Transform:
+    text = str(params.get("text", REDACTED))
+    return lambda _value: text
+
+
+def _hash(params: Mapping[str, Any], key: bytes) -> Transform:
+    keyed, length = _Keyed(key, "hash"), int(params.get("length", 64))
+    return lambda value: keyed.digest(value).hex()[:length]
+
+
+def _email(params: Mapping[str, Any], key: bytes) -> Transform:
+    keyed = _Keyed(key, "email")
+    first, last = _email_words()
+    nf, nl = len(first), len(last)
+    domains = (str(params["domain"]),) if "domain" in params else EMAIL_DOMAINS
+    nd = len(domains)
+
+    def email(value: str) -> str:
+        n = int.from_bytes(keyed.digest(value)[:16], "big")  # 128 bits: plenty, and faster
+        f = first[n % nf]
+        n //= nf
+        la = last[n % nl]
+        n //= nl
+        # 12 digits: ~10^18 addresses, so even 10 million distinct emails practically never
+        # collide (a unique index on the masked column must keep holding).
+        number = n % 1_000_000_000_000
+        n //= 1_000_000_000_000
+        return f"{f}.{la}+{number:012d}@{domains[n % nd]}"
+
+    return email
+
+
+def _name_picker(kind: str) -> Callable[[Mapping[str, Any], bytes], Transform]:
+    def build(params: Mapping[str, Any], key: bytes) -> Transform:
+        keyed = _Keyed(key, kind)
+        locale = str(params.get("locale", DEFAULT_LOCALE))
+        first, last = first_names(locale), last_names(locale)
+        nf, nl = len(first), len(last)
+
+        def pick_first(value: str) -> str:
+            return first[int.from_bytes(keyed.digest(value), "big") % nf]
+
+        def pick_last(value: str) -> str:
+            return last[int.from_bytes(keyed.digest(value), "big") % nl]
+
+        def pick_full(value: str) -> str:
+            n = int.from_bytes(keyed.digest(value), "big")
+            return f"{first[n % nf]} {last[(n // nf) % nl]}"
+
+        return {"first_name": pick_first, "last_name": pick_last, "full_name": pick_full}[kind]
+
+    return build
+
+
+def _address(params: Mapping[str, Any], key: bytes) -> Transform:
+    keyed = _Keyed(key, "address")
+    streets = street_names(str(params.get("locale", DEFAULT_LOCALE)))
+    ns = len(streets)
+
+    def address(value: str) -> str:
+        n = int.from_bytes(keyed.digest(value), "big")
+        return f"{1 + (n // ns) % 9999} {streets[n % ns]}"
+
+    return address
+
+
+_NOT_DIGIT = re.compile(r"[^0-9]")
+
+
+def _phone(params: Mapping[str, Any], key: bytes) -> Transform:
+    """Every non-digit stays where it is; digits are replaced (all but the first
+    `keep_prefix`). The HMAC is of the digits alone, so `+1 555 0100` and `15550100` agree."""
+    keyed, keep = _Keyed(key, "phone"), int(params.get("keep_prefix", 0))
+
+    def phone(value: str) -> str:
+        digits = _NOT_DIGIT.sub("", value)
+        if len(digits) <= keep:
+            return value
+        fresh = digits[:keep] + _digits(keyed.digest(digits), len(digits) - keep)
+        out, i = [], 0
+        for ch in value:
+            if "0" <= ch <= "9":
+                out.append(fresh[i])
+                i += 1
+            else:
+                out.append(ch)
+        return "".join(out)
+
+    return phone
+
+
+_DATE = re.compile(r"(\d{4,})-(\d\d)-(\d\d)(?=$|[ T])")
+_INFINITE = ("infinity", "-infinity")
+
+
+def _date_shift(params: Mapping[str, Any], key: bytes) -> Transform:
+    """Shift by 1..`days` days, earlier or later, chosen by the HMAC of the date part (so a date
+    and the timestamps on that day move together). The time and zone are kept as written."""
+    keyed, days = _Keyed(key, "date_shift"), int(params["days"])
+
+    def shift(value: str) -> str:
+        m = _DATE.match(value)
+        if m is None or value.endswith(" BC"):
+            if value in _INFINITE:
+                return value
+            raise MaskingError("date_shift: expected a date or timestamp in ISO format "
+                               "(YYYY-MM-DD…, PostgreSQL's DateStyle ISO)")
+        n = int.from_bytes(keyed.digest(m.group(0))[:8], "big")
+        delta = (1 + (n >> 1) % days) * (-1 if n & 1 else 1)
+        try:
+            moved = date.fromordinal(
+                date(int(m.group(1)), int(m.group(2)), int(m.group(3))).toordinal() + delta)
+        except (ValueError, OverflowError):
+            raise MaskingError("date_shift: the date is outside the years 1 to 9999") from None
+        return f"{moved.year:04d}-{moved.month:02d}-{moved.day:02d}{value[m.end():]}"
+
+    return shift
+
+
+_DEC = Context(prec=1000)  # products of numeric values: exact
+_FACTOR = Context(prec=20)  # the noise factor: 20 digits are plenty
+_TWO_64 = Decimal(2**64)
+_NON_FINITE = {"nan", "infinity", "-infinity", "inf", "-inf", "+infinity", "+inf"}
+
+
+def _number_noise(params: Mapping[str, Any], key: bytes) -> Transform:
+    """Multiply by a factor in [1 - ratio, 1 + ratio] drawn from the HMAC; keep the number of
+    decimal places (integers stay integers) and stay within the ratio after rounding."""
+    keyed = _Keyed(key, "number_noise")
+    ratio = Decimal(repr(float(params["ratio"])))
+    low_factor, high_factor = 1 - ratio, 1 + ratio
+
+    def noise(value: str) -> str:
+        text = value.strip()
+        if text.lower() in _NON_FINITE:
+            return value
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            raise MaskingError("number_noise: expected a number") from None
+        u = _FACTOR.divide(Decimal(int.from_bytes(keyed.digest(text)[:8], "big")), _TWO_64)
+        factor = _FACTOR.add(1, _FACTOR.multiply(ratio, _FACTOR.subtract(2 * u, 1)))
+        if "e" in text or "E" in text:
+            return repr(float(_DEC.multiply(number, factor)))
+        places = len(text) - text.index(".") - 1 if "." in text else 0
+        step = Decimal(1).scaleb(-places)
+        noisy = _DEC.multiply(number, factor).quantize(step, ROUND_HALF_EVEN, _DEC)
+        bounds = sorted((_DEC.multiply(number, low_factor), _DEC.multiply(number, high_factor)))
+        noisy = max(noisy, bounds[0].quantize(step, ROUND_CEILING, _DEC))
+        noisy = min(noisy, bounds[1].quantize(step, ROUND_FLOOR, _DEC))
+        return format(noisy, "f")
+
+    return noise
+
+
+def _regex(params: Mapping[str, Any], key: bytes) -> Transform:
+    pattern, replace = re.compile(str(params["pattern"])), str(params.get("replace", ""))
+    return lambda value: pattern.sub(replace, value)
+
+
+def _template(params: Mapping[str, Any], key: bytes) -> Transform:
+    keyed, parts = _Keyed(key, "template"), parse_template(str(params["format"]))
+    hex_width = sum(w for _, f, w in parts if f == "hash")
+    digit_width = sum(w for _, f, w in parts if f == "digits")
+
+    def fill(value: str) -> str:
+        digest = keyed.digest(value)
+        hexes, digits = _hex(digest, hex_width), _digits(digest, digit_width)
+        out: list[str] = []
+        h = d = 0
+        for literal, name, width in parts:
+            out.append(literal)
+            if name == "hash":
+                out.append(hexes[h:h + width])
+                h += width
+            elif name == "digits":
+                out.append(digits[d:d + width])
+                d += width
+        return "".join(out)
+
+    return fill
+
+
+# --------------------------------------------------------------------------- json
+
+
+def _dumps(node: object) -> str:
+    """JSON text in jsonb's output style, with numbers exactly as they were read."""
+    if isinstance(node, str):
+        return json.dumps(node, ensure_ascii=False)
+    if node is None:
+        return "null"
+    if node is True:
+        return "true"
+    if node is False:
+        return "false"
+    if isinstance(node, int | Decimal):
+        return str(node)
+    if isinstance(node, dict):
+        return "{" + ", ".join(f"{_dumps(k)}: {_dumps(v)}" for k, v in node.items()) + "}"
+    if isinstance(node, list):
+        return "[" + ", ".join(_dumps(v) for v in node) + "]"
+    raise TypeError(type(node).__name__)
+
+
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+def _mask_leaf(node: object, masker: Masker) -> object:
+    """Mask one JSON value through a text masker, keeping its JSON type where the result
+    allows it (a noised number stays a number, a masked string stays a string)."""
+    if node is None:
+        return masker(None)
+    if isinstance(node, str):
+        return masker(node)
+    if isinstance(node, bool):
+        text = "true" if node else "false"
+    elif isinstance(node, int | Decimal):
+        text = str(node)
+    else:
+        text = _dumps(node)
+    out = masker(text)
+    if out is None or out == text:
+        return None if out is None else node
+    if isinstance(node, bool) and out in ("true", "false"):
+        return out == "true"
+    if isinstance(node, int | Decimal) and not isinstance(node, bool) and \
+            _JSON_NUMBER.fullmatch(out):
+        return int(out) if out.lstrip("-").isdigit() else Decimal(out)
+    return out
+
+
+def _apply(node: object, path: JsonPath, masker: Masker) -> object:
+    if not path:
+        return _mask_leaf(node, masker)
+    head, rest = path[0], path[1:]
+    if head is WILDCARD:
+        if isinstance(node, list):
+            return [_apply(v, rest, masker) for v in node]
+        if isinstance(node, dict):
+            return {k: _apply(v, rest, masker) for k, v in node.items()}
+    elif isinstance(head, int):
+        if isinstance(node, list) and head < len(node):
+            node[head] = _apply(node[head], rest, masker)
+    elif isinstance(node, dict) and head in node:
+        node[head] = _apply(node[head], rest, masker)
+    return node
+
+
+def _json(params: Mapping[str, Any], key: bytes) -> Transform:
+    """Parse, mask the values at each path with its nested rule, write back. Text that is not
+    JSON cannot be masked by path, so the whole value becomes the JSON string "[redacted]"."""
+    paths = [(parse_json_path(p), make_masker(rule, key=key))
+             for p, rule in params["paths"].items()]
+    redacted = json.dumps(REDACTED)
+
+    def mask(value: str) -> str:
+        try:
+            doc = json.loads(value, parse_float=Decimal)
+        except ValueError:
+            return redacted
+        for path, masker in paths:
+            doc = _apply(doc, path, masker)
+        return _dumps(doc)
+
+    return mask
+
+
+# --------------------------------------------------------------------------- entry point
+
+_BUILDERS: Mapping[str, Callable[[Mapping[str, Any], bytes], Transform]] = {
+    "redact": _redact,
+    "hash": _hash,
+    "email": _email,
+    "first_name": _name_picker("first_name"),
+    "last_name": _name_picker("last_name"),
+    "full_name": _name_picker("full_name"),
+    "phone": _phone,
+    "address": _address,
+    "date_shift": _date_shift,
+    "number_noise": _number_noise,
+    "regex": _regex,
+    "json": _json,
+    "template": _template,
+}
+
+
+def _keep(value: str | None) -> str | None:
+    return value
+
+
+def _null(value: str | None) -> str | None:
+    return None
+
+
+def make_masker(rule: ColumnRule, *, key: bytes,
+                cache_size: int = DEFAULT_CACHE_SIZE) -> Masker:
+    """A function from a value's text (None for NULL) to its masked text, deterministic under
+    `key`. Raises ConfigError for an invalid rule and ValueError for an empty key; the masker
+    raises MaskingError for a value its transformer cannot handle."""
+    if not key:
+        raise ValueError("the masking key is empty (set EPHEM_MASKING_KEY)")
+    rule = check_rule(rule)
+    if rule.transformer == "keep":
+        return _keep
+    if rule.transformer == "null":
+        return _null
+    transform = _BUILDERS[rule.transformer](rule.params, key)
+    if rule.transformer != "redact" and cache_size > 0:
+        transform = lru_cache(maxsize=cache_size)(transform)
+
+    def masker(value: str | None) -> str | None:
+        return None if value is None else transform(value)
+
+    return masker
