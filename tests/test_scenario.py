@@ -52,7 +52,13 @@ class Bot:
                         return
                 await asyncio.sleep(0.05)
         await asyncio.wait_for(poll(), timeout)
-        await self.app.notifier.flush()
+
+        # The card is updated after the status is committed (and coalesced): wait for it too.
+        async def card_shows() -> None:
+            while not (self.api.roots(CHANNEL) and f"· {want}" in self.card_text()):
+                await self.app.notifier.flush()
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(card_shows(), timeout)
 
     def card(self) -> dict[str, Any]:
         roots = self.api.roots(CHANNEL)
@@ -60,7 +66,7 @@ class Bot:
         return self.api.messages[roots[0]]
 
     def card_text(self) -> str:
-        return json.dumps(self.card()["blocks"])
+        return json.dumps(self.card()["blocks"], ensure_ascii=False)
 
 
 async def _bot(api: SlackApi, bot_db_url: str, data: dict[str, Any], prefix: str
@@ -130,7 +136,7 @@ async def test_create_use_and_destroy_from_slack(bot: Bot, pg_admin_url: str) ->
     # Someone else may not destroy it; the owner may.
     await bot.slack.command("destroy sc-1", user_id=OTHER, channel_id=CHANNEL)
     refusal = await bot.api.wait_for("chat.postEphemeral",
-                                     lambda c: c.params["user"] == OTHER)
+                                     lambda c: c.params["user"] == OTHER, timeout=20)
     assert "belongs to <@UANA>" in refusal[0].params["text"]
     assert await bot.status("sc-1") is EnvStatus.READY
 
@@ -150,7 +156,7 @@ async def test_malformed_input_gets_a_usage_reply_and_nothing_is_queued(bot: Bot
     status, _ = await bot.slack.command("create sc_2 --ttl forever", user_id=OWNER,
                                         channel_id=CHANNEL)
     assert status == 200
-    reply = await bot.api.wait_for("chat.postEphemeral")
+    reply = await bot.api.wait_for("chat.postEphemeral", timeout=20)
     assert "not a valid name" in reply[0].params["text"]
     assert "Usage" in reply[0].params["text"]
     assert "Traceback" not in _text(reply[0])
