@@ -35,18 +35,20 @@ class IllegalTransition(EphemError):
 
 
 class PhaseError(EphemError):
-    """A phase failed. `reason` is a short, user-safe sentence (never a trace, never a secret)."""
+    """A phase failed. `reason` is a short, user-safe sentence (never a trace, never a secret);
+    `details`, when given, is longer user-safe text for the thread (a tool's output tail)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, details: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.details = details
 
 
 class TemporaryError(PhaseError):
     """Worth retrying after `delay` seconds (a connection refused, a lock held elsewhere)."""
 
-    def __init__(self, reason: str, *, delay: float = 5.0) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, *, delay: float = 5.0, details: str | None = None) -> None:
+        super().__init__(reason, details=details)
         self.delay = delay
 
 

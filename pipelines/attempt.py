@@ -43,6 +43,7 @@ class Failure:
     """A phase that did not succeed; `reason` is short and safe to show in the channel."""
 
     reason: str
+    details: str | None = None  # longer text for the thread (e.g. a tool's output tail)
 
 
 class Superseded(Exception):
@@ -91,10 +92,10 @@ async def run_attempts(
             await run.interrupted()
             raise
         except TemporaryError as exc:
-            failure = Failure(short(exc.reason))
+            failure = Failure(short(exc.reason), exc.details)
             retry_in = max(exc.delay, backoff * 2 ** (attempt - 1))
         except PhaseError as exc:  # PermanentError, or one that does not say: do not retry
-            failure = Failure(short(exc.reason))
+            failure = Failure(short(exc.reason), exc.details)
             retry_in = None
         except Exception as exc:
             if isinstance(exc, TimeoutError) and timeout.expired():

@@ -153,6 +153,11 @@ class Runner:
         if isinstance(outcome, Failure):
             await self._progress(ProgressEvent(job.env_id, phase.name, PhaseStatus.FAILED,
                                                detail=outcome.reason))
+            if outcome.details:
+                await self._progress(ProgressEvent(
+                    job.env_id, phase.name, PhaseStatus.FAILED, milestone=True,
+                    detail=f"{phase.name}: the end of the output\n"
+                           f"```\n{outcome.details[-2500:]}\n```"))
             return outcome
         took = f"in {time.monotonic() - started:.1f}s"
         detail = f"{outcome.summary} ({took})" if outcome.summary else took

@@ -314,3 +314,17 @@ async def test_reset_data_reapplies_only_the_data_phase_with_reset_set(store: St
     assert isinstance(data, ScriptedPhase)
     assert [ctx.reset_data for ctx in data.seen] == [False, True]
     assert (await _env(store, env_id))[0] is EnvStatus.READY
+
+
+async def test_a_failure_with_details_posts_them_in_the_thread(store: Store) -> None:
+    env_id = await make_env(store, "pr-d")
+    calls: list[str] = []
+    tail = "step 1 ok\nstep 2: relation \"x\" does not exist"
+    data = ScriptedPhase(DATA, calls, errors=[PermanentError("migrate exited 1", details=tail)])
+    events = RecordedEvents()
+    outcome = await _runner(store, [data], events)(await new_job(store, env_id))
+    assert outcome.kind is OutcomeKind.FAILED
+    posted = [e.detail for e in events.progress_events if e.milestone]
+    assert sum(tail in p for p in posted) == 1  # the output tail, once, in the thread
+    assert any("migrate exited 1" in p for p in posted)
+    assert (await _env(store, env_id))[1] == "data apply failed: migrate exited 1"

@@ -105,7 +105,7 @@ class CommandFailed(PermanentError):
     """The migration command exited non-zero; `output` is its scrubbed output tail."""
 
     def __init__(self, reason: str, *, returncode: int, output: str) -> None:
-        super().__init__(reason)
+        super().__init__(reason, details=output)
         self.returncode = returncode
         self.output = output
 
