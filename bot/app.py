@@ -8,11 +8,12 @@ means changing this file only.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bot.config import Blueprint, Settings
@@ -27,21 +28,41 @@ from bot.store import Store, repo
 from bot.tasks import InFlight
 from handlers.commands import Commands
 from pipelines.base import Phase
+from pipelines.data.clone import WarmPool
+from pipelines.data.keeper import SnapshotKeeper
 from pipelines.data.postgres import DatabasePhase
 from pipelines.runner import Runner
 
 log = logging.getLogger(__name__)
 
 
-def build_phases(settings: Settings, blueprint: Blueprint) -> Mapping[PhaseName, Phase]:
-    """The phases this blueprint configures; the runner reports the others as skipped."""
-    phases: dict[PhaseName, Phase] = {}
+def masking_key(settings: Settings) -> bytes:
+    """EPHEM_MASKING_KEY; else derived from EPHEM_SECRET_KEY; else empty (builds refuse)."""
+    key = settings.masking_key.get_secret_value()
+    if key:
+        return key.encode()
+    secret = settings.secret_key.get_secret_value()
+    if secret:
+        return hmac.new(secret.encode(), b"ephem-masking", hashlib.sha256).digest()
+    return b""
+
+
+def data_parts(settings: Settings, blueprint: Blueprint
+               ) -> tuple[DatabasePhase | None, SnapshotKeeper | None]:
+    """The data phase and, when snapshots are configured, the keeper of their pools."""
     data = blueprint.phases.data
-    if data is not None:
-        phases[PhaseName.DATA] = DatabasePhase(
-            admin_url=data.server or settings.database_url, prefix=data.database_prefix
-        )
-    return phases
+    if data is None:
+        return None, None
+    admin_url = data.server or settings.database_url
+    pooled = any(s.pool > 0 for s in data.snapshots.values())
+    pool = WarmPool(admin_url, prefix=data.database_prefix) if pooled else None
+    phase = DatabasePhase(admin_url=admin_url, prefix=data.database_prefix,
+                          migrations=data.migrations, snapshots=data.snapshots, pool=pool)
+    keeper = None
+    if data.snapshots:
+        keeper = SnapshotKeeper(admin_url=admin_url, prefix=data.database_prefix,
+                                snapshots=data.snapshots, key=masking_key(settings), pool=pool)
+    return phase, keeper
 
 
 def secret_key(settings: Settings) -> bytes:
@@ -66,6 +87,7 @@ class Ephem:
     runner: Runner
     executor: Executor
     scheduler: Scheduler
+    keeper: SnapshotKeeper | None = None
     inflight: InFlight = field(default_factory=InFlight)
 
     async def start(self, *, executor: bool = True, scheduler: bool = True) -> None:
@@ -78,6 +100,8 @@ class Ephem:
         """Drain: stop taking work, let running phases finish up to the grace period, release
         the rest, then make sure the final Slack updates land."""
         await self.scheduler.stop()
+        if self.keeper is not None:
+            await self.keeper.stop()
         await self.inflight.drain(self.settings.grace_seconds)
         await self.executor.stop()
         await self.notifier.flush()
@@ -99,8 +123,10 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
         writer = WebApiWriter(make_web_client(settings))
     notifier = Notifier(store, writer, coalesce_seconds=coalesce_seconds)
     commands = Commands(store=store, blueprint=blueprint)
-    runner = Runner(store=store, phases=build_phases(settings, blueprint), blueprint=blueprint,
-                    events=notifier, secret_key=secret_key(settings))
+    data_phase, keeper = data_parts(settings, blueprint)
+    phases: dict[PhaseName, Phase] = {PhaseName.DATA: data_phase} if data_phase else {}
+    runner = Runner(store=store, phases=phases, blueprint=blueprint, events=notifier,
+                    secret_key=secret_key(settings))
     executor = Executor(
         store=store, work=runner, owner=f"{socket.gethostname()}:{os.getpid()}",
         workers=settings.workers, lease_seconds=settings.lease_seconds,
@@ -125,7 +151,8 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
         )
 
     scheduler = Scheduler(store=store, remind_before=blueprint.defaults.remind_before,
-                          remind=remind, reaped=reaped, interval=settings.scheduler_seconds)
+                          remind=remind, reaped=reaped, interval=settings.scheduler_seconds,
+                          periodic=[keeper.tick] if keeper else [])
     return Ephem(settings=settings, blueprint=blueprint, store=store, writer=writer,
                  notifier=notifier, commands=commands, runner=runner, executor=executor,
-                 scheduler=scheduler)
+                 scheduler=scheduler, keeper=keeper)

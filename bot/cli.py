@@ -78,6 +78,19 @@ def cmd_shell(args: argparse.Namespace) -> int:
     return asyncio.run(run_shell(settings, user=args.user, channel=args.channel))
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from bot import snapshot_cli
+
+    settings = load_settings()
+    _setup_logging(settings.log_level if settings.log_level != "INFO" else "WARNING")
+    blueprint = load_blueprint(settings.config)
+    if args.snapshot_command == "build":
+        return asyncio.run(snapshot_cli.build(settings, blueprint, args.name))
+    if args.snapshot_command == "lint":
+        return asyncio.run(snapshot_cli.lint_snapshot(settings, blueprint, args.name))
+    return asyncio.run(snapshot_cli.show(settings, blueprint))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ephem", description="Ephemeral environments from Slack.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                      ).set_defaults(func=cmd_db_upgrade)
     sub.add_parser("doctor", help="validate the configuration and check every connection"
                    ).set_defaults(func=cmd_doctor)
+    snap = sub.add_parser("snapshot", help="masked snapshots of production data")
+    snapsub = snap.add_subparsers(dest="snapshot_command", required=True)
+    for verb, text in (("build", "lint, build the golden database, fill the warm pool"),
+                       ("lint", "only check that every column that looks personal has a rule")):
+        one = snapsub.add_parser(verb, help=text)
+        one.add_argument("name", nargs="?", help="snapshot name (default: the blueprint's)")
+        one.set_defaults(func=cmd_snapshot)
+    snapsub.add_parser("list", help="built snapshots").set_defaults(func=cmd_snapshot)
     return p
 
 

@@ -141,6 +141,7 @@ def format_duration(delta: timedelta) -> str:
 # --------------------------------------------------------------------------- names
 
 NAME_MAX = 40
+RESERVED_NAME_PREFIXES = ("snap-", "pool-")
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 _ADJECTIVES = (
     "amber", "bold", "brisk", "calm", "clever", "coral", "crisp", "dusty", "eager", "fancy",
@@ -165,6 +166,11 @@ def validate_name(name: str) -> str:
     """
     if len(name) > NAME_MAX:
         raise UserError(f"`{name}` is {len(name)} characters long; names have at most {NAME_MAX}.")
+    if name.startswith(RESERVED_NAME_PREFIXES):
+        raise UserError(
+            f"`{name}`: names starting with {' or '.join(f'`{p}`' for p in RESERVED_NAME_PREFIXES)}"
+            " are reserved for Ephem's own snapshot and pool databases."
+        )
     if not _NAME_RE.match(name):
         raise UserError(
             f"`{name}` is not a valid name: use lowercase letters, digits and hyphens, "

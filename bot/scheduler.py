@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -45,6 +45,7 @@ class Scheduler:
         reaped: Reaped,
         interval: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        periodic: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self.store = store
         self.remind_before = remind_before
@@ -52,6 +53,7 @@ class Scheduler:
         self.reaped = reaped
         self.interval = interval
         self.clock = clock
+        self.periodic = tuple(periodic)  # more work on the same beat (snapshots and pools)
         self._task: asyncio.Task[None] | None = None
 
     async def tick(self) -> TickResult:
@@ -97,12 +99,14 @@ class Scheduler:
 
     async def _loop(self) -> None:
         while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("scheduler tick failed; trying again in %.0fs", self.interval)
+            for work in (self.tick, *self.periodic):
+                try:
+                    await work()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("scheduled work failed; trying again in %.0fs",
+                                  self.interval)
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:

@@ -62,6 +62,8 @@ async def _drop_prefixed(url: str) -> None:
         dbs = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1",
                                PREFIX + "%")
         for row in dbs:
+            # Golden snapshots are templates, which cannot be dropped until they are not.
+            await conn.execute(f"ALTER DATABASE {quote_ident(row[0])} IS_TEMPLATE false")
             await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(row[0])} WITH (FORCE)")
         roles = await conn.fetch("SELECT rolname FROM pg_roles WHERE rolname LIKE $1",
                                  PREFIX + "%")

@@ -26,8 +26,17 @@ def run(args: list[str], env: dict[str, str], *, timeout: float = 180
 @pytest.fixture
 def blueprint_file(tmp_path: Path, db_prefix: str) -> Path:
     """The example blueprint, with this test run's database prefix (so cleanup finds it)."""
-    raw = yaml.safe_load(example_blueprint_path().read_text())
-    raw["phases"]["data"]["database_prefix"] = db_prefix
+    example = example_blueprint_path()
+    raw = yaml.safe_load(example.read_text())
+    data = raw["phases"]["data"]
+    data["database_prefix"] = db_prefix
+    # Relative paths resolve against the blueprint's directory: point at the example's files.
+    data["migrations"]["locations"] = [str(example.parent / p)
+                                       for p in data["migrations"]["locations"]]
+    data["migrations"]["seed_locations"] = [str(example.parent / p)
+                                            for p in data["migrations"]["seed_locations"]]
+    for snap in data["snapshots"].values():
+        snap["rules"] = str(example.parent / snap["rules"])
     path = tmp_path / "ephem.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -93,7 +93,8 @@ async def test_apply_creates_a_database_and_role_reachable_with_the_derived_pass
 
     db = f"{db_prefix}pr_142"
     password = ctx.derive_secret("db-password")
-    assert result.outputs == {"host": phase.host, "port": phase.port, "database": db, "user": db}
+    assert result.outputs == {"host": phase.host, "port": phase.port, "database": db, "user": db,
+                              "data": "seed", "migrations": [], "seconds": {}}
     assert password not in repr(result.outputs) and password not in result.summary
     url = result.secrets["database_url"]
     assert password in url

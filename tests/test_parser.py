@@ -59,6 +59,8 @@ RUNS = [
 SAYS = [
     ("frobnicate", "not a command I know"),
     ("create pr_142", "not a valid name"),
+    ("create snap-x", "reserved"),
+    ("create pool-1", "reserved"),
     ("create -pr", "has no option"),
     ("create " + "a" * 41, "at most 40"),
     ("create --match", "`--match` needs a value"),

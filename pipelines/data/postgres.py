@@ -9,8 +9,17 @@ secret is stored; it is sent to the server only as a SCRAM-SHA-256 verifier, so 
 statement text and so in no server log either. The connection URL with the password goes to the
 owner only, as a `PhaseResult` secret.
 
-Neighbours: migrations, seed data and snapshot clones (later parts of the data phase) fill the
-database this module creates. The runner retries `TemporaryError`s and stops on `PermanentError`s.
+What fills the database depends on the environment's data mode:
+- `none`: the schema only (the project's migrations);
+- `seed`: the schema, then the seed migrations;
+- `snapshot`: a clone of the newest golden database of the snapshot (from the warm pool when
+  one is ready — a rename, no copy — else `CREATE DATABASE … TEMPLATE`), handed over to the
+  environment's role, then the migrations newer than production on top.
+Migrations run as the environment's own role, so everything they create is the environment's.
+`reset_data` throws the database away and makes it again the same way.
+
+Neighbours: `migrations` (schema and seeds), `clone` (copies and the pool), `snapshot` (golden
+databases). The runner retries `TemporaryError`s and stops on `PermanentError`s.
 """
 
 from __future__ import annotations
@@ -21,17 +30,22 @@ import contextlib
 import hashlib
 import hmac
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from bot.domain import PhaseName
+from bot.config import MigrationsConfig, SnapshotConfig
+from bot.domain import DataMode, PhaseName
 from bot.errors import PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident, quote_literal, with_database
 from pipelines.base import PhaseContext, PhaseResult
+from pipelines.data.clone import WarmPool, adopt, clone_database
+from pipelines.data.golden import latest_snapshot
+from pipelines.data.migrations import SEED_HISTORY, discover, migrate, run_command
 
 CONNECT_TIMEOUT = 10.0
 _PASSWORD_PURPOSE = "db-password"  # noqa: S105 - a derivation label, not a password
@@ -66,9 +80,20 @@ class DatabasePhase:
 
     name = PhaseName.DATA
 
-    def __init__(self, *, admin_url: str, prefix: str) -> None:
+    def __init__(
+        self,
+        *,
+        admin_url: str,
+        prefix: str,
+        migrations: MigrationsConfig | None = None,
+        snapshots: Mapping[str, SnapshotConfig] | None = None,
+        pool: WarmPool | None = None,
+    ) -> None:
         self._admin_url = admin_url
         self._prefix = prefix
+        self._migrations = migrations
+        self._snapshots = dict(snapshots or {})
+        self._pool = pool
         self.host, self.port = _server(admin_url)
 
     def database_name(self, env_name: str) -> str:
@@ -82,27 +107,89 @@ class DatabasePhase:
     async def apply(self, ctx: PhaseContext) -> PhaseResult:
         db = self.database_name(ctx.name)
         password = ctx.derive_secret(_PASSWORD_PURPOSE)
+        steps: dict[str, float] = {}
+        outputs: dict[str, Any] = {"host": self.host, "port": self.port, "database": db,
+                                   "user": db, "data": str(ctx.data)}
         async with self._admin() as conn:
             await ctx.emit(f"creating role {db}")
             await _ensure_role(conn, db, scram_verifier(password))
-            await ctx.emit(f"creating database {db}")
-            await _ensure_database(conn, db)
+            if ctx.reset_data:
+                await ctx.emit(f"dropping database {db} to reset it")
+                await _drop_database(conn, db)
+            exists = bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db))
+            if ctx.data.mode is DataMode.SNAPSHOT:
+                outputs["snapshot"] = await self._from_snapshot(ctx, conn, db, exists=exists,
+                                                                 steps=steps)
+            else:
+                await ctx.emit(f"creating database {db}")
+                await _ensure_database(conn, db)
         url = with_database(self._admin_url, db, user=db, password=password)
+        applied = await self._migrate(ctx, url, steps=steps)
+        outputs["migrations"] = applied
+        outputs["seconds"] = {k: round(v, 3) for k, v in steps.items()}
+        took = ", ".join(f"{k} {v:.1f}s" for k, v in steps.items())
         return PhaseResult(
-            outputs={"host": self.host, "port": self.port, "database": db, "user": db},
+            outputs=outputs,
             secrets={"database_url": url},
-            summary=f"database {db} on {self.host}:{self.port}",
+            summary=f"database {db} ({ctx.data}) on {self.host}:{self.port}"
+                    + (f" — {took}" if took else ""),
         )
+
+    async def _from_snapshot(self, ctx: PhaseContext, conn: Any, db: str, *, exists: bool,
+                             steps: dict[str, float]) -> str:
+        """Make `db` a clone of the snapshot's newest golden database; returns its name."""
+        name = ctx.data.snapshot or ""
+        if name not in self._snapshots:
+            raise PermanentError(f"snapshot `{name}` is not configured in the blueprint")
+        golden = await latest_snapshot(self._admin_url, prefix=self._prefix, name=name)
+        if golden is None:
+            raise PermanentError(f"snapshot `{name}` has not been built yet: "
+                                 f"run `ephem snapshot build {name}`")
+        if exists:
+            return golden.database  # made by an earlier attempt; adopt below is idempotent
+        started = time.monotonic()
+        await ctx.emit(f"cloning {golden.database}")
+        if self._pool is not None and await self._pool.take(golden.database, db):
+            steps["pool"] = time.monotonic() - started
+        else:
+            await clone_database(self._admin_url, template=golden.database, target=db)
+            steps["clone"] = time.monotonic() - started
+        started = time.monotonic()
+        await adopt(self._admin_url, database=db, owner=db)
+        steps["adopt"] = time.monotonic() - started
+        return golden.database
+
+    async def _migrate(self, ctx: PhaseContext, url: str, *, steps: dict[str, float]
+                       ) -> list[str]:
+        """Run the project's migrations (and seeds with `--data seed`) as the environment's
+        role; returns what was applied."""
+        cfg = self._migrations
+        if cfg is None:
+            return []
+        started = time.monotonic()
+        timeout = cfg.timeout.total_seconds()
+        if cfg.kind == "command":
+            assert cfg.command is not None
+            await run_command(cfg.command, dsn=url, timeout=timeout, emit=ctx.emit)
+            steps["migrate"] = time.monotonic() - started
+            return [" ".join(cfg.command)]
+        result = await migrate(url, discover(cfg.locations), installed_by="ephem",
+                               emit=ctx.emit)
+        applied = list(result.applied)
+        steps["migrate"] = time.monotonic() - started
+        if ctx.data.mode is DataMode.SEED and cfg.seed_locations:
+            started = time.monotonic()
+            seeded = await migrate(url, discover(cfg.seed_locations), installed_by="ephem",
+                                   history_table=SEED_HISTORY, emit=ctx.emit)
+            applied += seeded.applied
+            steps["seed"] = time.monotonic() - started
+        return applied
 
     async def destroy(self, ctx: PhaseContext) -> None:
         db = self.database_name(ctx.name)
         async with self._admin() as conn:
             await ctx.emit(f"dropping database {db}")
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = $1 AND pid <> pg_backend_pid()", db)
-            force = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
-            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(db)}{force}")
+            await _drop_database(conn, db)
             await ctx.emit(f"dropping role {db}")
             await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(db)}")
 
@@ -136,6 +223,14 @@ async def _close(conn: Any) -> None:
         raise
     except Exception:
         conn.terminate()
+
+
+async def _drop_database(conn: Any, db: str) -> None:
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = $1 AND pid <> pg_backend_pid()", db)
+    force = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
+    await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(db)}{force}")
 
 
 async def _ensure_role(conn: Any, role: str, verifier: str) -> None:

@@ -1,0 +1,191 @@
+"""Streaming COPY between two PostgreSQL connections, with masking applied on the way.
+
+Why: a snapshot copies every kept row of the source into the golden database, and the sensitive
+columns must be transformed before they reach it. COPY is the fastest way in and out of
+PostgreSQL, and its text format is simple enough to rewrite on the fly: rows end in a newline,
+fields are separated by tabs, NULL is `\\N`, and tabs, newlines and backslashes inside a value
+are escaped — so splitting a chunk on `b"\\n"` and a row on `b"\\t"` is always right, and only the
+masked fields need to be unescaped, transformed and escaped again. A table without masked
+columns is passed through byte for byte.
+
+Memory stays flat whatever the size: the source's COPY OUT feeds a bounded `asyncio.Queue` that
+the target's COPY IN drains; when the target is slow, the queue fills, the source callback
+waits, asyncpg stops reading the socket and the source server waits too.
+
+Neighbours: `pipelines.data.masking` makes the per-column maskers (functions on PostgreSQL text
+representations); `pipelines.data.snapshot` and `pipelines.data.subset` call `pipe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+Masker = Callable[[str | None], str | None]
+
+NULL = b"\\N"
+QUEUE_CHUNKS = 16  # chunks in flight between source and target (each a few dozen kB)
+
+_UNESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.DOTALL)
+_SIMPLE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
+_NEEDS_ESCAPE = re.compile(r"[\\\t\n\r\b\f\v]")
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r",
+                          "\b": "\\b", "\f": "\\f", "\v": "\\v"})
+
+
+class CopyFormatError(ValueError):
+    """The COPY stream is not what PostgreSQL's text format produces (a bug, never data)."""
+
+
+class ColumnMaskingError(ValueError):
+    """A masker refused a value; the message names the column and the masker's reason (which
+    never quotes the value)."""
+
+    def __init__(self, column: str, reason: BaseException) -> None:
+        super().__init__(f"column {column}: {reason}")
+        self.column = column
+
+
+def _unescape_one(m: re.Match[bytes]) -> bytes:
+    octal, hexa, other = m.groups()
+    if octal is not None:
+        return bytes((int(octal, 8) & 0xFF,))
+    if hexa is not None:
+        return bytes((int(hexa, 16),))
+    return _SIMPLE.get(other, other)
+
+
+def decode_field(raw: bytes) -> str | None:
+    """One COPY text field as the value's text representation (None for NULL)."""
+    if raw == NULL:
+        return None
+    if b"\\" in raw:
+        raw = _UNESCAPE.sub(_unescape_one, raw)
+    return raw.decode("utf-8")
+
+
+def encode_field(value: str | None) -> bytes:
+    """A value's text representation as one COPY text field."""
+    if value is None:
+        return NULL
+    if _NEEDS_ESCAPE.search(value):
+        value = value.translate(_ESCAPES)
+    return value.encode("utf-8")
+
+
+class RowMasker:
+    """Rewrites a COPY text stream chunk by chunk, masking the fields at the given positions.
+
+    Chunks may end anywhere, even inside a row or an escape: the unfinished row is held back
+    until the chunk that completes it arrives.
+    """
+
+    def __init__(self, maskers: Mapping[int, Masker], *, columns: Sequence[str]) -> None:
+        self._maskers = sorted(maskers.items())
+        self._columns = tuple(columns)
+        self._width = len(columns)
+        self._pending: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete rows that `chunk` finishes, masked; b"" while a row is unfinished."""
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            self._pending.append(chunk)
+            return b""
+        rows = chunk[:end]
+        if self._pending:
+            rows = b"".join((*self._pending, rows))
+        self._pending = [chunk[end + 1:]] if end + 1 < len(chunk) else []
+        return self._rows(rows)
+
+    def close(self) -> None:
+        """The stream has ended: it must not end inside a row."""
+        if any(self._pending):
+            raise CopyFormatError("the COPY stream ended inside a row")
+
+    def _rows(self, block: bytes) -> bytes:
+        width, maskers = self._width, self._maskers
+        out = []
+        for line in block.split(b"\n"):
+            fields = line.split(b"\t")
+            if len(fields) != width:
+                raise CopyFormatError(f"a COPY row has {len(fields)} fields, expected {width}")
+            for i, mask in maskers:
+                try:
+                    fields[i] = encode_field(mask(decode_field(fields[i])))
+                except (ValueError, UnicodeError) as exc:
+                    raise ColumnMaskingError(self._columns[i], exc) from None
+            out.append(b"\t".join(fields))
+        out.append(b"")
+        return b"\n".join(out)
+
+
+@dataclass(frozen=True)
+class CopyStats:
+    rows: int
+    bytes: int
+
+
+async def pipe(source: Any, query: str, *args: Any, target: Any, table: str, schema: str,
+               columns: Sequence[str], masker: RowMasker | None = None,
+               binary: bool = False, queue_chunks: int = QUEUE_CHUNKS) -> CopyStats:
+    """Stream `COPY (query) TO STDOUT` on `source` into `COPY schema.table (columns) FROM
+    STDIN` on `target`, through `masker` when given (text format only).
+
+    Either side failing cancels the other; the exception propagates.
+    """
+    if masker is not None and binary:
+        raise ValueError("masking needs the text format")
+    fmt = "binary" if binary else "text"
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_chunks)
+    sent = 0
+
+    async def output(chunk: bytes) -> None:
+        nonlocal sent
+        data = masker.feed(bytes(chunk)) if masker is not None else bytes(chunk)
+        if data:
+            sent += len(data)
+            await queue.put(data)
+
+    async def produce() -> None:
+        await source.copy_from_query(query, *args, output=output, format=fmt)
+        if masker is not None:
+            masker.close()
+        await queue.put(None)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while (item := await queue.get()) is not None:
+            yield item
+
+    async def consume() -> str:
+        status: str = await target.copy_to_table(table, source=chunks(), columns=list(columns),
+                                                 schema_name=schema, format=fmt)
+        return status
+
+    async with first_error(), asyncio.TaskGroup() as group:
+        group.create_task(produce())
+        consumer = group.create_task(consume())
+    return CopyStats(rows=_copied(consumer.result()), bytes=sent)
+
+
+@asynccontextmanager
+async def first_error() -> AsyncIterator[None]:
+    """Re-raise a TaskGroup's first error itself, not wrapped in an ExceptionGroup, so callers
+    can sort failures by type."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+def _copied(status: str) -> int:
+    """The row count of a `COPY n` command tag."""
+    tag, _, count = status.rpartition(" ")
+    return int(count) if tag == "COPY" and count.isdigit() else 0

@@ -1,0 +1,425 @@
+"""Building a snapshot: a masked, subsetted copy of the source in a new golden database.
+
+Why: environments get production-like data in seconds only if the expensive part — reading
+production, masking it, building indexes — happens once, ahead of time, into a template the
+server can copy (`pipelines.data.clone`). This module is that once:
+
+1. lint: every column the detector flags needs a rule, or nothing is built (and a schema the
+   lint did not look at stops the build too);
+2. read the source in one `REPEATABLE READ READ ONLY` transaction whose snapshot is exported and
+   imported by `config.workers` more sessions (as `pg_dump -j` does), so parallel copiers see
+   one consistent state; compute the subset there (`subset`);
+3. create `{prefix}snap_{name}_{YYYYmmddHHMMSS}` from `template0` with bare tables (`schema`),
+   stream every table's kept rows through the maskers with COPY, biggest tables first
+   (`copy`; memory stays flat: bounded queues, nothing fetched whole), and as soon as a table
+   is loaded, build its keys, checks and indexes and ANALYZE it while others still load;
+4. leak check (`leaks`), then foreign keys (validated), views, triggers, sequence positions;
+5. record the metadata as the database's comment, make it a template nobody may connect to,
+   and drop all but the newest `config.keep` snapshots of this name (`golden`).
+
+Any failure, cancellation included, drops the half-built database. One build per name runs at a
+time (an advisory lock on the target server). The masking key and the source's password never
+appear in a log line or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+
+from bot.config import SnapshotConfig
+from bot.errors import ConfigError, PermanentError, TemporaryError
+from bot.pg import asyncpg_dsn, quote_ident, quote_literal, scrub, with_database
+from pipelines.data import golden, leaks, schema, subset
+from pipelines.data.catalog import Catalog, Table, read_catalog
+from pipelines.data.copy import ColumnMaskingError, CopyStats, RowMasker, first_error, pipe
+from pipelines.data.detect import lint
+from pipelines.data.golden import SnapshotInfo, latest_snapshot, list_snapshots
+from pipelines.data.masking import make_masker
+from pipelines.data.rules import Rules, load_rules, split_table
+
+__all__ = ["BuildProgress", "SnapshotInfo", "build_snapshot", "latest_snapshot",
+           "list_snapshots"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+LOCK_TIMEOUT = "60s"  # waiting for the source's tables (a migration holding them, say)
+_TEMPORARY_CLASSES = ("08", "53", "57", "40")
+_TEMPORARY_CODES = ("55006", "55P03")
+
+W = TypeVar("W")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BuildProgress:
+    """Sent after each table is copied."""
+
+    tables_done: int
+    tables_total: int
+    rows: int
+    rows_per_second: float
+    eta_seconds: float | None
+    table: str
+
+
+Progress = Callable[[BuildProgress], Awaitable[None]]
+
+
+async def build_snapshot(*, name: str, config: SnapshotConfig, target_admin_url: str,
+                         prefix: str, key: bytes,
+                         progress: Progress | None = None) -> SnapshotInfo:
+    """Build snapshot `name` from `config` into a new golden database on the server behind
+    `target_admin_url`. Raises PermanentError (lint findings, a leak, a constraint that the
+    masked data breaks, …) or TemporaryError (a server unreachable or busy); either way,
+    nothing is left behind."""
+    started, clock = datetime.now(UTC), time.monotonic()
+    golden.database_name(prefix, name, at=started)  # the name is valid and fits
+    if not key:
+        raise PermanentError("the masking key is empty (set EPHEM_MASKING_KEY)")
+    try:
+        rules = load_rules(config.rules)
+    except ConfigError as exc:
+        raise PermanentError(str(exc)) from None
+    report = await lint(asyncpg_dsn(config.source), rules)
+    if not report.ok:
+        raise PermanentError(f"snapshot {name} needs rules first:\n{report.render()}")
+    build = _Build(name=name, config=config, rules=rules, key=key, prefix=prefix,
+                   target_admin_url=target_admin_url, progress=progress)
+    try:
+        return await build.run(started=started, clock=clock)
+    except (PermanentError, TemporaryError):
+        raise
+    except asyncpg.PostgresError as exc:
+        raise _classify(exc) from None
+    except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+        raise TemporaryError(f"lost a database connection during the build "
+                             f"({type(exc).__name__}: {scrub(str(exc))[:200]})") from None
+
+
+def _classify(exc: asyncpg.PostgresError) -> TemporaryError | PermanentError:
+    state = str(getattr(exc, "sqlstate", "") or "")
+    message = scrub(str(getattr(exc, "message", "") or type(exc).__name__)).splitlines()[0]
+    reason = f"snapshot build failed: {message[:200]}"
+    if state.startswith(_TEMPORARY_CLASSES) or state in _TEMPORARY_CODES:
+        return TemporaryError(reason)
+    return PermanentError(f"{reason} ({state or type(exc).__name__})")
+
+
+def _where(url: str) -> str:
+    """host:port/database of a URL, for messages and metadata (never the password)."""
+    parts = urlsplit(asyncpg_dsn(url))
+    query = parse_qs(parts.query)
+    host = parts.hostname or (query.get("host") or ["localhost"])[0]
+    port = parts.port or int((query.get("port") or ["5432"])[0])
+    return f"{host}:{port}{parts.path or '/'}"
+
+
+async def _connect(url: str) -> Any:
+    try:
+        return await asyncpg.connect(asyncpg_dsn(url), timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        raise TemporaryError(f"cannot reach PostgreSQL at {_where(url)} "
+                             f"({type(exc).__name__})") from None
+
+
+async def _close(conns: Iterable[Any]) -> None:
+    for conn in conns:
+        try:
+            await asyncio.wait_for(conn.close(), timeout=CONNECT_TIMEOUT)
+        except asyncio.CancelledError:
+            conn.terminate()
+            raise
+        except Exception:
+            conn.terminate()
+
+
+async def _parallel(workers: Sequence[W], items: Iterable[T], *,
+                    job: Callable[[W, T], Awaitable[None]]) -> None:
+    """Run `job` over `items`, each worker taking the next item when it is free."""
+    todo = collections.deque(items)
+
+    async def run(worker: W) -> None:
+        while todo:
+            await job(worker, todo.popleft())
+
+    async with first_error(), asyncio.TaskGroup() as group:
+        for worker in workers:
+            group.create_task(run(worker))
+
+
+def _refuse_unlinted(catalog: Catalog, rules: Rules) -> None:
+    """Default-deny: the lint looks in `public` and the schemas the rules name; rows of any
+    other schema would be copied unchecked, so the build stops instead."""
+    named = [*rules.tables, *(r.table for r in rules.roots), *rules.children]
+    linted = {"public", *(split_table(t)[0] for t in named)}
+    unchecked = sorted({t.schema for t in catalog.tables.values()} - linted)
+    if unchecked:
+        raise PermanentError(
+            f"schema(s) {', '.join(unchecked)} hold tables that were not checked for personal "
+            "data; name at least one table of each in the rules (`tables:`) so the lint "
+            "covers them")
+
+
+class _Steps:
+    """Logs how long each step of a build took."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.last = name, time.monotonic()
+
+    def done(self, what: str) -> None:
+        now = time.monotonic()
+        log.info("snapshot %s: %s took %.2f s", self.name, what, now - self.last)
+        self.last = now
+
+
+class _Build:
+    """One build's connections and state (see the module docstring for the steps)."""
+
+    def __init__(self, *, name: str, config: SnapshotConfig, rules: Rules, key: bytes,
+                 prefix: str, target_admin_url: str, progress: Progress | None) -> None:
+        self.name, self.config, self.rules, self.key = name, config, rules, key
+        self.prefix, self.admin_url, self.progress = prefix, target_admin_url, progress
+        self.coordinator: Any = None
+        self.readers: list[Any] = []
+        self.writers: list[Any] = []
+        self.database: str | None = None
+        self.coordinator_lock = asyncio.Lock()
+
+    async def run(self, *, started: datetime, clock: float) -> SnapshotInfo:
+        admin = await _connect(self.admin_url)
+        try:
+            if not await golden.build_lock(admin, prefix=self.prefix, name=self.name):
+                raise TemporaryError(f"snapshot {self.name} is being built already", delay=60)
+            for db in await golden.leftovers(admin, prefix=self.prefix, name=self.name):
+                log.warning("dropping %s, left behind by a build that did not finish", db)
+                await golden.drop(admin, db)
+            try:
+                info = await self._build(admin, started=started, clock=clock)
+            except BaseException:
+                await self._abandon(admin)
+                raise
+            try:
+                dropped = await golden.retain(admin, prefix=self.prefix, name=self.name,
+                                              keep=self.config.keep)
+                if dropped:
+                    log.info("snapshot %s: dropped older %s", self.name, ", ".join(dropped))
+            except asyncpg.PostgresError as exc:
+                log.warning("snapshot %s: retention failed, retried after the next build: %s",
+                            self.name, scrub(str(exc)))
+            return info
+        finally:
+            await _close([admin])
+
+    async def _abandon(self, admin: Any) -> None:
+        """Cut every connection and drop the half-built database (also when cancelled)."""
+        for conn in (self.coordinator, *self.readers, *self.writers):
+            if conn is not None:
+                conn.terminate()  # mid-COPY, a polite close could wait; nothing to keep
+        self.coordinator, self.readers, self.writers = None, [], []
+        if self.database is not None:
+            database, self.database = self.database, None
+            try:
+                await asyncio.shield(golden.drop(admin, database))
+                log.info("dropped the half-built snapshot database %s", database)
+            except Exception as exc:
+                log.error("could not drop the half-built snapshot database %s: %s",
+                          database, scrub(str(exc)))
+
+    async def _build(self, admin: Any, *, started: datetime, clock: float) -> SnapshotInfo:
+        step = _Steps(self.name)
+        catalog, kept = await self._open_source()
+        _refuse_unlinted(catalog, self.rules)
+        step.done("source schema and subset")
+        self.database = await golden.free_name(admin, prefix=self.prefix, name=self.name,
+                                               at=started)
+        await self._create_database(admin, catalog)
+        url = with_database(self.admin_url, self.database)
+        self.writers = [await _connect(url) for _ in range(self.config.workers)]
+        for conn in self.writers:
+            await schema.prepare_session(conn)
+        await schema.apply_in_order(self.writers[0], schema.pre_data(catalog))
+        step.done("database and tables")
+        rows = await self._copy(catalog, kept)
+        step.done(f"copy, keys and indexes ({rows} rows)")
+        samples = await self._sample(catalog, kept)
+        await _close([self.coordinator, *self.readers])
+        self.coordinator, self.readers = None, []
+        await self._leak_check(catalog, kept=kept, samples=samples)
+        step.done("leak check")
+        await self._post_data(catalog)
+        step.done("foreign keys, views, triggers, sequences")
+        await _close(self.writers)
+        self.writers = []
+        info = SnapshotInfo(
+            name=self.name, database=self.database, built_at=started,
+            tables=len(catalog.tables), rows=rows,
+            bytes=await admin.fetchval("SELECT pg_database_size($1)", self.database),
+            seconds=round(time.monotonic() - clock, 3))
+        await golden.finish(admin, info, source=_where(self.config.source),
+                            rules_sha256=hashlib.sha256(self.config.rules.read_bytes()
+                                                        ).hexdigest())
+        log.info("snapshot %s built: %s (%d tables, %d rows, %.1f s)", self.name,
+                 info.database, info.tables, info.rows, info.seconds)
+        return info
+
+    async def _open_source(self) -> tuple[Catalog, subset.Subset]:
+        """The coordinator's transaction, its exported snapshot imported by the readers; the
+        catalog and the subset, read in it."""
+        self.coordinator = conn = await _connect(self.config.source)
+        await subset.prepare_coordinator(conn)
+        await conn.execute(
+            "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; "
+            f"SET lock_timeout = '{LOCK_TIMEOUT}'; "
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = ''")
+        tables = await conn.fetch(
+            "SELECT c.oid::regclass::text FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg\\_%'")
+        if tables:  # as pg_dump does: no DDL on them until the build has read them
+            await conn.execute(f"LOCK TABLE {', '.join(r[0] for r in tables)} "
+                               "IN ACCESS SHARE MODE")
+        snapshot_id = await conn.fetchval("SELECT pg_export_snapshot()")
+        catalog = await read_catalog(conn)
+        kept = await subset.compute(conn, catalog, roots=self.rules.roots,
+                                    children=self.rules.children)
+        for _ in range(self.config.workers):
+            reader = await _connect(self.config.source)
+            self.readers.append(reader)
+            await subset.prepare_worker(reader)
+            await reader.execute(
+                "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; "
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                f"SET TRANSACTION SNAPSHOT {quote_literal(snapshot_id)}; "
+                "SET LOCAL search_path = ''")
+        return catalog, kept
+
+    async def _create_database(self, admin: Any, catalog: Catalog) -> None:
+        assert self.database is not None
+        ident = quote_ident(self.database)
+        try:
+            await admin.execute(f"CREATE DATABASE {ident} TEMPLATE template0 "
+                                f"ENCODING {quote_literal(catalog.encoding)}")
+        except asyncpg.InvalidParameterValueError:  # the encoding does not fit the locale
+            await admin.execute(f"CREATE DATABASE {ident} TEMPLATE template0")
+
+    def _masker(self, table: Table) -> RowMasker | None:
+        columns = table.copy_columns
+        masked = set(self.rules.masked_columns(table.display))
+        maskers = {}
+        for i, column in enumerate(columns):
+            rule = self.rules.rule_for(table.display, column)
+            if column in masked and rule is not None:
+                maskers[i] = make_masker(rule, key=self.key)
+        return RowMasker(maskers, columns=columns) if maskers else None
+
+    async def _copy(self, catalog: Catalog, kept: subset.Subset) -> int:
+        """Every table's kept rows, biggest first, then its keys, checks and indexes, and
+        ANALYZE; progress after each table's rows. Returns the rows copied."""
+        def expected(table: Table) -> int:
+            rows = kept.rows(table.key)
+            return table.estimated_rows if rows is None else rows
+
+        tables = sorted(catalog.tables.values(), key=lambda t: (-expected(t), -t.size, t.key))
+        remaining = {t.key: expected(t) for t in tables}
+        done, total_rows, start = 0, 0, time.monotonic()
+
+        async def job(pair: tuple[Any, Any], table: Table) -> None:
+            nonlocal done, total_rows
+            reader, writer = pair
+            stats = await self._copy_table(reader, writer, table=table, kept=kept)
+            done += 1
+            total_rows += stats.rows
+            remaining.pop(table.key, None)
+            if self.progress is not None:
+                elapsed = max(time.monotonic() - start, 1e-6)
+                rate = total_rows / elapsed
+                left = sum(remaining.values())
+                await self.progress(BuildProgress(
+                    tables_done=done, tables_total=len(tables), rows=total_rows,
+                    rows_per_second=rate,
+                    eta_seconds=(left / rate if rate > 0 else None) if left else 0.0,
+                    table=table.display))
+            # The table's own keys, checks and indexes while other tables are still loading.
+            await schema.apply(writer, schema.table_post_data(table))
+            await writer.execute(f"ANALYZE {table.ident}")
+
+        await _parallel(list(zip(self.readers, self.writers, strict=True)), tables, job=job)
+        return total_rows
+
+    async def _copy_table(self, reader: Any, writer: Any, *, table: Table,
+                          kept: subset.Subset) -> CopyStats:
+        query = subset.select_rows(table, subset=kept)
+        if query is None:
+            return CopyStats(rows=0, bytes=0)
+        if not kept.everything:
+            await subset.ship_keys(self.coordinator, reader, table=table,
+                                   lock=self.coordinator_lock)
+        try:
+            return await pipe(reader, query, target=writer, table=table.name,
+                              schema=table.schema, columns=table.copy_columns,
+                              masker=self._masker(table))
+        except ColumnMaskingError as exc:
+            raise PermanentError(f"masking {table.display}: {exc}") from None
+
+    async def _sample(self, catalog: Catalog, kept: subset.Subset
+                      ) -> tuple[dict[str, list[str]], list[leaks.Leak]]:
+        """Sensitive values of the kept rows, from the source's snapshot; and the values a
+        replacing rule passed through unchanged."""
+        values: dict[str, list[str]] = {}
+        unchanged: list[leaks.Leak] = []
+        limit = self.config.leak_sample
+        if limit <= 0:
+            return values, unchanged
+        for table, column, rule in leaks.sampled_columns(catalog, self.rules):
+            if kept.rows(table.key) == 0:
+                continue
+            keep_filter = None if kept.everything else (
+                f"t.ctid IN (SELECT k.tid FROM {subset.KEEP} k WHERE k.rel = {table.oid})")
+            rows = await self.coordinator.fetch(
+                leaks.sample_query(table, column, keep_filter=keep_filter, limit=limit))
+            source = f"{table.display}.{column}"
+            found, passed = leaks.needles(rule, [r[0] for r in rows],
+                                          masker=make_masker(rule, key=self.key))
+            values[source] = found
+            if passed:
+                unchanged.append(leaks.Leak(column=source, found_in=source, values=passed))
+        return values, unchanged
+
+    async def _leak_check(self, catalog: Catalog, *, kept: subset.Subset,
+                          samples: tuple[dict[str, list[str]], list[leaks.Leak]]) -> None:
+        values, found = samples
+        if any(values.values()):
+            haystack = leaks.Haystack.build(values)
+            columns = [(t, c) for t, c in leaks.searched_columns(catalog, self.rules)
+                       if kept.rows(t.key) != 0]
+
+            async def job(conn: Any, item: tuple[Table, str]) -> None:
+                found.extend(await leaks.search_column(conn, item[0], column=item[1],
+                                                      haystack=haystack))
+
+            await _parallel(self.writers, columns, job=job)
+        if found:
+            raise PermanentError(f"leak check failed, the snapshot was discarded: "
+                                 f"{leaks.describe(sorted(found, key=str))}")
+
+    async def _post_data(self, catalog: Catalog) -> None:
+        """What spans tables: foreign keys, views, triggers, sequences (each table's own keys
+        and indexes were built right after its rows)."""
+        first = self.writers[0]
+        await schema.apply(first, schema.foreign_keys(catalog))
+        await _parallel(self.writers, schema.validations(catalog), job=schema.apply)
+        await schema.apply_in_order(first, schema.after_data(catalog))
+        await schema.set_sequences(first, catalog)
