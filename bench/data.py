@@ -126,15 +126,16 @@ def build_in_child(source: str, rules: Path, name: str,
 
 
 PGANONYMIZE_PROVIDERS = {
-    "email": {"name": "fake.email"}, "first_name": {"name": "fake.first_name"},
+    "email": {"name": "fake.unique.email"}, "first_name": {"name": "fake.first_name"},
     "last_name": {"name": "fake.last_name"}, "phone": {"name": "fake.phone_number"},
     "address": {"name": "fake.street_address"}, "redact": {"name": "set", "value": "[redacted]"},
     "hash": {"name": "md5"}, "date_shift": {"name": "fake.date_of_birth"},
     "number_noise": {"name": "fake.pydecimal", "kwargs": {"left_digits": 3,
                                                           "right_digits": 2,
                                                           "positive": True}},
-    "json": {"name": "set", "value": "{}"},
 }
+# No pganonymize provider writes jsonb through its COPY path (pgcopy wants bytes there), so
+# the json rule (support_tickets.meta) has no counterpart: the baseline does slightly less.
 
 
 def pganonymize_schema(tmp: Path) -> Path:
