@@ -1,9 +1,13 @@
 """`ephem demo`: one environment created and destroyed end to end, on the embedded defaults.
 
 What a newcomer sees first, so it shows the real thing: the same handlers, executor, runner and
-phases as `ephem serve`, with the Slack thread rendered in the terminal. It checks its own
-result — the delivered credentials open the environment's database, and after destroy the
-database is gone — and exits non-zero if anything did not happen.
+phases as `ephem serve`, with the Slack thread rendered in the terminal. With the example
+blueprint it also tells the data story: a stand-in production database made with Faker, the
+default-deny lint, a masked snapshot built and its warm pool filled, the environment created
+from it (`--data snapshot`), a few production rows beside their masked copies, and
+`reset-data`. It checks its own result — the delivered credentials open the environment's
+database, and after destroy the database is gone — and exits non-zero if anything did not
+happen.
 """
 
 from __future__ import annotations
@@ -17,15 +21,24 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from pydantic import SecretStr
+from sqlalchemy import select
 
+from bot import snapshot_cli
 from bot.app import Ephem, build
 from bot.bootstrap import state_database
-from bot.config import Settings, load_blueprint
-from bot.domain import EnvStatus
-from bot.pg import asyncpg_dsn
+from bot.config import Blueprint, Settings, load_blueprint
+from bot.domain import EnvStatus, JobStatus
+from bot.errors import PhaseError
+from bot.pg import asyncpg_dsn, quote_ident
 from bot.ports import Invocation
+from bot.sample_data import make_production
 from bot.slack.writer import ConsoleWriter
 from bot.store import repo
+from bot.store.models import Job
+from pipelines.data.clone import WarmPool
+from pipelines.data.detect import lint
+from pipelines.data.golden import list_snapshots
+from pipelines.data.rules import load_rules
 
 USER, CHANNEL = "U_DEMO", "C_DEMO"
 _URL = re.compile(r"postgres(?:ql)?://\S+?(?=[\s`>|]|$)")
@@ -67,6 +80,21 @@ async def wait_for(app: Ephem, name: str, statuses: Iterable[EnvStatus], *,
     raise TimeoutError(f"{name} did not reach {', '.join(sorted(wanted))} in {timeout:.0f}s")
 
 
+async def wait_job(app: Ephem, name: str, *, timeout: float = 180.0) -> JobStatus:
+    """Wait until the newest job of environment `name` has finished; its final status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with app.store.transaction() as s:
+            env = await repo.find_live_environment(s, name)
+            job = (await s.execute(select(Job).where(Job.env_id == env.id)
+                                   .order_by(Job.id.desc()).limit(1))).scalar_one() \
+                if env else None
+        if job is not None and job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            return job.status
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the job of {name} did not finish in {timeout:.0f}s")
+
+
 async def check_database(url: str) -> str:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -95,20 +123,112 @@ async def run_demo(settings: Settings, *, keep: bool = False) -> int:
     async with state_database(settings) as url:
         key = settings.secret_key if settings.secret_key.get_secret_value() else \
             SecretStr(secrets.token_hex(16))  # the demo's environments live for one run
+        masking = settings.masking_key if settings.masking_key.get_secret_value() else \
+            SecretStr(secrets.token_hex(16))
         cfg = settings.model_copy(update={"database_url": url, "workers": 2, "secret_key": key,
-                                          "poll_seconds": 0.2, "lease_seconds": 15.0})
+                                          "masking_key": masking, "poll_seconds": 0.2,
+                                          "lease_seconds": 15.0})
+        data = blueprint.phases.data
+        production = None
+        if data is not None and data.snapshots:
+            production, blueprint = await _production(cfg, blueprint)
         transcript = Transcript()
         app = build(cfg, blueprint, writer=ConsoleWriter(transcript))
         await app.start(scheduler=False)
         try:
-            return await _scenario(app, transcript, keep=keep)
+            if production is not None and not await _snapshot(app, cfg):
+                return 1
+            return await _scenario(app, transcript, production=production, keep=keep)
         finally:
             await app.stop()
+            if production is not None and not keep:
+                await _clean_snapshots(app, production)
 
 
-async def _scenario(app: Ephem, transcript: Transcript, *, keep: bool) -> int:
+async def _production(settings: Settings, blueprint: Blueprint) -> tuple[str, Blueprint]:
+    """Make the stand-in production database; point the default snapshot at it."""
+    data = blueprint.phases.data
+    assert data is not None and data.snapshots
+    name = data.default_snapshot or next(iter(data.snapshots))
+    server = data.server or settings.database_url
+    banner("making a stand-in production database with Faker (customers, orders, tickets)")
+    started = time.monotonic()
+    prod = await make_production(server, f"{data.database_prefix}shop_production",
+                                 customers=400)
+    print(f"{prod.database}: {prod.customers} customers, {prod.bytes / 1e6:.1f} MB "
+          f"in {time.monotonic() - started:.1f}s", flush=True)
+    snapshots = {**data.snapshots,
+                 name: data.snapshots[name].model_copy(update={"source": prod.url})}
+    new_data = data.model_copy(update={"snapshots": snapshots, "default_snapshot": name})
+    phases = blueprint.phases.model_copy(update={"data": new_data})
+    return prod.url, blueprint.model_copy(update={"phases": phases})
+
+
+async def _snapshot(app: Ephem, settings: Settings) -> bool:
+    """Lint, build the snapshot, fill the warm pool — what `ephem snapshot build` does."""
+    data = app.blueprint.phases.data
+    assert data is not None
+    name = data.default_snapshot or next(iter(data.snapshots))
+    cfg = data.snapshots[name]
+    banner(f"ephem snapshot lint {name}")
+    report = await lint(asyncpg_dsn(cfg.source), load_rules(cfg.rules))
+    print(report.render(), flush=True)
+    if not report.ok:
+        return False
+    banner(f"ephem snapshot build {name}")
+    try:
+        return await snapshot_cli.build(settings, app.blueprint, name) == 0
+    except PhaseError as exc:
+        print(f"the build failed: {exc.reason}")
+        return False
+
+
+async def _clean_snapshots(app: Ephem, production: str) -> None:
+    """Nothing left behind: golden databases, their pools, the stand-in production."""
+    data = app.blueprint.phases.data
+    assert data is not None
+    server = data.server or app.settings.database_url
+    pool = WarmPool(server, prefix=data.database_prefix)
+    conn = await asyncpg.connect(asyncpg_dsn(server))
+    try:
+        for info in await list_snapshots(server, prefix=data.database_prefix):
+            await pool.drain(info.database)
+            await conn.execute(f"ALTER DATABASE {quote_ident(info.database)} IS_TEMPLATE false")
+            await conn.execute(f"DROP DATABASE {quote_ident(info.database)} WITH (FORCE)")
+        prod = urlsplit(asyncpg_dsn(production)).path.lstrip("/")
+        await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(prod)} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+async def _side_by_side(production: str, env_url: str) -> None:
+    """A few customers as production has them and as the environment got them."""
+    cols = "id, email, first_name || ' ' || last_name AS name, phone, birthday"
+    prod = await asyncpg.connect(asyncpg_dsn(production))
+    env = await asyncpg.connect(asyncpg_dsn(env_url))
+    try:
+        masked = await env.fetch(f"SELECT {cols} FROM customers ORDER BY id LIMIT 4")
+        ids = [r["id"] for r in masked]
+        original = {r["id"]: r for r in await prod.fetch(
+            f"SELECT {cols} FROM customers WHERE id = ANY($1)", ids)}
+        ticket = await env.fetchval("SELECT body FROM support_tickets LIMIT 1")
+    finally:
+        await prod.close()
+        await env.close()
+    for row in masked:
+        before = original[row["id"]]
+        for col in ("email", "name", "phone", "birthday"):
+            print(f"  customer {row['id']:<4} {col:8} {before[col]!s:34} -> {row[col]!s}")
+    if ticket is not None:
+        print(f"  a support ticket's body in the environment: {ticket!r}")
+
+
+async def _scenario(app: Ephem, transcript: Transcript, *, production: str | None,
+                    keep: bool) -> int:
     name = f"demo-{secrets.token_hex(2)}"
-    text = f"create {name} --match staging --set api=2.8.0-rc1 --ttl 2h --reason ephem demo"
+    data_flag = " --data snapshot" if production is not None else ""
+    text = (f"create {name} --match staging --set api=2.8.0-rc1{data_flag} --ttl 2h "
+            "--reason ephem demo")
     banner(f"/ephem {text}")
     await app.invoke(Invocation(user_id=USER, channel_id=CHANNEL, text=text, source="shell"))
     status = await wait_for(app, name, (EnvStatus.READY, EnvStatus.FAILED))
@@ -129,6 +249,15 @@ async def _scenario(app: Ephem, transcript: Transcript, *, keep: bool) -> int:
             return 1
         banner("using the credentials delivered to the owner")
         print(await check_database(creds[-1]), flush=True)
+        if production is not None:
+            banner("production beside the environment (masked, deterministic, joins intact)")
+            await _side_by_side(production, creds[-1])
+            banner(f"/ephem reset-data {name}")
+            await app.invoke(Invocation(user_id=USER, channel_id=CHANNEL,
+                                        text=f"reset-data {name}"))
+            if await wait_job(app, name) is not JobStatus.SUCCEEDED:
+                return 1
+            await app.notifier.flush()
     if keep:
         banner(f"kept {name}; destroy it with `ephem shell` → destroy {name}")
         return 0

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 import yaml
 
 from bot.config import example_blueprint_path
+from bot.pg import asyncpg_dsn
 
 EPHEM = [sys.executable, "-m", "bot.cli"]
 
@@ -42,12 +45,33 @@ def blueprint_file(tmp_path: Path, db_prefix: str) -> Path:
     return path
 
 
-def test_demo_on_an_existing_server(bot_db_url: str, blueprint_file: Path) -> None:
+def test_demo_on_an_existing_server(bot_db_url: str, pg_admin_url: str, db_prefix: str,
+                                    blueprint_file: Path) -> None:
     done = run(["demo"], {"EPHEM_DATABASE_URL": bot_db_url, "EPHEM_CONFIG": str(blueprint_file)})
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
-    assert "wrote and read 1 row(s)" in done.stdout
-    assert "is gone" in done.stdout
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "Traceback" not in out + done.stderr
+    assert "all 12 column(s) that look personal have a rule" in out
+    assert f"built {db_prefix}snap_shop_" in out
+    assert "--data snapshot" in out and "wrote and read 1 row(s)" in out
+    # Production rows beside their masked copies: every value changed.
+    pairs = [line.split("->") for line in out.splitlines() if line.startswith("  customer ")]
+    assert len(pairs) >= 8
+    assert all(before.split(None, 3)[3].strip() != after.strip() for before, after in pairs)
+    assert "reset-data" in out and "is gone" in out
+    # Nothing left behind: no golden database, pool member or stand-in production.
+    left = asyncio.run(_databases(pg_admin_url, db_prefix))
+    assert not [d for d in left if "snap_" in d or "pool_" in d or "production" in d], left
+
+
+async def _databases(url: str, prefix: str) -> list[str]:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1",
+                                prefix + "%")
+    finally:
+        await conn.close()
+    return [r[0] for r in rows]
 
 
 def test_demo_with_nothing_configured_starts_its_own_postgres(tmp_path: Path) -> None:
