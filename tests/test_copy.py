@@ -3,7 +3,9 @@ masked columns, and a real round trip through PostgreSQL with a tiny queue."""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
 
 import asyncpg
 import pytest
@@ -12,11 +14,13 @@ from bot.pg import asyncpg_dsn, quote_ident, with_database
 from pipelines.data.copy import (
     ColumnMaskingError,
     CopyFormatError,
+    MaskPlan,
     RowMasker,
     decode_field,
     encode_field,
     pipe,
 )
+from pipelines.data.rules import ColumnRule
 
 TRICKY = ["plain", "", "tab\there", "new\nline", "cr\rlf", "back\\slash", "\\N", "N",
           "bell\b form\f vtab\v", "ünïcødé ✓ 🐘", "trailing\\", " spaces "]
@@ -139,6 +143,40 @@ async def test_a_target_failure_stops_the_source(copy_db: str) -> None:
                        table="strict_dst", schema="public", columns=("id",), queue_chunks=1)
         assert await source.fetchval("SELECT 1") == 1  # both connections still usable
         assert await target.fetchval("SELECT count(*) FROM strict_dst") == 0
+    finally:
+        await source.close()
+        await target.close()
+
+
+async def test_pipe_masks_in_a_process_pool_and_keeps_row_order(copy_db: str) -> None:
+    """Blocks masked in other processes come back in the order the source sent them, and
+    equal what the same masker gives in this process."""
+    source = await asyncpg.connect(asyncpg_dsn(copy_db))
+    target = await asyncpg.connect(asyncpg_dsn(copy_db))
+    plan = MaskPlan.of(["id", "email", "note"], {1: ColumnRule("email"), 2: ColumnRule("redact")},
+                       key=b"pool-key")
+    local = plan.row_masker()
+    try:
+        # `arrived` numbers the rows in the order the target received them.
+        await source.execute("CREATE TABLE psrc (id int, email text, note text);"
+                             "CREATE TABLE pdst (LIKE psrc, arrived bigserial)")
+        rows = [(i, f"person{i % 997}@corp.example", None if i % 3 else "x\ty")
+                for i in range(60_000)]
+        await source.copy_records_to_table("psrc", records=rows)
+        with ProcessPoolExecutor(max_workers=2,
+                                 mp_context=multiprocessing.get_context("fork")) as pool:
+            stats = await pipe(source, "SELECT id, email, note FROM psrc ORDER BY id",
+                               target=target, table="pdst", schema="public",
+                               columns=("id", "email", "note"), masker=plan.row_masker(),
+                               pool=pool, queue_chunks=2)
+        assert stats.rows == len(rows) and stats.bytes > 0
+        got = await target.fetch("SELECT id, email, note FROM pdst ORDER BY arrived")
+        assert [r["id"] for r in got] == list(range(len(rows)))  # the order held
+        expected = local.feed(b"".join(
+            f"{i}\t{e}\t{encode_field(n).decode()}\n".encode() for i, e, n in rows))
+        assert [decode_field(f) for line in expected.split(b"\n")[:-1]
+                for f in line.split(b"\t")[1:]] == [
+            v for r in got for v in (r["email"], r["note"])]
     finally:
         await source.close()
         await target.close()

@@ -27,7 +27,6 @@ of the data phase.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -37,16 +36,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from bot.errors import PermanentError, TemporaryError
-from bot.pg import asyncpg_dsn, quote_ident, quote_literal, with_database
+from bot.errors import PermanentError
+from bot.pg import quote_ident, quote_literal, with_database
+from pipelines.data import pgconn
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 10.0
 
 # Below this size a golden database is copied with WAL_LOG, from it on with FILE_COPY. WAL_LOG pays
 # per page, and writes the whole copy into WAL a second time (which replicas, archives and backups
@@ -69,10 +67,6 @@ _CLONE_REFUSED: set[str] = set()
 
 # SQLSTATE classes and codes worth retrying (as in pipelines.data.postgres): connection trouble,
 # out of resources, shutting down or starting, an object in use or a lock held, a deadlock.
-_TEMPORARY_CLASSES = ("08", "53", "57", "40")
-_TEMPORARY_CODES = ("55006", "55P03")
-_DENIED_CLASSES = ("28",)
-_DENIED_CODES = ("42501",)
 
 
 @dataclass(frozen=True)
@@ -112,9 +106,9 @@ async def clone_database(admin_url: str, *, template: str, target: str,
     """`CREATE DATABASE target TEMPLATE template`, with the strategy chosen by the template's size
     (or `strategy`: `WAL_LOG` / `FILE_COPY`). A target that exists already is left as it is."""
     forced = _strategy(strategy)
-    async with _connect(admin_url) as conn:
+    async with pgconn.connect(admin_url) as conn:
         return await _clone(conn, template=template, target=target, strategy=forced,
-                            where=_where(admin_url))
+                            where=pgconn.where(admin_url))
 
 
 def _strategy(strategy: str | None) -> str | None:
@@ -271,9 +265,9 @@ async def adopt(admin_url: str, *, database: str, owner: str) -> None:
     ones), table, sequence, view, materialized view, function and type; and no CONNECT for
     PUBLIC. Statements come from the catalogs (REASSIGN OWNED would also move whatever else the
     old owner owns on the server). Safe to repeat."""
-    where = _where(admin_url)
+    where = pgconn.where(admin_url)
     db, role = quote_ident(database), quote_ident(owner)
-    async with _connect(admin_url) as conn:
+    async with pgconn.connect(admin_url) as conn:
         if not await _exists(conn, database):
             raise PermanentError(f"database {database} does not exist on {where}")
         if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", owner):
@@ -285,7 +279,7 @@ async def adopt(admin_url: str, *, database: str, owner: str) -> None:
         # A pool clone is made without connections; a take cut short may have left it so.
         await conn.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
         await conn.execute(f"REVOKE ALL ON DATABASE {db} FROM PUBLIC")
-    async with _connect(with_database(admin_url, database)) as conn, conn.transaction():
+    async with pgconn.connect(with_database(admin_url, database)) as conn, conn.transaction():
         await conn.execute("SELECT set_config('search_path', '', true)")
         moved = 0
         for multiranges in (False, True):
@@ -321,7 +315,7 @@ class WarmPool:
             raise ValueError(f"a pool prefix has at most {_MAX_POOL_PREFIX} characters")
         self._admin_url = admin_url
         self._prefix = prefix
-        self._where = _where(admin_url)
+        self._where = pgconn.where(admin_url)
 
     def member_prefix(self, template: str) -> str:
         """Names of `template`'s pool members start with this."""
@@ -330,13 +324,13 @@ class WarmPool:
 
     async def ready(self, template: str) -> int:
         """How many clones of `template` are ready to take."""
-        async with _connect(self._admin_url) as conn:
+        async with pgconn.connect(self._admin_url) as conn:
             return len(await self._members(conn, template, ready_only=True))
 
     async def fill(self, template: str, size: int) -> int:
         """Clone `template` until `size` clones are ready; how many were made now."""
         made = 0
-        async with _connect(self._admin_url) as conn, self._locked(conn, template):
+        async with pgconn.connect(self._admin_url) as conn, self._locked(conn, template):
             members = await self._members(conn, template, ready_only=False)
             numbers = {_number(name) for name, _ in members}
             for name, pool_of in members:
@@ -359,7 +353,7 @@ class WarmPool:
     async def take(self, template: str, target: str) -> bool:
         """Claim a ready clone of `template` and rename it `target`. False when none was taken:
         the pool is empty, or `target` exists already (then there is nothing to make)."""
-        async with _connect(self._admin_url) as conn:
+        async with pgconn.connect(self._admin_url) as conn:
             if await _exists(conn, target):
                 return False
             for name, _ in await self._members(conn, template, ready_only=True):
@@ -382,7 +376,7 @@ class WarmPool:
         """Drop the pool of `template` — or, with None, the pools of templates that no longer
         exist. How many databases were dropped."""
         dropped = 0
-        async with _connect(self._admin_url) as conn:
+        async with pgconn.connect(self._admin_url) as conn:
             if template is not None:
                 templates = [template]
             else:
@@ -461,8 +455,8 @@ async def reset_database(admin_url: str, *, database: str, template: str,
     """Throw the environment's database away and make it again from `template`: a ready clone
     from `pool` when there is one, else a copy now; then `adopt` it for `owner`."""
     started = time.monotonic()
-    async with _connect(admin_url) as conn:
-        await _drop(conn, database)
+    async with pgconn.connect(admin_url) as conn:
+        await pgconn.drop_database(conn, database)
     dropped = time.monotonic()
     clone: CloneResult | None = None
     if pool is None or not await pool.take(template, database):
@@ -475,68 +469,7 @@ async def reset_database(admin_url: str, *, database: str, template: str,
                        adopt_seconds=adopted - created, clone=clone)
 
 
-async def _drop(conn: Any, database: str) -> None:
-    await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       "WHERE datname = $1 AND pid <> pg_backend_pid()", database)
-    force = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
-    await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(database)}{force}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Connections and errors
-
-
-@asynccontextmanager
-async def _connect(url: str) -> AsyncIterator[Any]:
-    """A connection; server errors become Temporary/PermanentError with a short, password-free
-    reason naming the server."""
-    where = _where(url)
-    try:
-        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        raise TemporaryError(f"cannot reach PostgreSQL at {where} ({_name(exc)})") from None
-    except asyncpg.PostgresError as exc:
-        raise _classify(exc, where) from None
-    try:
-        yield conn
-    except asyncpg.PostgresError as exc:
-        raise _classify(exc, where) from None
-    except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-        raise TemporaryError(f"lost the connection to PostgreSQL at {where} "
-                             f"({_name(exc)})") from None
-    finally:
-        try:
-            await conn.close(timeout=CONNECT_TIMEOUT)
-        except asyncio.CancelledError:
-            conn.terminate()
-            raise
-        except Exception:
-            conn.terminate()
-
-
-def _where(url: str) -> str:
-    """host:port of the server (a socket directory when there is no host); no credentials."""
-    parts = urlsplit(asyncpg_dsn(url))
-    query = parse_qs(parts.query)
-    host = parts.hostname or (query.get("host") or ["localhost"])[0]
-    port = parts.port or int((query.get("port") or ["5432"])[0])
-    return f"{host}:{port}"
-
-
-def _name(exc: BaseException) -> str:
-    return type(exc).__name__
-
-
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [_name(exc)])[0][:160]
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
 
 
-def _classify(exc: asyncpg.PostgresError, where: str) -> TemporaryError | PermanentError:
-    """Sort a server error by its SQLSTATE. No statement here carries a password."""
-    state = str(getattr(exc, "sqlstate", "") or "")
-    message = str(getattr(exc, "message", "") or _name(exc)).splitlines()[0][:160]
-    if state.startswith(_TEMPORARY_CLASSES) or state in _TEMPORARY_CODES:
-        return TemporaryError(f"PostgreSQL at {where} is busy or unavailable: {message}")
-    if state.startswith(_DENIED_CLASSES) or state in _DENIED_CODES:
-        return PermanentError(f"PostgreSQL at {where} refused: {message}")
-    return PermanentError(f"PostgreSQL at {where} failed: {message} ({state or _name(exc)})")

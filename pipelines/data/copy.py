@@ -12,6 +12,12 @@ Memory stays flat whatever the size: the source's COPY OUT feeds a bounded `asyn
 the target's COPY IN drains; when the target is slow, the queue fills, the source callback
 waits, asyncpg stops reading the socket and the source server waits too.
 
+Masking is CPU-bound Python, and one process has one core. Given an executor (a process pool),
+`pipe` cuts the stream into blocks of whole rows and masks them in the pool's processes while
+it keeps reading and writing; the blocks' results are queued in order, so the target still
+receives the rows as the source sent them. Each pool process rebuilds the row masker from a
+picklable `MaskPlan` once, and keeps it (and its caches) for the rest of the build.
+
 Neighbours: `pipelines.data.masking` makes the per-column maskers (functions on PostgreSQL text
 representations); `pipelines.data.snapshot` and `pipelines.data.subset` call `pipe`.
 """
@@ -20,15 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from pipelines.data.rules import ColumnRule
 
 Masker = Callable[[str | None], str | None]
 
 NULL = b"\\N"
 QUEUE_CHUNKS = 16  # chunks in flight between source and target (each a few dozen kB)
+FIELD_CACHE = 65_536  # entries per masked column before the cache starts over
+BLOCK_BYTES = 256 * 1024  # rows sent to a pool process at a time: big enough to pay for IPC
 
 _UNESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.DOTALL)
 _SIMPLE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
@@ -77,6 +89,38 @@ def encode_field(value: str | None) -> bytes:
     return value.encode("utf-8")
 
 
+@dataclass(frozen=True)
+class MaskPlan:
+    """What a pool process needs to rebuild a table's RowMasker (picklable)."""
+
+    columns: tuple[str, ...]
+    rules: tuple[tuple[int, ColumnRule], ...]  # column position, its rule
+    key: bytes = field(repr=False)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def of(cls, columns: Sequence[str], rules: Mapping[int, ColumnRule], *, key: bytes
+           ) -> MaskPlan:
+        return cls(columns=tuple(columns), rules=tuple(rules.items()), key=key)
+
+    def row_masker(self) -> RowMasker:
+        from pipelines.data.masking import make_masker
+
+        maskers = {i: make_masker(rule, key=self.key) for i, rule in self.rules}
+        return RowMasker(maskers, columns=self.columns, plan=self)
+
+
+_POOLED: dict[str, RowMasker] = {}  # in a pool process: plan token → its row masker
+
+
+def mask_block(plan: MaskPlan, block: bytes) -> bytes:
+    """In a pool process: mask a block of whole rows (ending in a newline)."""
+    masker = _POOLED.get(plan.token)
+    if masker is None:
+        masker = _POOLED[plan.token] = plan.row_masker()
+    return masker.rows(block[:-1])
+
+
 class RowMasker:
     """Rewrites a COPY text stream chunk by chunk, masking the fields at the given positions.
 
@@ -84,23 +128,38 @@ class RowMasker:
     until the chunk that completes it arrives.
     """
 
-    def __init__(self, maskers: Mapping[int, Masker], *, columns: Sequence[str]) -> None:
+    def __init__(self, maskers: Mapping[int, Masker], *, columns: Sequence[str],
+                 plan: MaskPlan | None = None) -> None:
         self._maskers = sorted(maskers.items())
         self._columns = tuple(columns)
         self._width = len(columns)
         self._pending: list[bytes] = []
+        # Per masked column, raw field → masked field: a repeated value (a status, a city, a
+        # product) skips unescaping, masking and escaping. Masking is deterministic, so a
+        # cached result is the result.
+        self._caches: list[dict[bytes, bytes]] = [{} for _ in self._maskers]
+        self.plan = plan  # set when the masking may run in a process pool
 
-    def feed(self, chunk: bytes) -> bytes:
-        """The complete rows that `chunk` finishes, masked; b"" while a row is unfinished."""
+    def split(self, chunk: bytes) -> bytes:
+        """The complete rows that `chunk` finishes, unmasked, each ending in a newline."""
         end = chunk.rfind(b"\n")
         if end < 0:
             self._pending.append(chunk)
             return b""
-        rows = chunk[:end]
+        rows = chunk[:end + 1]
         if self._pending:
             rows = b"".join((*self._pending, rows))
         self._pending = [chunk[end + 1:]] if end + 1 < len(chunk) else []
-        return self._rows(rows)
+        return rows
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete rows that `chunk` finishes, masked; b"" while a row is unfinished."""
+        rows = self.split(chunk)
+        return self.rows(rows[:-1]) if rows else b""
+
+    def rows(self, block: bytes) -> bytes:
+        """Mask whole rows (separated, not ended, by newlines); the result ends in one."""
+        return self._rows(block)
 
     def close(self) -> None:
         """The stream has ended: it must not end inside a row."""
@@ -108,17 +167,24 @@ class RowMasker:
             raise CopyFormatError("the COPY stream ended inside a row")
 
     def _rows(self, block: bytes) -> bytes:
-        width, maskers = self._width, self._maskers
+        width, maskers, caches = self._width, self._maskers, self._caches
         out = []
         for line in block.split(b"\n"):
             fields = line.split(b"\t")
             if len(fields) != width:
                 raise CopyFormatError(f"a COPY row has {len(fields)} fields, expected {width}")
-            for i, mask in maskers:
-                try:
-                    fields[i] = encode_field(mask(decode_field(fields[i])))
-                except (ValueError, UnicodeError) as exc:
-                    raise ColumnMaskingError(self._columns[i], exc) from None
+            for (i, mask), cache in zip(maskers, caches, strict=True):
+                raw = fields[i]
+                done = cache.get(raw)
+                if done is None:
+                    try:
+                        done = encode_field(mask(decode_field(raw)))
+                    except (ValueError, UnicodeError) as exc:
+                        raise ColumnMaskingError(self._columns[i], exc) from None
+                    if len(cache) >= FIELD_CACHE:
+                        cache.clear()
+                    cache[raw] = done
+                fields[i] = done
             out.append(b"\t".join(fields))
         out.append(b"")
         return b"\n".join(out)
@@ -132,20 +198,44 @@ class CopyStats:
 
 async def pipe(source: Any, query: str, *args: Any, target: Any, table: str, schema: str,
                columns: Sequence[str], masker: RowMasker | None = None,
-               binary: bool = False, queue_chunks: int = QUEUE_CHUNKS) -> CopyStats:
+               binary: bool = False, queue_chunks: int = QUEUE_CHUNKS,
+               pool: Executor | None = None) -> CopyStats:
     """Stream `COPY (query) TO STDOUT` on `source` into `COPY schema.table (columns) FROM
-    STDIN` on `target`, through `masker` when given (text format only).
+    STDIN` on `target`, through `masker` when given (text format only) — in `pool`'s processes
+    when given and the masker has a plan.
 
     Either side failing cancels the other; the exception propagates.
     """
     if masker is not None and binary:
         raise ValueError("masking needs the text format")
     fmt = "binary" if binary else "text"
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_chunks)
+    queue: asyncio.Queue[bytes | asyncio.Future[bytes] | None] = asyncio.Queue(
+        maxsize=queue_chunks)
     sent = 0
+    plan = masker.plan if masker is not None and pool is not None else None
+    loop = asyncio.get_running_loop()
+    held: list[bytes] = []  # whole rows waiting to fill a block for the pool
+    held_bytes = 0
+
+    async def submit() -> None:
+        nonlocal held_bytes
+        if held and plan is not None:
+            block = b"".join(held)
+            held.clear()
+            held_bytes = 0
+            await queue.put(loop.run_in_executor(pool, mask_block, plan, block))
 
     async def output(chunk: bytes) -> None:
-        nonlocal sent
+        nonlocal sent, held_bytes
+        if plan is not None:
+            assert masker is not None
+            rows = masker.split(bytes(chunk))
+            if rows:
+                held.append(rows)
+                held_bytes += len(rows)
+                if held_bytes >= BLOCK_BYTES:
+                    await submit()
+            return
         data = masker.feed(bytes(chunk)) if masker is not None else bytes(chunk)
         if data:
             sent += len(data)
@@ -155,11 +245,16 @@ async def pipe(source: Any, query: str, *args: Any, target: Any, table: str, sch
         await source.copy_from_query(query, *args, output=output, format=fmt)
         if masker is not None:
             masker.close()
+        await submit()
         await queue.put(None)
 
     async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
         while (item := await queue.get()) is not None:
-            yield item
+            data = await item if isinstance(item, asyncio.Future) else item
+            if plan is not None:
+                sent += len(data)
+            yield data
 
     async def consume() -> str:
         status: str = await target.copy_to_table(table, source=chunks(), columns=list(columns),

@@ -18,7 +18,6 @@ and `ephem snapshot` commands, which refuse to build while `LintReport.ok` is fa
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import logging
@@ -35,6 +34,7 @@ import asyncpg
 
 from bot.errors import PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident
+from pipelines.data import pgconn
 from pipelines.data.masking import first_names
 from pipelines.data.rules import Rules, split_table, table_key
 
@@ -597,13 +597,7 @@ async def _connect(dsn: str) -> AsyncIterator[Any]:
     try:
         yield conn
     finally:
-        try:
-            await conn.close(timeout=CONNECT_TIMEOUT)
-        except asyncio.CancelledError:
-            conn.terminate()
-            raise
-        except Exception:
-            conn.terminate()
+        await pgconn.close(conn)
 
 
 async def detect(dsn: str, *, sample: int = 200,

@@ -29,7 +29,6 @@ Neighbours: the data phase (`postgres.py` creates the database) calls `discover`
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -47,7 +46,7 @@ import asyncpg
 from bot import proc
 from bot.errors import PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident, scrub
-from pipelines.data import sqlscript
+from pipelines.data import pgconn, sqlscript
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +237,7 @@ async def migrate(
         raise TemporaryError(f"lost the connection to PostgreSQL at {where} "
                              f"({type(exc).__name__})") from None
     finally:
-        await _close(conn)  # also releases the advisory lock
+        await pgconn.close(conn)  # also releases the advisory lock
 
 
 async def _quiet(_: str) -> None:
@@ -253,16 +252,6 @@ async def _connect(dsn: str, where: str) -> Any:
                              f"({type(exc).__name__})") from None
     except asyncpg.PostgresError as exc:
         raise _refused(exc, f"cannot connect to {where}") from None
-
-
-async def _close(conn: Any) -> None:
-    try:
-        await conn.close(timeout=CONNECT_TIMEOUT)
-    except asyncio.CancelledError:
-        conn.terminate()
-        raise
-    except Exception:
-        conn.terminate()
 
 
 async def _prepare(conn: Any, history_table: str, *, where: str, say: Emit) -> str:

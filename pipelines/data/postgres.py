@@ -24,38 +24,30 @@ databases). The runner retries `TemporaryError`s and stops on `PermanentError`s.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
 import hmac
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from bot.config import MigrationsConfig, SnapshotConfig
 from bot.domain import DataMode, PhaseName
-from bot.errors import PermanentError, TemporaryError
-from bot.pg import asyncpg_dsn, quote_ident, quote_literal, with_database
+from bot.errors import PermanentError
+from bot.pg import quote_ident, quote_literal, with_database
 from pipelines.base import PhaseContext, PhaseResult
+from pipelines.data import pgconn
 from pipelines.data.clone import WarmPool, adopt, clone_database
 from pipelines.data.golden import latest_snapshot
 from pipelines.data.migrations import SEED_HISTORY, discover, migrate, run_command
 
-CONNECT_TIMEOUT = 10.0
 _PASSWORD_PURPOSE = "db-password"  # noqa: S105 - a derivation label, not a password
 
-# SQLSTATE classes and codes worth retrying: connection trouble, too many connections or out of
-# resources, the server shutting down or starting, a lock or object busy, a deadlock.
-_TEMPORARY_CLASSES = ("08", "53", "57", "40")
-_TEMPORARY_CODES = ("55006", "55P03")
-_DENIED_CLASSES = ("28",)  # invalid authorization
-_DENIED_CODES = ("42501",)  # insufficient privilege
 
 
 def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
@@ -94,7 +86,7 @@ class DatabasePhase:
         self._migrations = migrations
         self._snapshots = dict(snapshots or {})
         self._pool = pool
-        self.host, self.port = _server(admin_url)
+        self.host, self.port = pgconn.server(admin_url)
 
     def database_name(self, env_name: str) -> str:
         """Also the role's name: `prefix` + the environment name with `-` → `_`."""
@@ -115,7 +107,7 @@ class DatabasePhase:
             await _ensure_role(conn, db, scram_verifier(password))
             if ctx.reset_data:
                 await ctx.emit(f"dropping database {db} to reset it")
-                await _drop_database(conn, db)
+                await pgconn.drop_database(conn, db)
             exists = bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db))
             if ctx.data.mode is DataMode.SNAPSHOT:
                 outputs["snapshot"] = await self._from_snapshot(ctx, conn, db, exists=exists,
@@ -189,48 +181,13 @@ class DatabasePhase:
         db = self.database_name(ctx.name)
         async with self._admin() as conn:
             await ctx.emit(f"dropping database {db}")
-            await _drop_database(conn, db)
+            await pgconn.drop_database(conn, db)
             await ctx.emit(f"dropping role {db}")
             await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(db)}")
 
-    @asynccontextmanager
-    async def _admin(self) -> AsyncIterator[Any]:
-        """An admin connection; server errors become Temporary/PermanentError with a short,
-        password-free reason naming the server."""
-        where = f"{self.host}:{self.port}"
-        try:
-            conn = await asyncpg.connect(asyncpg_dsn(self._admin_url), timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            raise TemporaryError(f"cannot reach PostgreSQL at {where} ({_name(exc)})") from None
-        except asyncpg.PostgresError as exc:
-            raise _classify(exc, where) from None
-        try:
-            yield conn
-        except asyncpg.PostgresError as exc:
-            raise _classify(exc, where) from None
-        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-            raise TemporaryError(f"lost the connection to PostgreSQL at {where} "
-                                 f"({_name(exc)})") from None
-        finally:
-            await _close(conn)
-
-
-async def _close(conn: Any) -> None:
-    try:
-        await conn.close(timeout=CONNECT_TIMEOUT)
-    except asyncio.CancelledError:
-        conn.terminate()
-        raise
-    except Exception:
-        conn.terminate()
-
-
-async def _drop_database(conn: Any, db: str) -> None:
-    await conn.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = $1 AND pid <> pg_backend_pid()", db)
-    force = " WITH (FORCE)" if conn.get_server_version().major >= 13 else ""
-    await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(db)}{force}")
+    def _admin(self) -> AbstractAsyncContextManager[Any]:
+        """An admin connection; failures arrive as Temporary/PermanentError naming the server."""
+        return pgconn.connect(self._admin_url)
 
 
 async def _ensure_role(conn: Any, role: str, verifier: str) -> None:
@@ -258,28 +215,3 @@ async def _ensure_database(conn: Any, db: str) -> None:
             await conn.execute(f"CREATE DATABASE {ident} OWNER {ident}")
     await conn.execute(f"ALTER DATABASE {ident} OWNER TO {ident}")
     await conn.execute(f"REVOKE ALL ON DATABASE {ident} FROM PUBLIC")
-
-
-def _server(admin_url: str) -> tuple[str, int]:
-    """Host and port other tools use to reach the server (a socket directory if no host)."""
-    parts = urlsplit(asyncpg_dsn(admin_url))
-    query = parse_qs(parts.query)
-    host = parts.hostname or (query.get("host") or ["localhost"])[0]
-    port = parts.port or int((query.get("port") or ["5432"])[0])
-    return host, port
-
-
-def _name(exc: BaseException) -> str:
-    return type(exc).__name__
-
-
-def _classify(exc: asyncpg.PostgresError, where: str) -> TemporaryError | PermanentError:
-    """Sort a server error by its SQLSTATE. The reason quotes the server's message, which for
-    the statements above never holds the password (it is sent only as a verifier)."""
-    state = str(getattr(exc, "sqlstate", "") or "")
-    message = str(getattr(exc, "message", "") or _name(exc)).splitlines()[0][:160]
-    if state.startswith(_TEMPORARY_CLASSES) or state in _TEMPORARY_CODES:
-        return TemporaryError(f"PostgreSQL at {where} is busy or unavailable: {message}")
-    if state.startswith(_DENIED_CLASSES) or state in _DENIED_CODES:
-        return PermanentError(f"PostgreSQL at {where} refused: {message}")
-    return PermanentError(f"PostgreSQL at {where} failed: {message} ({state or _name(exc)})")

@@ -50,6 +50,12 @@ def _empty() -> Mapping[str, Any]:
     return MappingProxyType({})
 
 
+def _unfrozen(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _unfrozen(v) for k, v in value.items()}
+    return value
+
+
 @dataclass(frozen=True)
 class ColumnRule:
     """One column's transformer and its (validated) parameters.
@@ -62,6 +68,11 @@ class ColumnRule:
 
     def __str__(self) -> str:
         return self.transformer
+
+    def __reduce__(self) -> tuple[type[ColumnRule], tuple[str, dict[str, Any]]]:
+        """Picklable (the snapshot build masks in worker processes): read-only mapping
+        proxies become dicts on the way; nested rules pickle themselves the same way."""
+        return (ColumnRule, (self.transformer, _unfrozen(self.params)))
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,11 @@ import asyncio
 import collections
 import hashlib
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -42,7 +45,14 @@ from bot.errors import ConfigError, PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident, quote_literal, scrub, with_database
 from pipelines.data import golden, leaks, schema, subset
 from pipelines.data.catalog import Catalog, Table, read_catalog
-from pipelines.data.copy import ColumnMaskingError, CopyStats, RowMasker, first_error, pipe
+from pipelines.data.copy import (
+    ColumnMaskingError,
+    CopyStats,
+    MaskPlan,
+    RowMasker,
+    first_error,
+    pipe,
+)
 from pipelines.data.detect import lint
 from pipelines.data.golden import SnapshotInfo, latest_snapshot, list_snapshots
 from pipelines.data.masking import make_masker
@@ -196,8 +206,20 @@ class _Build:
         self.writers: list[Any] = []
         self.database: str | None = None
         self.coordinator_lock = asyncio.Lock()
+        self.pool: ProcessPoolExecutor | None = None
 
     async def run(self, *, started: datetime, clock: float) -> SnapshotInfo:
+        # Masking is CPU-bound Python: it runs in worker processes (one per core) while this
+        # process streams rows in and out. Forked, so the workers start at once.
+        self.pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
+                                        mp_context=multiprocessing.get_context("fork"))
+        try:
+            return await self._run(started=started, clock=clock)
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    async def _run(self, *, started: datetime, clock: float) -> SnapshotInfo:
         admin = await _connect(self.admin_url)
         try:
             if not await golden.build_lock(admin, prefix=self.prefix, name=self.name):
@@ -318,12 +340,15 @@ class _Build:
     def _masker(self, table: Table) -> RowMasker | None:
         columns = table.copy_columns
         masked = set(self.rules.masked_columns(table.display))
-        maskers = {}
+        rules = {}
         for i, column in enumerate(columns):
             rule = self.rules.rule_for(table.display, column)
             if column in masked and rule is not None:
-                maskers[i] = make_masker(rule, key=self.key)
-        return RowMasker(maskers, columns=columns) if maskers else None
+                rules[i] = rule
+        if not rules:
+            return None
+        plan = MaskPlan.of(columns, rules, key=self.key)
+        return plan.row_masker()
 
     async def _copy(self, catalog: Catalog, kept: subset.Subset) -> int:
         """Every table's kept rows, biggest first, then its keys, checks and indexes, and
@@ -370,7 +395,7 @@ class _Build:
         try:
             return await pipe(reader, query, target=writer, table=table.name,
                               schema=table.schema, columns=table.copy_columns,
-                              masker=self._masker(table))
+                              masker=self._masker(table), pool=self.pool)
         except ColumnMaskingError as exc:
             raise PermanentError(f"masking {table.display}: {exc}") from None
 
