@@ -45,6 +45,12 @@ Masker = Callable[[str | None], str | None]
 # passed through unchanged.
 REPLACING = frozenset({"null", "redact", "hash", "email", "first_name", "last_name", "full_name",
                        "phone", "address", "date_shift", "number_noise", "template"})
+# Transformers that pick from a finite vocabulary (or round): a real value comes out unchanged
+# now and then by chance (a `last_name` masked to the same common name about once in a
+# thousand). That is no leak — which values did is keyed and unknowable — so for these only a
+# share beyond chance (the rule is not really applied) counts.
+BY_CHANCE = frozenset({"first_name", "last_name", "full_name", "address", "number_noise"})
+CHANCE_SHARE = 0.05
 MIN_EQUAL = 3
 MIN_INSIDE = 6
 OVERSAMPLE = 20  # rows read per value wanted (values repeat; short ones are skipped)
@@ -112,8 +118,10 @@ def needles(rule: ColumnRule, values: Iterable[str], *, masker: Masker) -> tuple
     rule passed through unchanged."""
     found: list[str] = []
     unchanged = 0
+    seen = 0
     pattern = re.compile(str(rule.params["pattern"])) if rule.transformer == "regex" else None
     for value in values:
+        seen += 1
         if rule.transformer in REPLACING:
             if masker(value) == value:
                 unchanged += 1
@@ -123,6 +131,8 @@ def needles(rule: ColumnRule, values: Iterable[str], *, masker: Masker) -> tuple
                 found.extend(m.group(0) for m in pattern.finditer(value))
             else:
                 found.append(value)
+    if rule.transformer in BY_CHANCE and unchanged <= CHANCE_SHARE * seen:
+        unchanged = 0
     return [v for v in found if len(v) >= MIN_EQUAL], unchanged
 
 
