@@ -159,7 +159,8 @@ CUSTOMER_RULES: dict[str, object] = {
 }
 FULL_RULES = {
     "subset": {"roots": {"customers": "10%"}, "children": ["orders"]},
-    "tables": {"customers": CUSTOMER_RULES, "orders": {"buyer_email": "keep"}},
+    "tables": {"customers": CUSTOMER_RULES, "orders": {"buyer_email": "keep"},
+               "billing.invoices": {"holder_email": "email"}},
 }
 
 
@@ -222,8 +223,9 @@ async def test_missing_rules_passes_when_every_flagged_column_has_a_rule(source:
 async def test_lint_is_ok_with_full_rules(source: str) -> None:
     report = await lint(source, parse_rules(FULL_RULES, source="rules.yaml"), sample=100)
     assert report.ok and report.missing == [] and report.unknown == []
-    assert _cols(report.findings) == FLAGGED
-    assert report.render().startswith("ok: all 13 column(s)")
+    # Every schema is linted, not only those the rules name: billing's emails are found.
+    assert _cols(report.findings) == FLAGGED | {("billing.invoices", "holder_email")}
+    assert report.render().startswith("ok: all 14 column(s)")
 
 
 async def test_lint_reports_missing_rules_and_names_the_source_lacks(source: str) -> None:
@@ -244,7 +246,7 @@ async def test_lint_reports_missing_rules_and_names_the_source_lacks(source: str
         "subset.roots.ghosts: no table public.ghosts in the source",
         "subset.children: no table public.phantoms in the source",
     }
-    # The rules name the billing schema, so lint looks there too; the rule covers it.
+    # Every schema is linted; here the rule covers billing too.
     assert ("billing.invoices", "holder_email") in _cols(report.findings)
     assert _cols(report.missing) == FLAGGED - {("customers", "email")}
     text = report.render()

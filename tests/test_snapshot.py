@@ -358,7 +358,7 @@ async def test_cancelled_mid_copy_drops_the_half_built_database(
         await admin.close()
 
 
-async def test_refuses_schemas_the_lint_did_not_look_at(
+async def test_the_lint_covers_every_schema_a_snapshot_copies(
         pg_admin_url: str, db_prefix: str, rules_dir: Path) -> None:
     name = f"{db_prefix}snap_other_schema"
     admin = await asyncpg.connect(asyncpg_dsn(pg_admin_url))
@@ -367,18 +367,20 @@ async def test_refuses_schemas_the_lint_did_not_look_at(
         url = with_database(pg_admin_url, name)
         conn = await asyncpg.connect(asyncpg_dsn(url))
         await conn.execute("CREATE SCHEMA crm; CREATE TABLE crm.leads (id int PRIMARY KEY, "
-                           "email text); INSERT INTO crm.leads VALUES (1, 'a@b.example')")
+                           "email text); INSERT INTO crm.leads VALUES (1, 'a@b.example');"
+                           "CREATE SCHEMA ops; CREATE TABLE ops.stages (id int PRIMARY KEY, "
+                           "label text); INSERT INTO ops.stages VALUES (1, 'open'), (2, 'won')")
         await conn.close()
         rules = rules_dir / "public_only.yaml"
         rules.write_text("tables: {}\n", encoding="utf-8")
-        with pytest.raises(PermanentError, match="crm hold tables that were not checked"):
+        with pytest.raises(PermanentError, match=r"needs rules first(.|\n)*crm\.leads\.email"):
             await build_snapshot(name="crm", config=_config(url, rules),
                                  target_admin_url=pg_admin_url, prefix=db_prefix, key=KEY)
         assert await golden.databases(admin, prefix=db_prefix, name="crm") == []
         rules.write_text("tables: {crm.leads: {email: email}}\n", encoding="utf-8")
         info = await build_snapshot(name="crm", config=_config(url, rules),
                                     target_admin_url=pg_admin_url, prefix=db_prefix, key=KEY)
-        assert info.rows == 1
+        assert info.rows == 3  # the lead, masked, and ops.stages, which needs no rule
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
         await admin.close()

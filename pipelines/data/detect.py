@@ -674,11 +674,12 @@ def _unknown(rules: Rules, columns: Sequence[SourceColumn]) -> list[str]:
 
 
 async def lint(source_dsn: str, rules: Rules, *, sample: int = 200) -> LintReport:
-    """Detect on the source (in `public` and every schema the rules name), then check that each
-    finding has a rule and that each rule names a real table and column."""
-    named = [*rules.tables, *(r.table for r in rules.roots), *rules.children]
-    schemas = sorted({"public", *(split_table(t)[0] for t in named)})
+    """Detect on the source (in every schema a snapshot would copy: all but the system's), then
+    check that each finding has a rule and that each rule names a real table and column."""
     async with _connect(source_dsn) as conn:
+        schemas = [r[0] for r in await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+            "AND nspname <> 'information_schema' ORDER BY nspname")]
         columns = await _columns(conn, schemas)
         findings = await _judge(conn, columns, sample)
     return LintReport(findings=findings, missing=missing_rules(findings, rules),

@@ -56,7 +56,7 @@ from pipelines.data.copy import (
 from pipelines.data.detect import lint
 from pipelines.data.golden import SnapshotInfo, latest_snapshot, list_snapshots
 from pipelines.data.masking import make_masker
-from pipelines.data.rules import Rules, load_rules, split_table
+from pipelines.data.rules import Rules, load_rules
 
 __all__ = ["BuildProgress", "SnapshotInfo", "build_snapshot", "latest_snapshot",
            "list_snapshots"]
@@ -169,19 +169,6 @@ async def _parallel(workers: Sequence[W], items: Iterable[T], *,
             group.create_task(run(worker))
 
 
-def _refuse_unlinted(catalog: Catalog, rules: Rules) -> None:
-    """Default-deny: the lint looks in `public` and the schemas the rules name; rows of any
-    other schema would be copied unchecked, so the build stops instead."""
-    named = [*rules.tables, *(r.table for r in rules.roots), *rules.children]
-    linted = {"public", *(split_table(t)[0] for t in named)}
-    unchecked = sorted({t.schema for t in catalog.tables.values()} - linted)
-    if unchecked:
-        raise PermanentError(
-            f"schema(s) {', '.join(unchecked)} hold tables that were not checked for personal "
-            "data; name at least one table of each in the rules (`tables:`) so the lint "
-            "covers them")
-
-
 class _Steps:
     """Logs how long each step of a build took."""
 
@@ -262,7 +249,6 @@ class _Build:
     async def _build(self, admin: Any, *, started: datetime, clock: float) -> SnapshotInfo:
         step = _Steps(self.name)
         catalog, kept = await self._open_source()
-        _refuse_unlinted(catalog, self.rules)
         step.done("source schema and subset")
         self.database = await golden.free_name(admin, prefix=self.prefix, name=self.name,
                                                at=started)
