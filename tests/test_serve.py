@@ -57,6 +57,7 @@ async def test_serve_answers_slack_and_stops_cleanly_on_sigterm(
         sys.executable, "-m", "bot.cli", "serve", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    password = "(never delivered)"
     try:
         await _ready(base + "/readyz")
         sender = SlackSender(base + "/slack/events", SECRET)
@@ -68,6 +69,8 @@ async def test_serve_answers_slack_and_stops_cleanly_on_sigterm(
         creds = await slack_api.wait_for("chat.postEphemeral",
                                          lambda c: "postgresql://" in str(c.params), timeout=10)
         assert creds[0].params["user"] == "UANA"
+        url = next(w for w in str(creds[0].params["text"]).split() if "postgresql://" in w)
+        password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
         bad, _ = await sender.command("status sv-1", secret="not-the-secret")
         assert bad == 401
     finally:
@@ -78,5 +81,7 @@ async def test_serve_answers_slack_and_stops_cleanly_on_sigterm(
         output = (await proc.stdout.read()).decode()
     assert code == 0, output
     assert "stopped" in output and "Traceback" not in output
-    assert "serve-test" not in output and "xoxb-serve" not in output  # no secret in the log
+    # No secret in the log: not the keys, not the token, not the environment's password.
+    assert "serve-test" not in output and "xoxb-serve" not in output
+    assert password not in output
     # The environment's database and role carry the session's prefix: the session drops them.
