@@ -28,7 +28,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -567,18 +566,11 @@ def _suggest(category: str, kind: str) -> str:
     return _CATEGORIES[category][1]
 
 
-def _where(dsn: str) -> str:
-    parts = urlsplit(asyncpg_dsn(dsn))
-    query = parse_qs(parts.query)
-    host = parts.hostname or (query.get("host") or ["localhost"])[0]
-    return f"{host}:{parts.port or 5432}{parts.path}"
-
-
 @asynccontextmanager
 async def _connect(dsn: str) -> AsyncIterator[Any]:
     """A read-only session on the source; failures become Temporary/PermanentError with a
     password-free reason."""
-    where = _where(dsn)
+    where = pgconn.location(dsn)
     try:
         conn = await asyncpg.connect(
             asyncpg_dsn(dsn), timeout=CONNECT_TIMEOUT,

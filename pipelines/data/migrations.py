@@ -209,7 +209,7 @@ async def migrate(
     if not _TABLE_NAME.fullmatch(history_table):
         raise ValueError(f"history table name {history_table!r}: lower-case letters, digits, _")
     try:
-        where = _where(dsn)
+        where = pgconn.location(dsn)
     except ValueError:
         raise PermanentError("the database URL is not a postgresql:// URL") from None
     started = time.monotonic()
@@ -402,13 +402,6 @@ def _sorted(exc: asyncpg.PostgresError, reason: str) -> PermanentError | Tempora
     if state.startswith(_TEMPORARY_CLASSES) or state in _TEMPORARY_CODES:
         return TemporaryError(reason)
     return PermanentError(reason)
-
-
-def _where(dsn: str) -> str:
-    """host:port/database, for messages: never the user or password. ValueError for a URL
-    that is not PostgreSQL's."""
-    env = command_environment(dsn)
-    return f"{env['PGHOST'] or 'localhost'}:{env['PGPORT'] or 5432}/{env['PGDATABASE']}"
 
 
 # --------------------------------------------------------------------------- command

@@ -45,6 +45,13 @@ def where(url: str) -> str:
     return f"{host}:{port}"
 
 
+def location(url: str) -> str:
+    """`host:port/database` of a URL, for messages and metadata; never the user or password.
+    ValueError for a URL that is not PostgreSQL's."""
+    host, port = server(url)
+    return f"{host}:{port}{urlsplit(asyncpg_dsn(url)).path or '/'}"
+
+
 def classify(exc: asyncpg.PostgresError, at: str) -> TemporaryError | PermanentError:
     """Sort a server error by its SQLSTATE. The reason quotes the server's first message line;
     callers never send a password in statement text, so it holds none."""

@@ -36,14 +36,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from bot.config import SnapshotConfig
 from bot.errors import ConfigError, PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident, quote_literal, scrub, with_database
-from pipelines.data import golden, leaks, schema, subset
+from pipelines.data import golden, leaks, pgconn, schema, subset
 from pipelines.data.catalog import Catalog, Table, read_catalog
 from pipelines.data.copy import (
     ColumnMaskingError,
@@ -127,20 +126,11 @@ def _classify(exc: asyncpg.PostgresError) -> TemporaryError | PermanentError:
     return PermanentError(f"{reason} ({state or type(exc).__name__})")
 
 
-def _where(url: str) -> str:
-    """host:port/database of a URL, for messages and metadata (never the password)."""
-    parts = urlsplit(asyncpg_dsn(url))
-    query = parse_qs(parts.query)
-    host = parts.hostname or (query.get("host") or ["localhost"])[0]
-    port = parts.port or int((query.get("port") or ["5432"])[0])
-    return f"{host}:{port}{parts.path or '/'}"
-
-
 async def _connect(url: str) -> Any:
     try:
         return await asyncpg.connect(asyncpg_dsn(url), timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
-        raise TemporaryError(f"cannot reach PostgreSQL at {_where(url)} "
+        raise TemporaryError(f"cannot reach PostgreSQL at {pgconn.location(url)} "
                              f"({type(exc).__name__})") from None
 
 
@@ -275,7 +265,7 @@ class _Build:
             tables=len(catalog.tables), rows=rows,
             bytes=await admin.fetchval("SELECT pg_database_size($1)", self.database),
             seconds=round(time.monotonic() - clock, 3))
-        await golden.finish(admin, info, source=_where(self.config.source),
+        await golden.finish(admin, info, source=pgconn.location(self.config.source),
                             rules_sha256=hashlib.sha256(self.config.rules.read_bytes()
                                                         ).hexdigest())
         log.info("snapshot %s built: %s (%d tables, %d rows, %.1f s)", self.name,
