@@ -35,9 +35,9 @@ from bot.sample_data import make_production
 from bot.slack.writer import ConsoleWriter
 from bot.store import repo
 from bot.store.models import Job
+from pipelines.data import golden
 from pipelines.data.clone import WarmPool
 from pipelines.data.detect import lint
-from pipelines.data.golden import list_snapshots
 from pipelines.data.rules import load_rules
 
 USER, CHANNEL = "U_DEMO", "C_DEMO"
@@ -191,10 +191,9 @@ async def _clean_snapshots(app: Ephem, production: str) -> None:
     pool = WarmPool(server, prefix=data.database_prefix)
     conn = await asyncpg.connect(asyncpg_dsn(server))
     try:
-        for info in await list_snapshots(server, prefix=data.database_prefix):
+        for info in await golden.list_snapshots(server, prefix=data.database_prefix):
             await pool.drain(info.database)
-            await conn.execute(f"ALTER DATABASE {quote_ident(info.database)} IS_TEMPLATE false")
-            await conn.execute(f"DROP DATABASE {quote_ident(info.database)} WITH (FORCE)")
+            await golden.drop(conn, info.database)
         prod = urlsplit(asyncpg_dsn(production)).path.lstrip("/")
         await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(prod)} WITH (FORCE)")
     finally:
