@@ -36,9 +36,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bot.cli.sample_data import SHOP, make_production
 from bot.config import SnapshotConfig
 from bot.pg import asyncpg_dsn, quote_ident, with_database
-from bot.sample_data import SHOP, make_production
 
 PREFIX = "ephem_bench_"
 LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -161,8 +161,8 @@ def pganonymize_schema(tmp: Path) -> Path:
 async def request_to_ready(admin: str, source_url: str, tmp: Path, label: str) -> float:
     """Create an environment with `--data snapshot` through the bot (no Slack) once the pool
     is warm; the time from the command to the environment being ready."""
-    from bot.app import build
-    from bot.bootstrap import state_database
+    from bot.cli.app import build
+    from bot.cli.bootstrap import state_database
     from bot.config import load_settings, parse_blueprint
     from bot.domain import EnvStatus
     from bot.ports import Invocation

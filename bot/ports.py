@@ -2,7 +2,7 @@
 
 Why: `bot.slack` must call the command handlers and `bot.executor` must call the pipeline runner,
 yet `bot` may not import `handlers` or `pipelines`. Each side depends on these shapes only, and
-`bot.app` (the composition root) plugs the real implementations in.
+`bot.cli.app` (the composition root) plugs the real implementations in.
 """
 
 from __future__ import annotations

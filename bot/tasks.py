@@ -6,7 +6,7 @@ would cut it off half-way, and an exception in it would surface only as "Task ex
 retrieved" at garbage collection. `InFlight` keeps a reference to every task until it ends, logs
 any exception with the task's name, and lets the composition root `drain()` on SIGTERM before it
 closes the store and the Slack client. Its neighbours: `bot.slack.bolt` spawns into it,
-`bot.app` drains it.
+`bot.cli.app` drains it.
 """
 
 from __future__ import annotations

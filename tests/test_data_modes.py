@@ -9,11 +9,11 @@ from dataclasses import replace
 import asyncpg
 import pytest
 
+from bot.cli.sample_data import SHOP, make_production
 from bot.config import Blueprint, MigrationsConfig, SnapshotConfig
 from bot.domain import DataMode, DataRequest, ReleaseSet
 from bot.errors import PermanentError
 from bot.pg import asyncpg_dsn
-from bot.sample_data import SHOP, make_production
 from pipelines.base import PhaseContext
 from pipelines.data.clone import WarmPool
 from pipelines.data.postgres import DatabasePhase

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from bot.cli.sample_data import SHOP, make_production
 from bot.config import SnapshotConfig
-from bot.sample_data import SHOP, make_production
 from pipelines.data.clone import WarmPool
 from pipelines.data.golden import list_snapshots
 from pipelines.data.keeper import SnapshotKeeper

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from bot.app import Ephem, build
+from bot.cli.app import Ephem, build
 from bot.config import load_settings, parse_blueprint
 from bot.domain import EnvStatus
 from bot.pg import asyncpg_dsn, quote_ident

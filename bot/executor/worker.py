@@ -8,7 +8,7 @@ the work if the lease is lost. `stop()` has SIGTERM semantics: claim nothing mor
 jobs `grace_seconds` to finish, then cancel them and hand their jobs back to the queue at once.
 
 Neighbours: `claims` holds the SQL; the work itself is a `bot.ports.JobWork` (the pipeline
-runner, plugged in by `bot.app`).
+runner, plugged in by `bot.cli.app`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from bot.app import masking_key
+from bot.cli.app import masking_key
 from bot.config import Blueprint, DataPhaseConfig, Settings, SnapshotConfig
 from bot.errors import ConfigError, UserError
 from bot.pg import asyncpg_dsn

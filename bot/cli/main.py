@@ -25,7 +25,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bot.serve import serve
+    from bot.cli.serve import serve
 
     settings = load_settings()
     blueprint = load_blueprint(settings.config)
@@ -47,7 +47,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from bot.doctor import Check, run_checks
+    from bot.cli.doctor import Check, run_checks
 
     settings = load_settings()
     try:
@@ -63,7 +63,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bot.demo import run_demo
+    from bot.cli.demo import run_demo
 
     settings = load_settings()
     _setup_logging(settings.log_level if settings.log_level != "INFO" else "WARNING")
@@ -71,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from bot.shell import run_shell
+    from bot.cli.shell import run_shell
 
     settings = load_settings()
     _setup_logging(settings.log_level if settings.log_level != "INFO" else "WARNING")
@@ -79,7 +79,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from bot import snapshot_cli
+    from bot.cli import snapshot as snapshot_cli
 
     settings = load_settings()
     _setup_logging(settings.log_level if settings.log_level != "INFO" else "WARNING")

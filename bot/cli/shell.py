@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.app import Ephem, build
-from bot.bootstrap import state_database
+from bot.cli.app import Ephem, build
+from bot.cli.bootstrap import state_database
 from bot.config import Settings, load_blueprint
 from bot.ports import Invocation
 from bot.slack.writer import ConsoleWriter

@@ -23,15 +23,15 @@ import asyncpg
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from bot import snapshot_cli
-from bot.app import Ephem, build
-from bot.bootstrap import state_database
+from bot.cli import snapshot as snapshot_cli
+from bot.cli.app import Ephem, build
+from bot.cli.bootstrap import state_database
+from bot.cli.sample_data import make_production
 from bot.config import Blueprint, Settings, load_blueprint
 from bot.domain import EnvStatus, JobStatus
 from bot.errors import PhaseError
 from bot.pg import asyncpg_dsn, quote_ident
 from bot.ports import Invocation
-from bot.sample_data import make_production
 from bot.slack.writer import ConsoleWriter
 from bot.store import repo
 from bot.store.models import Job

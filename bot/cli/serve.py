@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 
-from bot.app import build
+from bot.cli.app import build
 from bot.config import Blueprint, Settings
 from bot.errors import ConfigError
 from bot.pg import redact
