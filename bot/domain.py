@@ -68,7 +68,9 @@ class DataMode(StrEnum):
     SNAPSHOT = "snapshot"
 
 
-CREATE_ORDER: tuple[PhaseName, ...] = (PhaseName.INFRA, PhaseName.CODE, PhaseName.DATA)
+# A component needs its database migrated before it starts, and takes its connection from the
+# data phase's outputs; the data phase may take its server from the infrastructure's outputs.
+CREATE_ORDER: tuple[PhaseName, ...] = (PhaseName.INFRA, PhaseName.DATA, PhaseName.CODE)
 DESTROY_ORDER: tuple[PhaseName, ...] = tuple(reversed(CREATE_ORDER))
 
 LIVE_STATUSES = frozenset(s for s in EnvStatus if s is not EnvStatus.DESTROYED)

@@ -1,5 +1,5 @@
 """A bot process for the crash test: an Executor and a Runner against the test database, whose
-`code` phase writes a marker file once it has started and then blocks forever. The test SIGKILLs
+`data` phase writes a marker file once it has started and then blocks forever. The test SIGKILLs
 this process mid-phase and checks that another executor resumes the job.
 
 Usage: python executor_child.py DATABASE_URL MARKER_FILE
@@ -35,7 +35,7 @@ class Quick:
 
 
 class Stuck:
-    name = PhaseName.CODE
+    name = PhaseName.DATA
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker
@@ -54,7 +54,7 @@ class Stuck:
 
 async def main(url: str, marker: Path) -> None:
     store = Store(url, pool_size=2, max_overflow=2)
-    runner = Runner(store=store, phases={PhaseName.INFRA: Quick(), PhaseName.CODE: Stuck(marker)},
+    runner = Runner(store=store, phases={PhaseName.INFRA: Quick(), PhaseName.DATA: Stuck(marker)},
                     blueprint=Blueprint(), events=RecordedEvents(), secret_key=b"child")
     executor = Executor(store=store, work=runner, owner=f"child-{os.getpid()}", workers=2,
                         lease_seconds=1.0, poll_seconds=0.1, grace_seconds=0.0)

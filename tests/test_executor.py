@@ -345,7 +345,7 @@ async def test_a_killed_process_is_resumed_by_another_executor(
 ) -> None:
     env_id = await make_env(store, "crash")
     job_id = await enqueue(store, env_id)
-    marker = tmp_path / "code-started"
+    marker = tmp_path / "data-started"
     child = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("executor_child.py")), bot_db_url,
         str(marker), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -356,7 +356,7 @@ async def test_a_killed_process_is_resumed_by_another_executor(
                 assert child.stderr is not None
                 raise AssertionError((await child.stderr.read()).decode())
             return marker.exists()
-        await _until(started, "the child's code phase started")
+        await _until(started, "the child's data phase started")
         child.send_signal(signal.SIGKILL)
         assert await child.wait() == -signal.SIGKILL
     finally:
@@ -372,11 +372,11 @@ async def test_a_killed_process_is_resumed_by_another_executor(
 
     job = (await _jobs(store, [job_id]))[job_id]
     assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 2)
-    assert calls == ["code.apply", "data.apply"]  # infra succeeded in the child: not re-run
+    assert calls == ["data.apply", "code.apply"]  # infra succeeded in the child: not re-run
     async with store.transaction() as s:
         runs = (await s.execute(select(PhaseRun.phase, PhaseRun.status, PhaseRun.job_id)
                                 .where(PhaseRun.env_id == env_id).order_by(PhaseRun.id))).all()
     assert [(str(p), str(st)) for p, st, _ in runs] == [
-        ("infra", "succeeded"), ("code", "abandoned"), ("code", "succeeded"),
-        ("data", "succeeded")]
+        ("infra", "succeeded"), ("data", "abandoned"), ("data", "succeeded"),
+        ("code", "succeeded")]
 

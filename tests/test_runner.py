@@ -62,13 +62,14 @@ async def test_create_runs_phases_in_order_and_persists_each_outcome(store: Stor
     outcome = await _runner(store, [data, code, infra], events)(await new_job(store, env_id))
 
     assert outcome.kind is OutcomeKind.SUCCEEDED
-    assert calls == ["infra.apply", "code.apply", "data.apply"]
+    assert calls == ["infra.apply", "data.apply", "code.apply"]
     assert seen_in_db == [("running", "halfway")]
     assert data.seen[0].outputs[INFRA] == {"cluster": "k1"}  # earlier phases' outputs
+    assert code.seen[0].outputs[DATA] == {"id": "data-1"}
     assert await _runs(store, env_id) == [
         ("infra", "apply", 1, "succeeded", None),
-        ("code", "apply", 1, "succeeded", None),
         ("data", "apply", 1, "succeeded", None),
+        ("code", "apply", 1, "succeeded", None),
     ]
     status, last_error, outputs = await _env(store, env_id)
     assert (status, last_error) == (EnvStatus.READY, None)
@@ -101,8 +102,8 @@ async def test_a_phase_the_blueprint_does_not_configure_is_skipped(store: Store)
     assert calls == ["infra.apply", "data.apply"]
     assert [r[:4] for r in await _runs(store, env_id)] == [
         ("infra", "apply", 1, "succeeded"),
-        ("code", "apply", 1, "skipped"),
         ("data", "apply", 1, "succeeded"),
+        ("code", "apply", 1, "skipped"),
     ]
     assert any(e.phase is CODE and e.status is PhaseStatus.SKIPPED
                for e in events.progress_events)
@@ -146,20 +147,20 @@ async def test_permanent_error_fails_the_environment_and_stops(store: Store) -> 
     events = RecordedEvents()
     phases: list[Phase] = [
         ScriptedPhase(INFRA, calls),
-        ScriptedPhase(CODE, calls, errors=[PermanentError("image api:9.9 not found")]),
-        ScriptedPhase(DATA, calls),
+        ScriptedPhase(DATA, calls, errors=[PermanentError("migration V3 failed")]),
+        ScriptedPhase(CODE, calls),
     ]
 
     outcome = await _runner(store, phases, events)(await new_job(store, env_id))
 
     assert outcome.kind is OutcomeKind.FAILED
-    assert outcome.error == "code apply failed: image api:9.9 not found"
-    assert calls == ["infra.apply", "code.apply"]  # not retried, data never started
+    assert outcome.error == "data apply failed: migration V3 failed"
+    assert calls == ["infra.apply", "data.apply"]  # not retried, code never started
     status, last_error, _ = await _env(store, env_id)
-    assert (status, last_error) == (EnvStatus.FAILED, "code apply failed: image api:9.9 not found")
+    assert (status, last_error) == (EnvStatus.FAILED, "data apply failed: migration V3 failed")
     assert [r[3] for r in await _runs(store, env_id)] == ["succeeded", "failed"]
-    assert any(e.phase is CODE and e.status is PhaseStatus.FAILED
-               and e.detail == "image api:9.9 not found" for e in events.progress_events)
+    assert any(e.phase is DATA and e.status is PhaseStatus.FAILED
+               and e.detail == "migration V3 failed" for e in events.progress_events)
     last = events.progress_events[-1]
     assert (last.phase, last.status, last.milestone) == (None, PhaseStatus.FAILED, True)
     assert last.detail == last_error
@@ -170,8 +171,8 @@ async def test_retry_resumes_at_the_failed_phase(store: Store) -> None:
     calls: list[str] = []
     phases: list[Phase] = [
         ScriptedPhase(INFRA, calls),
-        ScriptedPhase(CODE, calls, errors=[PermanentError("rollout stuck")]),
-        ScriptedPhase(DATA, calls),
+        ScriptedPhase(DATA, calls, errors=[PermanentError("migration V3 failed")]),
+        ScriptedPhase(CODE, calls),
     ]
     runner = _runner(store, phases, RecordedEvents())
     assert (await runner(await new_job(store, env_id))).kind is OutcomeKind.FAILED
@@ -179,19 +180,19 @@ async def test_retry_resumes_at_the_failed_phase(store: Store) -> None:
     # A run a dead process left `running` is closed as abandoned when the next job starts.
     first_job = (await _job_ids(store, env_id))[0]
     async with store.transaction() as s:
-        await repo.start_phase_run(s, env_id=env_id, job_id=first_job, phase=DATA,
+        await repo.start_phase_run(s, env_id=env_id, job_id=first_job, phase=CODE,
                                    action=PhaseAction.APPLY)
 
     outcome = await runner(await new_job(store, env_id))
 
     assert outcome.kind is OutcomeKind.SUCCEEDED
-    assert calls == ["code.apply", "data.apply"]  # infra succeeded before: not run again
+    assert calls == ["data.apply", "code.apply"]  # infra succeeded before: not run again
     assert [r[:4] for r in await _runs(store, env_id)] == [
         ("infra", "apply", 1, "succeeded"),
-        ("code", "apply", 1, "failed"),
-        ("data", "apply", 1, "abandoned"),
-        ("code", "apply", 2, "succeeded"),
+        ("data", "apply", 1, "failed"),
+        ("code", "apply", 1, "abandoned"),
         ("data", "apply", 2, "succeeded"),
+        ("code", "apply", 2, "succeeded"),
     ]
     assert (await _env(store, env_id))[:2] == (EnvStatus.READY, None)
 
@@ -207,34 +208,34 @@ async def test_destroy_runs_in_reverse_and_twice_is_fine(store: Store) -> None:
     outcome = await runner(await new_job(store, env_id, JobKind.DESTROY))
 
     assert outcome.kind is OutcomeKind.SUCCEEDED
-    assert calls == ["data.destroy", "code.destroy", "infra.destroy"]
+    assert calls == ["code.destroy", "data.destroy", "infra.destroy"]
     status, _, outputs = await _env(store, env_id)
     assert (status, outputs) == (EnvStatus.DESTROYED, {})
 
     again = await runner(await new_job(store, env_id, JobKind.DESTROY))
     assert again.kind is OutcomeKind.SUCCEEDED
-    assert calls == ["data.destroy", "code.destroy", "infra.destroy"]
+    assert calls == ["code.destroy", "data.destroy", "infra.destroy"]
     assert (await _env(store, env_id))[0] is EnvStatus.DESTROYED
 
 
 async def test_destroy_after_a_failed_destroy_resumes_at_the_failed_phase(store: Store) -> None:
     env_id = await make_env(store, "pr-6b")
     calls: list[str] = []
-    code = ScriptedPhase(CODE, calls)
-    runner = _runner(store, [ScriptedPhase(INFRA, calls), code, ScriptedPhase(DATA, calls)],
+    data = ScriptedPhase(DATA, calls)
+    runner = _runner(store, [ScriptedPhase(INFRA, calls), ScriptedPhase(CODE, calls), data],
                      RecordedEvents())
     await runner(await new_job(store, env_id))
     calls.clear()
-    code.errors.append(PermanentError("namespace stuck terminating"))
+    data.errors.append(PermanentError("database in use"))
     failed = await runner(await new_job(store, env_id, JobKind.DESTROY))
-    assert failed.error == "code destroy failed: namespace stuck terminating"
-    assert calls == ["data.destroy", "code.destroy"]
+    assert failed.error == "data destroy failed: database in use"
+    assert calls == ["code.destroy", "data.destroy"]
     calls.clear()
 
     outcome = await runner(await new_job(store, env_id, JobKind.DESTROY))
 
     assert outcome.kind is OutcomeKind.SUCCEEDED
-    assert calls == ["code.destroy", "infra.destroy"]
+    assert calls == ["data.destroy", "infra.destroy"]
 
 
 async def test_secrets_reach_the_owner_and_no_database_row(store: Store) -> None:
