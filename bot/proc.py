@@ -63,6 +63,7 @@ async def run(
     on_line: Callable[[str], Awaitable[None]] | None = None,
     keep_lines: int = KEEP_LINES,
     kill_grace: float = 5.0,
+    interrupt_first: bool = False,
 ) -> ProcResult:
     """Run `args` (no shell) to completion; stream each output line to `on_line`.
 
@@ -75,6 +76,10 @@ async def run(
     gets SIGTERM, then SIGKILL after `kill_grace` seconds. Raises PermanentError when the
     executable or `cwd` does not exist. Cancellation kills the process group at once. An
     exception from `on_line` kills it too, and propagates.
+
+    `interrupt_first`: for tools that clean up on Ctrl-C (Terraform saves its state and
+    releases its lock), both a timeout and a cancellation send SIGINT first, then SIGTERM, then
+    SIGKILL, `kill_grace` seconds apart, stopping as soon as the process has exited.
     """
     if not args:
         raise ValueError("run() needs a program to run")
@@ -94,11 +99,15 @@ async def run(
             returncode = await proc.wait()
     except BaseException as exc:
         if isinstance(exc, TimeoutError) and deadline.expired():
-            await _terminate(proc, grace=kill_grace)
+            await _terminate(proc, grace=kill_grace, interrupt_first=interrupt_first)
             await _cancel(reader)
             log.info("%s timed out after %g s (process group %d killed)", name, timeout, proc.pid)
             raise ProcTimeoutError(f"{name} timed out after {timeout:g} s",
                                    output=tuple(tail)) from None
+        if interrupt_first:
+            # Shielded: a second cancellation must not cut the tool's clean-up short.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(_terminate(proc, grace=kill_grace, interrupt_first=True))
         _signal(proc, signal.SIGKILL)
         await _cancel(reader)
         with contextlib.suppress(BaseException):
@@ -171,16 +180,22 @@ def _signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
             proc.send_signal(sig)
 
 
-async def _terminate(proc: asyncio.subprocess.Process, *, grace: float) -> None:
-    """SIGTERM to the group, SIGKILL after `grace` seconds if it has not ended.
+async def _terminate(proc: asyncio.subprocess.Process, *, grace: float,
+                     interrupt_first: bool = False) -> None:
+    """SIGTERM to the group (SIGINT before it with `interrupt_first`), SIGKILL after `grace`
+    seconds more if it has not ended.
 
     `proc.wait()` also waits for the output pipe to close; a process that left the group
     holding it could keep it open, so the last wait is bounded as well.
     """
-    _signal(proc, signal.SIGTERM)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), timeout=grace)
-        return
+    polite = (signal.SIGINT, signal.SIGTERM) if interrupt_first else (signal.SIGTERM,)
+    for sig in polite:
+        if proc.returncode is not None:
+            return
+        _signal(proc, sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), timeout=grace)
+            return
     _signal(proc, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), timeout=grace)

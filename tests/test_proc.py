@@ -117,6 +117,57 @@ async def test_cancellation_kills_the_process_group() -> None:
     assert await _gone(pids[0])
 
 
+# Cleans up on SIGINT (as Terraform saves its state and releases its lock), ignores SIGTERM.
+POLITE = (
+    "import signal, sys, time\n"
+    "def stop(*_):\n"
+    "    open(sys.argv[1], 'w').write('state saved')\n"
+    "    sys.exit(130)\n"
+    "signal.signal(signal.SIGINT, stop)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('up', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_interrupt_first_lets_the_tool_clean_up(tmp_path: Path, how: str) -> None:
+    saved = tmp_path / "saved"
+    started = asyncio.Event()
+
+    async def on_line(line: str) -> None:
+        started.set()
+
+    task = asyncio.create_task(proc.run(
+        [sys.executable, "-c", POLITE, str(saved)], timeout=60 if how == "cancel" else 1.5,
+        on_line=on_line, interrupt_first=True, kill_grace=10))
+    await asyncio.wait_for(started.wait(), timeout=20)
+    if how == "cancel":
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:
+        with pytest.raises(proc.ProcTimeoutError):
+            await task
+    assert saved.read_text() == "state saved"
+
+
+async def test_without_interrupt_first_a_cancelled_tool_gets_no_chance(tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    started = asyncio.Event()
+
+    async def on_line(line: str) -> None:
+        started.set()
+
+    task = asyncio.create_task(proc.run([sys.executable, "-c", POLITE, str(saved)],
+                                        timeout=60, on_line=on_line))
+    await asyncio.wait_for(started.wait(), timeout=20)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not saved.exists()
+
+
 async def test_an_exception_in_on_line_stops_the_process_and_propagates() -> None:
     pids: list[int] = []
 
