@@ -7,7 +7,7 @@ yet `bot` may not import `handlers` or `pipelines`. Each side depends on these s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -83,6 +83,21 @@ class JobOutcome:
 class JobWork(Protocol):
     async def __call__(self, job: ClaimedJob) -> JobOutcome:
         """Run a claimed job to an outcome. CancelledError means: lease lost or shutting down."""
+        ...
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+class CredentialsSource(Protocol):
+    async def credentials(self, env_id: int) -> Mapping[str, Mapping[str, str]]:
+        """The environment's secrets, phase by phase (`{"data": {"database_url": …}}`).
+
+        Derived again from the secret key and the environment's recorded outputs each time:
+        nothing secret is stored, so a message carrying them can be sent again (`/ephem creds`,
+        a "Connection details" button, a delivery retried after an outage) without keeping
+        the secret anywhere. Empty for a phase that has not applied yet.
+        """
         ...
 
 

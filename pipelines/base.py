@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from bot.config import Blueprint
 from bot.domain import DataRequest, PhaseName, ReleaseSet
@@ -67,4 +67,14 @@ class Phase(Protocol):
 
     async def describe(self, ctx: PhaseContext) -> str:
         """One line on what apply would do, for `status` and the card."""
+        ...
+
+
+@runtime_checkable
+class HasSecrets(Protocol):
+    """A phase whose results include secrets for the owner can say them again on request."""
+
+    async def secrets(self, ctx: PhaseContext) -> Mapping[str, str]:
+        """The same secrets `apply` returned, from `ctx` alone (its derived secrets and the
+        phase's recorded outputs); no changes made. Empty when the phase has nothing to say."""
         ...

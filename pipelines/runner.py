@@ -42,7 +42,7 @@ from bot.ports import ClaimedJob, Events, JobOutcome, OutcomeKind
 from bot.store import Store, repo
 from bot.store.models import Environment
 from pipelines.attempt import Emit, Failure, Superseded, error_id, run_attempts
-from pipelines.base import Phase, PhaseContext
+from pipelines.base import HasSecrets, Phase, PhaseContext
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,22 @@ class Runner:
             except Exception:
                 log.exception("job %s: could not record its failure [error id %s]", job.id, eid)
             return JobOutcome(OutcomeKind.FAILED, error=reason)
+
+    async def credentials(self, env_id: int) -> Mapping[str, Mapping[str, str]]:
+        """`bot.ports.CredentialsSource`: each applied phase's secrets, derived again."""
+
+        async def nothing(_: str) -> None:
+            return None
+
+        ctx = await self._context(env_id, nothing)
+        found: dict[str, Mapping[str, str]] = {}
+        for name in CREATE_ORDER:
+            phase = self.phases.get(name)
+            if isinstance(phase, HasSecrets) and name in ctx.outputs:
+                said = await phase.secrets(ctx)
+                if said:
+                    found[str(name)] = dict(said)
+        return found
 
     # ------------------------------------------------------------------ the job
 

@@ -15,13 +15,18 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 
 from bot.config import Blueprint
-from bot.domain import DataMode, DataRequest, ReleaseSet
+from bot.domain import DataMode, DataRequest, PhaseName, ReleaseSet
 from bot.errors import PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident, quote_literal, with_database
+from bot.ports import OutcomeKind, RecordedEvents
+from bot.store import Store
 from pipelines.base import PhaseContext
 from pipelines.data.postgres import DatabasePhase
+from pipelines.runner import Runner
+from tests.phases import blueprint, make_env, new_job
 
 KEY = b"test-secret-key"
 
@@ -195,3 +200,29 @@ async def _alive(conn: asyncpg.Connection) -> bool:
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
         return False
     return True
+
+
+async def test_credentials_are_said_again_without_being_stored(
+    store: Store, pg_admin_url: str, db_prefix: str
+) -> None:
+    """`Runner.credentials` derives the owner's URL again: the one delivered at apply time,
+    nowhere in the store, and nothing before the phase has applied."""
+    env_id = await make_env(store, "creds-1")
+    phase = DatabasePhase(admin_url=pg_admin_url, prefix=db_prefix)
+    events = RecordedEvents()
+    runner = Runner(store=store, phases={PhaseName.DATA: phase}, blueprint=blueprint(),
+                    events=events, secret_key=KEY)
+    assert await runner.credentials(env_id) == {}
+
+    outcome = await runner(await new_job(store, env_id))
+
+    assert outcome.kind is OutcomeKind.SUCCEEDED
+    again = await runner.credentials(env_id)
+    url = again["data"]["database_url"]
+    assert [text for _, text in events.owner_messages if url in text]
+    assert await _fetchval(url, "SELECT current_user") == phase.database_name("creds-1")
+    password = url.partition("://")[2].partition("@")[0].partition(":")[2]
+    async with store.transaction() as s:
+        dumped = (await s.execute(text(
+            "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM environments) t"))).scalar()
+    assert password and password not in str(dumped)

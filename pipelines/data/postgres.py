@@ -115,7 +115,7 @@ class DatabasePhase:
             else:
                 await ctx.emit(f"creating database {db}")
                 await _ensure_database(conn, db)
-        url = with_database(self._admin_url, db, user=db, password=password)
+        url = self._owner_url(ctx)
         applied = await self._migrate(ctx, url, steps=steps)
         outputs["migrations"] = applied
         outputs["seconds"] = {k: round(v, 3) for k, v in steps.items()}
@@ -126,6 +126,17 @@ class DatabasePhase:
             summary=f"database {db} ({ctx.data}) on {self.host}:{self.port}"
                     + (f" — {took}" if took else ""),
         )
+
+    async def secrets(self, ctx: PhaseContext) -> Mapping[str, str]:
+        """The owner's connection URL again (`HasSecrets`): derived, never stored."""
+        if not ctx.outputs.get(PhaseName.DATA):
+            return {}
+        return {"database_url": self._owner_url(ctx)}
+
+    def _owner_url(self, ctx: PhaseContext) -> str:
+        db = self.database_name(ctx.name)
+        return with_database(self._admin_url, db, user=db,
+                             password=ctx.derive_secret(_PASSWORD_PURPOSE))
 
     async def _from_snapshot(self, ctx: PhaseContext, conn: Any, db: str, *, exists: bool,
                              steps: dict[str, float]) -> str:
