@@ -66,7 +66,8 @@ async def edge(slack_api: SlackApi, store: Store) -> AsyncIterator[Edge]:
     notifier = Notifier(store, writer, coalesce_seconds=0.01)
     app = build_bolt_app(settings=settings, handler=handler, notifier=notifier, store=store,
                          inflight=inflight)
-    server = HttpServer(bolt_app=app, store=store, host="127.0.0.1", port=0)
+    server = HttpServer(bolt_app=app, store=store, host="127.0.0.1", port=0,
+                        signing_secret=SECRET)
     await server.start()
     try:
         yield Edge(slack_api, store, handler, inflight, server,
@@ -208,7 +209,8 @@ async def test_not_ready_while_the_database_does_not_answer(slack_api: SlackApi)
     app = build_bolt_app(settings=settings, handler=RecordingHandler(),
                          notifier=Notifier(unreachable, WebApiWriter(make_web_client(settings))),
                          store=unreachable, inflight=InFlight())
-    server = HttpServer(bolt_app=app, store=unreachable, host="127.0.0.1", port=0)
+    server = HttpServer(bolt_app=app, store=unreachable, host="127.0.0.1", port=0,
+                        signing_secret=SECRET)
     await server.start()
     try:
         server.mark_ready()

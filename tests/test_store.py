@@ -57,12 +57,15 @@ async def test_one_running_job_per_environment_is_enforced_by_the_database(store
                       requested_by="U1"))
 
 
-async def test_slack_event_ids_are_seen_once(store: Store) -> None:
+async def test_slack_requests_are_seen_once(store: Store) -> None:
+    keep = timedelta(minutes=10)
     async with store.transaction() as s:
-        assert await repo.first_sighting(s, "Ev1") is True
+        assert await repo.first_sighting(s, kind="event", key="Ev1", keep=keep) is True
     async with store.transaction() as s:
-        assert await repo.first_sighting(s, "Ev1") is False
-        assert await repo.first_sighting(s, "Ev2") is True
+        assert await repo.first_sighting(s, kind="event", key="Ev1", keep=keep) is False
+        # The same key of another kind is another request.
+        assert await repo.first_sighting(s, kind="command", key="Ev1", keep=keep) is True
+        assert await repo.first_sighting(s, kind="event", key="Ev2", keep=keep) is True
 
 
 async def test_the_pool_is_sized_by_the_settings(bot_db_url: str) -> None:
