@@ -4,14 +4,12 @@ local Slack Web API, state in a real PostgreSQL. Only the command handler is a t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -220,19 +218,3 @@ async def test_not_ready_while_the_database_does_not_answer(slack_api: SlackApi)
     finally:
         await server.stop()
         await unreachable.close()
-
-
-async def test_a_malformed_request_is_acked_and_logged_with_an_id(
-    edge: Edge, caplog: pytest.LogCaptureFixture
-) -> None:
-    payload = {"type": "block_actions", "team": {"id": "T0001"}, "api_app_id": "A0001",
-               "user": {"id": "U1"},  # no channel, no container: nowhere to answer
-               "actions": [{"type": "button", "action_id": "ephem:destroy", "value": "pr-7"}]}
-    body = "payload=" + quote(json.dumps(payload))
-
-    status, _ = await edge.slack.post(body, content_type="application/x-www-form-urlencoded")
-    await edge.settle()
-
-    assert status == 200
-    assert re.search(r"slack listener failed \[error [0-9a-f]{8}\]", caplog.text)
-    assert edge.handler.actions == []

@@ -112,8 +112,8 @@ class HttpServer:
         if problem is not None:
             return self._refuse(401, UNSIGNED, "unsigned", "%s", problem, request)
         try:
-            body = inbound.read_body(raw, request.content_type)
-            inbound.check(body)
+            encoding, body = inbound.read_body(raw, request.content_type)
+            inbound.check(encoding, body)
             bolt_request = _bolt_request(raw.decode(), body, request)
         except inbound.Malformed as exc:
             return self._refuse(400, MALFORMED, "malformed", "signed, but %s", str(exc), request)

@@ -83,14 +83,20 @@ def signature_problem(*, secret: str, body: bytes, timestamp: str | None,
 # --------------------------------------------------------------------------- 2. the body
 
 
-def read_body(raw: bytes, content_type: str) -> dict[str, Any]:
-    """The body of a signed request as Slack encodes it; Malformed when it is not."""
+class Encoding(StrEnum):
+    FORM = "form"  # slash commands, ssl_check
+    PAYLOAD = "payload"  # interactive payloads: a form with one field, JSON
+    JSON = "json"  # the Events API
+
+
+def read_body(raw: bytes, content_type: str) -> tuple[Encoding, dict[str, Any]]:
+    """The body of a signed request as Slack encodes it, and how; Malformed when it is not."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise Malformed("the body is not UTF-8 text") from None
     if content_type == JSON:
-        return _no_surrogates(_json_object(text, "the JSON body"))
+        return Encoding.JSON, _no_surrogates(_json_object(text, "the JSON body"))
     if content_type != FORM:
         raise Malformed("a content type Slack does not send")
     try:
@@ -104,8 +110,8 @@ def read_body(raw: bytes, content_type: str) -> dict[str, Any]:
     if "payload" in form:
         if len(form) != 1:
             raise Malformed("the form has fields beside `payload`")
-        return _no_surrogates(_json_object(form["payload"], "the payload"))
-    return _no_surrogates(form)
+        return Encoding.PAYLOAD, _no_surrogates(_json_object(form["payload"], "the payload"))
+    return Encoding.FORM, _no_surrogates(form)
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -260,30 +266,33 @@ class Kind(StrEnum):
     SSL_CHECK = "ssl_check"
 
 
-def check(body: Mapping[str, Any]) -> Kind:
-    """Which kind of request `body` is, its fields validated; Malformed when neither."""
-    if "command" in body:
-        read_command(body)
-        return Kind.COMMAND
-    if "ssl_check" in body:
-        return Kind.SSL_CHECK
+def check(encoding: Encoding, body: Mapping[str, Any]) -> Kind:
+    """Which kind of request `body` is, its fields validated; Malformed when it is none of the
+    kinds Slack sends in that encoding."""
     kind = body.get("type")
-    if kind == "block_actions":
-        actions = _validated(BlockActions, body, "the button click")
-        channel_of(actions)
-        return Kind.ACTION
-    if kind == "event_callback":
-        envelope = _validated(EventCallback, body, "the event")
-        if envelope.event.type == "app_mention":
-            read_mention(body)
-        return Kind.EVENT
-    if kind == "url_verification":
-        _validated(_UrlVerification, body, "the URL verification")
-        return Kind.URL_VERIFICATION
-    if isinstance(kind, str) and "user" in body:
-        _validated(_Interaction, body, "the interaction")
-        return Kind.INTERACTION
-    raise Malformed("not a kind of request Slack sends")
+    if encoding is Encoding.FORM:
+        if "command" in body:
+            read_command(body)
+            return Kind.COMMAND
+        if body.get("ssl_check") == "1":
+            return Kind.SSL_CHECK
+    elif encoding is Encoding.PAYLOAD:
+        if kind == "block_actions":
+            read_actions(body)
+            return Kind.ACTION
+        if isinstance(kind, str):
+            _validated(_Interaction, body, "the interaction")
+            return Kind.INTERACTION
+    else:
+        if kind == "event_callback":
+            envelope = read_event(body)
+            if envelope.event.type == "app_mention":
+                read_mention(body)
+            return Kind.EVENT
+        if kind == "url_verification":
+            _validated(_UrlVerification, body, "the URL verification")
+            return Kind.URL_VERIFICATION
+    raise Malformed(f"not a kind of request Slack sends as {encoding}")
 
 
 def read_command(body: Mapping[str, Any]) -> SlashCommand:
