@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -103,23 +103,23 @@ class HttpServer:
         started = time.perf_counter()
         raw = await self._read(request)
         if raw is None:
-            return self._refuse(413, TOO_LARGE, "too_large", "a body over %d bytes",
-                                self._max_body, request)
+            return _refuse(request, 413, TOO_LARGE, "too_large",
+                           f"a body over {self._max_body} bytes")
         problem = inbound.signature_problem(
             secret=self._secret, body=raw,
             timestamp=_single(request, "X-Slack-Request-Timestamp"),
             signature=_single(request, "X-Slack-Signature"), now=time.time())
         if problem is not None:
-            return self._refuse(401, UNSIGNED, "unsigned", "%s", problem, request)
+            return _refuse(request, 401, UNSIGNED, "unsigned", problem)
         try:
             encoding, body = inbound.read_body(raw, request.content_type)
             inbound.check(encoding, body)
             bolt_request = _bolt_request(raw.decode(), body, request)
         except inbound.Malformed as exc:
-            return self._refuse(400, MALFORMED, "malformed", "signed, but %s", str(exc), request)
+            return _refuse(request, 400, MALFORMED, "malformed", f"signed, but {exc}")
         except Exception as exc:  # bolt could not build its context from a body we accepted
-            return self._refuse(400, MALFORMED, "malformed", "signed, but bolt cannot read it "
-                                "(%s)", type(exc).__name__, request)
+            return _refuse(request, 400, MALFORMED, "malformed",
+                           f"signed, but bolt cannot read it ({type(exc).__name__})")
         bolt_response = await self._bolt.async_dispatch(bolt_request)
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
         return await to_aiohttp_response(bolt_response)
@@ -133,14 +133,6 @@ class HttpServer:
         except web.HTTPRequestEntityTooLarge:
             return None
 
-    @staticmethod
-    def _refuse(status: int, text: str, reason: str, why: str, arg: object,
-                request: web.Request) -> web.Response:
-        # One line, our own words and the sender's address: no body, no header, no traceback.
-        log.warning("slack: refused a request from %s with %d: " + why, request.remote, status,
-                    arg)
-        metrics.SLACK_REFUSED.labels(reason).inc()
-        return web.Response(status=status, text=text)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -160,6 +152,15 @@ class HttpServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _refuse(request: web.Request, status: int, text: str, reason: str, why: str
+            ) -> web.Response:
+    """Answer `status` with the constant `text`. Logged in one line of our own words (`why`
+    is a fixed phrase) and the sender's address: no body, no header, no traceback."""
+    log.warning("slack: refused a request from %s with %d: %s", request.remote, status, why)
+    metrics.SLACK_REFUSED.labels(reason).inc()
+    return web.Response(status=status, text=text)
+
+
 def _single(request: web.Request, header: str) -> str | None:
     """The header's value; None when it is missing or given more than once."""
     values = request.headers.getall(header, [])
@@ -174,7 +175,8 @@ def _bolt_request(text: str, body: dict[str, Any], request: web.Request) -> Asyn
     empty), and it raises on bodies it cannot parse. The request is built empty and given the
     body and its context afterwards, as bolt's constructor would have.
     """
-    headers = {k: request.headers.getall(k) for k in request.headers.keys()}
+    headers: dict[str, str | Sequence[str]] = {k: request.headers.getall(k)
+                                               for k in request.headers}
     bolt_request = AsyncBoltRequest(body="", query=request.query_string, headers=headers)
     bolt_request.raw_body = text
     bolt_request.body = body

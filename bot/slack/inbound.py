@@ -46,7 +46,7 @@ FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 
 
-class Malformed(Exception):  # noqa: N818 (a verdict, not an error of ours)
+class Malformed(Exception):
     """A signed request Ephem cannot read. The message is a short phrase of our own, naming
     fields by their path at most: it is logged, and never carries the request's content."""
 
