@@ -103,13 +103,14 @@ def command_sighting(request: AsyncBoltRequest) -> Sighting | None:
 
 def action_sighting(click: inbound.BlockActions, action: inbound.Action,
                     request: AsyncBoltRequest) -> Sighting | None:
-    """A click is its `action_ts`, by that user, on that message or view."""
-    container = click.container
-    where = ((container.message_ts or container.view_id) if container else None) \
-        or (click.message.ts if click.message else None) or inbound.channel_of(click)
+    """A click is its `action_ts`, by that user, on that message or view (without an
+    `action_ts`, the request's signature and timestamp, as for a command)."""
     if action.action_ts is None:
         signed = command_sighting(request)
         return Sighting("action", signed.key, REPLAY_MEMORY) if signed else None
+    container = click.container
+    where = ((container and (container.message_ts or container.view_id))
+             or (click.message and click.message.ts) or inbound.channel_of(click))
     return Sighting("action", f"{click.user.id}:{where}:{action.action_ts}", REPLAY_MEMORY)
 
 
