@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from bot.config import load_settings, parse_blueprint
 from bot.slack import http as slack_http
+from bot.slack import inbound
 from bot.slack.bolt import build_bolt_app
 from bot.slack.http import EVENTS_PATH, HttpServer
 from bot.slack.notifier import Notifier
@@ -348,3 +349,13 @@ async def test_a_refused_name_is_quoted_escaped(edge: Edge) -> None:
     assert (await edge.slack.command("create &lt;!here&gt;"))[0] == 200
     [reply] = await edge.api.wait_for("chat.postEphemeral")
     assert "<!here>" not in reply.params["text"] and "&lt;!here&gt;" in reply.params["text"]
+
+
+def test_without_a_signing_secret_nothing_is_accepted() -> None:
+    # Socket Mode may run without one; the HTTP endpoint then refuses every request.
+    body = b"command=%2Fephem"
+    headers = signed(body, secret="")
+    assert inbound.signature_problem(
+        secret="", body=body, timestamp=headers["X-Slack-Request-Timestamp"],
+        signature=headers["X-Slack-Signature"], now=time.time(),
+    ) == "no signing secret is configured"
