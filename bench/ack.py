@@ -110,7 +110,8 @@ def command_body(i: int) -> str:
         "channel_name": "bench", "user_id": f"U{i % 50:04d}", "user_name": "bench",
         "command": "/ephem", "text": "create --match staging --set api=2.8.0-rc1",
         "api_app_id": "A0001", "response_url": "https://hooks.slack.invalid/1",
-        "trigger_id": f"{i}.1",
+        # Unique per request, as Slack's are: two identical signed bodies are a replay.
+        "trigger_id": f"{i}.{uuid.uuid4().hex}",
     })
 
 

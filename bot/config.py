@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     secret_key: SecretStr = Field(default=SecretStr(""), alias="EPHEM_SECRET_KEY")
     masking_key: SecretStr = Field(default=SecretStr(""), alias="EPHEM_MASKING_KEY")
     log_level: str = Field(default="INFO", alias="EPHEM_LOG_LEVEL")
+    # The state database's connection pool, per process (see the README for the arithmetic).
+    db_pool_size: int = Field(default=5, alias="EPHEM_DB_POOL_SIZE", ge=1, le=100)
+    db_max_overflow: int = Field(default=5, alias="EPHEM_DB_MAX_OVERFLOW", ge=0, le=100)
+    db_pool_timeout: float = Field(default=30.0, alias="EPHEM_DB_POOL_TIMEOUT", gt=0)
+    # The largest request body `POST /slack/events` reads; larger ones are answered 413.
+    http_max_body: int = Field(default=64 * 1024, alias="EPHEM_HTTP_MAX_BODY", ge=1024,
+                               le=16 * 1024 * 1024)
 
     @field_validator("slack_api_url")
     @classmethod

@@ -15,6 +15,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from bot.errors import IllegalTransition, UserError
+from bot.mrkdwn import escape
 
 # --------------------------------------------------------------------------- statuses
 
@@ -112,20 +113,39 @@ def job_transition(current: JobStatus, target: JobStatus) -> JobStatus:
 
 # --------------------------------------------------------------------------- durations
 
-_DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
+_DURATION_RE = re.compile(r"([0-9]+)\s*([smhdw])", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DURATION_DIGITS = 9  # per number: `999999999m` is the longest number a duration takes
+_MAX_SECONDS = int(timedelta.max.total_seconds())
+
+
+def quoted(text: str, *, limit: int = 80) -> str:
+    """User input as it is quoted in a message: shortened, mrkdwn-escaped, in backticks."""
+    short = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"`{escape(short)}`"
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse `90m`, `8h`, `2d`, `1w`, `1d12h` into a timedelta; raise UserError otherwise."""
+    """Parse `90m`, `8h`, `2d`, `1w`, `1d12h` into a timedelta; raise UserError otherwise.
+
+    Only ASCII digits count (`٣d` is no duration), and a number has at most DURATION_DIGITS
+    digits, so what a person types can never overflow a timedelta or Python's int parsing.
+    """
     compact = text.strip().lower().replace(" ", "")
     if not compact or _DURATION_RE.sub("", compact):
         raise UserError(
-            f"`{text}` is not a duration; use a number and a unit, like `90m`, `8h`, `2d` or `1w`."
+            f"{quoted(text)} is not a duration; use a number and a unit, like `90m`, `8h`, "
+            "`2d` or `1w`."
         )
-    seconds = sum(int(n) * _UNITS[u] for n, u in _DURATION_RE.findall(compact))
+    terms = _DURATION_RE.findall(compact)
+    if any(len(n.lstrip("0")) > DURATION_DIGITS for n, _ in terms):
+        raise UserError(f"{quoted(text)}: a duration's number has at most {DURATION_DIGITS} "
+                        "digits.")
+    seconds = sum(int(n) * _UNITS[u] for n, u in terms)
     if seconds <= 0:
-        raise UserError(f"`{text}` is zero; a duration must be longer than that.")
+        raise UserError(f"{quoted(text)} is zero; a duration must be longer than that.")
+    if seconds > _MAX_SECONDS:
+        raise UserError(f"{quoted(text)} is longer than any duration I can count.")
     return timedelta(seconds=seconds)
 
 
@@ -167,15 +187,17 @@ def validate_name(name: str) -> str:
     letter, ending with a letter or digit, at most NAME_MAX characters.
     """
     if len(name) > NAME_MAX:
-        raise UserError(f"`{name}` is {len(name)} characters long; names have at most {NAME_MAX}.")
+        raise UserError(f"{quoted(name)} is {len(name)} characters long; names have at most "
+                        f"{NAME_MAX}.")
     if name.startswith(RESERVED_NAME_PREFIXES):
         raise UserError(
-            f"`{name}`: names starting with {' or '.join(f'`{p}`' for p in RESERVED_NAME_PREFIXES)}"
+            f"{quoted(name)}: names starting with "
+            f"{' or '.join(f'`{p}`' for p in RESERVED_NAME_PREFIXES)}"
             " are reserved for Ephem's own snapshot and pool databases."
         )
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise UserError(
-            f"`{name}` is not a valid name: use lowercase letters, digits and hyphens, "
+            f"{quoted(name)} is not a valid name: use lowercase letters, digits and hyphens, "
             "starting with a letter and ending with a letter or digit (like `pr-142`)."
         )
     return name

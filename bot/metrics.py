@@ -57,6 +57,13 @@ PHASE_SECONDS = Histogram(
     buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
     registry=REGISTRY,
 )
+SLACK_REFUSED = Counter(
+    "ephem_slack_requests_refused",
+    "Requests to POST /slack/events refused before any listener, by reason "
+    "(unsigned, malformed, too_large).",
+    ["reason"],
+    registry=REGISTRY,
+)
 ACK_SECONDS = Histogram(
     "ephem_ack_seconds",
     "Time from a Slack request's arrival to its acknowledgement (Slack gives up after 3 s).",

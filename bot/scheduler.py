@@ -23,7 +23,6 @@ from bot.store.models import Environment
 log = logging.getLogger(__name__)
 
 SCHEDULER_ACTOR = "ephem"
-EVENT_MEMORY = timedelta(days=1)  # how long a Slack event id is remembered for de-duplication
 
 Remind = Callable[[int], Awaitable[None]]
 Reaped = Callable[[int], Awaitable[None]]
@@ -89,7 +88,7 @@ class Scheduler:
                                  env_id=env.id, details={"expired_at": env.expires_at.isoformat()})
                 reaped.append(env.id)
         async with self.store.transaction() as s:
-            await repo.forget_events_before(s, now - EVENT_MEMORY)
+            await repo.forget_sightings(s, now)
         # Slack is written after commit, so a failed post never undoes the bookkeeping.
         for env_id in reminded:
             await self.remind(env_id)

@@ -26,8 +26,11 @@ from bot.domain import (
     JobStatus,
     format_duration,
     generate_name,
+    quoted,
+    validate_name,
 )
 from bot.errors import UserError
+from bot.mrkdwn import escape
 from bot.ports import Invocation, Reply, Visibility
 from bot.store import Store, repo
 from bot.store.models import Environment
@@ -63,13 +66,13 @@ def plan_create(req: EnvRequest, blueprint: Blueprint) -> CreatePlan:
     if reference is not None:
         if reference not in blueprint.references:
             known = ", ".join(f"`{r}`" for r in blueprint.references) or "none are configured"
-            raise UserError(f"There is no reference environment `{reference}` ({known}).")
+            raise UserError(f"There is no reference environment {quoted(reference)} ({known}).")
         releases = dict(blueprint.references[reference].releases)
     known_components = set(blueprint.components) | set(releases)
     unknown = sorted(set(req.overrides) - known_components) if known_components else []
     if unknown:
         raise UserError(
-            f"`--set` names unknown components: {', '.join(unknown)}. "
+            f"`--set` names unknown components: {escape(', '.join(unknown))}. "
             f"Known: {', '.join(sorted(known_components))}."
         )
     ttl = req.ttl or blueprint.defaults.ttl
@@ -82,8 +85,8 @@ def plan_create(req: EnvRequest, blueprint: Blueprint) -> CreatePlan:
     phase = blueprint.phases.data
     if data.mode is not DataMode.NONE and phase is None:
         raise UserError(
-            f"`--data {data}` needs a database, and this project's blueprint configures no data "
-            "phase. Use `--data none`."
+            f"{quoted('--data ' + str(data))} needs a database, and this project's blueprint "
+            "configures no data phase. Use `--data none`."
         )
     if data.mode is DataMode.SNAPSHOT:
         assert phase is not None
@@ -95,7 +98,7 @@ def plan_create(req: EnvRequest, blueprint: Blueprint) -> CreatePlan:
             )
         if name is None or name not in phase.snapshots:
             known = ", ".join(f"`{n}`" for n in phase.snapshots)
-            raise UserError(f"There is no snapshot `{name or '(default)'}`; known: {known}.")
+            raise UserError(f"There is no snapshot {quoted(name or '(default)')}; known: {known}.")
         data = DataRequest(DataMode.SNAPSHOT, name)
     return CreatePlan(
         name=req.name, reference=reference, release_set={**releases, **req.overrides},
@@ -130,6 +133,9 @@ class Commands:
 
     async def action(self, inv: Invocation, *, action_id: str, value: str) -> list[Reply]:
         try:
+            if action_id in ("retry", "destroy", "extend"):
+                # A button's value is the environment's name; anything else is not ours.
+                value = validate_name(value)
             if action_id == "retry":
                 return await self._retry(inv, value)
             if action_id == "destroy":
@@ -138,8 +144,8 @@ class Commands:
                 return await self._extend(inv, Extend(value))
         except UserError as exc:
             return [Reply(str(exc))]
-        return [Reply(f"That button (`{action_id}`) is not one I know; it may be from an older "
-                      "version of Ephem.")]
+        return [Reply(f"That button ({quoted(action_id)}) is not one I know; it may be from an "
+                      "older version of Ephem.")]
 
     async def _run(self, inv: Invocation, cmd: parser.Command) -> list[Reply]:
         match cmd:
@@ -171,14 +177,15 @@ class Commands:
                     raise
         else:  # pragma: no cover - five generated names all taken at once
             raise UserError("I could not find a free name; please give one.")
-        parts = [f"*{env.name}* requested by <@{inv.user_id}>"]
+        parts = [f"*{escape(env.name)}* requested by <@{inv.user_id}>"]
         if plan.reference:
-            parts.append(f"matching `{plan.reference}`")
+            parts.append(f"matching {quoted(plan.reference)}")
         if plan.overrides:
-            parts.append("with " + ", ".join(f"{c}={v}" for c, v in plan.overrides.items()))
-        parts.append(f"data: {plan.data}, expires in {format_duration(plan.ttl)}")
+            parts.append("with " + escape(", ".join(f"{c}={v}"
+                                                    for c, v in plan.overrides.items())))
+        parts.append(f"data: {escape(str(plan.data))}, expires in {format_duration(plan.ttl)}")
         if plan.reason:
-            parts.append(f"reason: {plan.reason}")
+            parts.append(f"reason: {escape(plan.reason)}")
         return [Reply("Queued: " + "; ".join(parts) + ".", visibility=Visibility.THREAD,
                       env_id=env.id)]
 
@@ -207,7 +214,7 @@ class Commands:
             return [Reply("No live environments. Make one with `/ephem create`.")]
         now = self.clock()
         lines = [
-            f"• *{e.name}* — {e.status}, owner <@{e.owner_id}>, "
+            f"• *{escape(e.name)}* — {e.status}, owner <@{e.owner_id}>, "
             + (f"expires in {_ago(e.expires_at - now)}" if e.expires_at > now else "expired")
             for e in envs
         ]
@@ -219,12 +226,12 @@ class Commands:
             runs = await repo.latest_phase_runs(s, env.id)
         now = self.clock()
         lines = [
-            f"*{env.name}* is {env.status} (owner <@{env.owner_id}>, "
-            f"reference `{env.reference or '-'}`, expires in {_ago(env.expires_at - now)})"
+            f"*{escape(env.name)}* is {env.status} (owner <@{env.owner_id}>, "
+            f"reference {quoted(env.reference or '-')}, expires in {_ago(env.expires_at - now)})"
         ]
         if env.release_set:
-            lines.append("releases: " + ", ".join(f"{c}={v}" for c, v in
-                                                  sorted(env.release_set.items())))
+            lines.append("releases: " + escape(", ".join(f"{c}={v}" for c, v in
+                                                         sorted(env.release_set.items()))))
         for phase in CREATE_ORDER:
             run = runs.get(phase)
             if run is None:
@@ -232,10 +239,11 @@ class Commands:
                 continue
             took = run.duration_seconds
             extra = f" in {took:.1f}s" if took is not None else ""
-            why = f" — {run.error}" if run.error else (f" — {run.detail}" if run.detail else "")
+            why = run.error or run.detail or ""
+            why = f" — {escape(why)}" if why else ""
             lines.append(f"• {phase}: {run.action} {run.status}{extra}{why}")
         if env.last_error and env.status is EnvStatus.FAILED:
-            lines.append(f"last error: {env.last_error}")
+            lines.append(f"last error: {escape(env.last_error)}")
         return [Reply("\n".join(lines))]
 
     # ------------------------------------------------------------------ changes
@@ -246,7 +254,7 @@ class Commands:
             self._authorize(inv, env, "destroy")
             pending = await repo.pending_jobs(s, env.id)
             if any(j.kind is JobKind.DESTROY for j in pending):
-                return [Reply(f"*{env.name}* is already being destroyed.")]
+                return [Reply(f"*{escape(env.name)}* is already being destroyed.")]
             cancelled = await repo.cancel_queued_jobs(s, env.id, kind=JobKind.CREATE)
             await repo.enqueue_job(s, env_id=env.id, kind=JobKind.DESTROY,
                                    requested_by=inv.user_id)
@@ -263,19 +271,22 @@ class Commands:
         by = cmd.by or self.blueprint.defaults.ttl
         now = self.clock()
         limit = now + self.blueprint.defaults.max_ttl
+        # `by` may be thousands of years: compare it with what is left before the limit instead
+        # of adding it to a date first (which overflows past year 9999).
         async with self.store.transaction() as s:
             env = await self._find(s, cmd.name, for_update=True)
             self._authorize(inv, env, "extend")
             if env.status in (EnvStatus.DESTROYING, EnvStatus.DESTROYED):
-                raise UserError(f"*{env.name}* is being destroyed; it cannot be extended.")
-            wanted = max(env.expires_at, now) + by
-            env.expires_at = min(wanted, limit)
+                raise UserError(f"*{escape(env.name)}* is being destroyed; it cannot be extended.")
+            base = max(env.expires_at, now)
+            capped = by > limit - base
+            env.expires_at = limit if capped else base + by
             env.reminded_at = None
             await repo.audit(s, actor=inv.user_id, action="extend", source=inv.source,
                              env_id=env.id, details={"by": format_duration(by)})
-            capped = wanted > limit
             expires = env.expires_at
-        text = f"<@{inv.user_id}> extended *{env.name}*: it now expires in {_ago(expires - now)}."
+        text = (f"<@{inv.user_id}> extended *{escape(env.name)}*: it now expires in "
+                f"{_ago(expires - now)}.")
         if capped:
             text += (f" (capped: environments live at most "
                      f"{format_duration(self.blueprint.defaults.max_ttl)} from now)")
@@ -289,16 +300,17 @@ class Commands:
             env = await self._find(s, cmd.name, for_update=True)
             self._authorize(inv, env, "reset the data of")
             if env.status is not EnvStatus.READY:
-                raise UserError(f"*{env.name}* is {env.status}; only a ready environment's "
+                raise UserError(f"*{escape(env.name)}* is {env.status}; only a ready environment's "
                                 "data can be reset.")
             if await repo.pending_jobs(s, env.id):
-                raise UserError(f"*{env.name}* already has work queued.")
+                raise UserError(f"*{escape(env.name)}* already has work queued.")
             await repo.enqueue_job(s, env_id=env.id, kind=JobKind.RESET_DATA,
                                    requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action="reset-data", source=inv.source,
                              env_id=env.id)
-        return [Reply(f"<@{inv.user_id}> asked to reset the data of *{env.name}*: its database "
-                      f"is re-created ({env.data_mode}); everything written to it is lost.",
+        return [Reply(f"<@{inv.user_id}> asked to reset the data of *{escape(env.name)}*: its "
+                      f"database is re-created ({env.data_mode}); everything written to it is "
+                      "lost.",
                       visibility=Visibility.THREAD, env_id=env.id)]
 
     async def _retry(self, inv: Invocation, name: str) -> list[Reply]:
@@ -306,9 +318,10 @@ class Commands:
             env = await self._find(s, name, for_update=True)
             self._authorize(inv, env, "retry")
             if env.status is not EnvStatus.FAILED:
-                raise UserError(f"*{env.name}* is {env.status}, not failed; nothing to retry.")
+                raise UserError(f"*{escape(env.name)}* is {env.status}, not failed; nothing "
+                                "to retry.")
             if await repo.pending_jobs(s, env.id):
-                raise UserError(f"*{env.name}* already has work queued.")
+                raise UserError(f"*{escape(env.name)}* already has work queued.")
             kind = await repo.last_job_kind(s, env.id) or JobKind.CREATE
             await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action=f"retry-{kind}", source=inv.source,
@@ -322,7 +335,7 @@ class Commands:
                     ) -> Environment:
         env = await repo.find_live_environment(s, name, for_update=for_update)
         if env is None:
-            raise UserError(f"There is no live environment named `{name}`. "
+            raise UserError(f"There is no live environment named {quoted(name)}. "
                             "`/ephem list` shows the ones there are.")
         return env
 
@@ -331,5 +344,5 @@ class Commands:
             return
         if inv.source == "scheduler":
             return
-        raise UserError(f"*{env.name}* belongs to <@{env.owner_id}>; only they or an admin "
+        raise UserError(f"*{escape(env.name)}* belongs to <@{env.owner_id}>; only they or an admin "
                         f"can {verb} it.")

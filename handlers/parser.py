@@ -13,7 +13,14 @@ import shlex
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from bot.domain import DataMode, DataRequest, EnvRequest, parse_duration, validate_name
+from bot.domain import (
+    DataMode,
+    DataRequest,
+    EnvRequest,
+    parse_duration,
+    quoted,
+    validate_name,
+)
 from bot.errors import UserError
 
 # --------------------------------------------------------------------------- results
@@ -97,9 +104,16 @@ USAGE = {
 VERBS = tuple(USAGE)
 
 
+# Said under the usage line of a command with options.
+NOTES = {
+    "create": "Each option is given once, except `--set` (which may repeat).",
+}
+
+
 def usage(verb: str | None = None) -> str:
     if verb in USAGE:
-        return f"Usage: `{USAGE[verb]}`"
+        note = f"\n{NOTES[verb]}" if verb in NOTES else ""
+        return f"Usage: `{USAGE[verb]}`{note}"
     lines = "\n".join(f"• `{u}`" for u in USAGE.values())
     return f"Ephem makes throw-away copies of your system. Commands:\n{lines}"
 
@@ -112,9 +126,10 @@ def _wrong(verb: str, what: str) -> Say:
 
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 _MENTION = re.compile(r"^\s*<@[A-Z0-9]+(\|[^>]*)?>\s*")
-_COMPONENT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_COMPONENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _CREATE_OPTS = ("--match", "--set", "--ttl", "--data", "--reason")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def normalize(text: str) -> str:
@@ -125,18 +140,25 @@ def normalize(text: str) -> str:
 
 def parse(text: str) -> Parsed:
     """Parse the text after `/ephem`. Never raises."""
+    if "\x00" in text or _SURROGATE.search(text):
+        return Say("I could not read that: it contains a character that is not text "
+                   f"(a NUL byte or half of a UTF-16 pair).\n{usage()}")
     text = normalize(text)
     if not text:
         return Run(Help())
     try:
         tokens = shlex.split(text)
     except ValueError:
-        return Say(f"I could not read that: a quote is not closed.\n{usage()}")
+        return Say("I could not read that: a quote is not closed (or the text ends with `\\`)."
+                   f"\n{usage()}")
+    if not tokens:
+        return Run(Help())
     verb, args = tokens[0].lower(), tokens[1:]
     if verb in ("help", "-h", "--help"):
-        return Run(Help(args[0].lower() if args else None))
+        topic = args[0].lower() if args else None
+        return Run(Help(topic if topic in USAGE else None))
     if verb not in VERBS:
-        return Say(f"`{tokens[0]}` is not a command I know.\n{usage()}")
+        return Say(f"{quoted(tokens[0])} is not a command I know.\n{usage()}")
     if "--help" in args or "-h" in args:
         return Say(usage(verb))
     try:
@@ -155,14 +177,15 @@ def _single_name(verb: str, args: list[str]) -> str:
     if not args:
         raise UserError(f"`{verb}` needs the name of an environment.")
     if args[0].startswith("-"):
-        raise UserError(f"`{verb}` takes no option `{args[0]}`.")
+        raise UserError(f"`{verb}` takes no option {quoted(args[0])}.")
     return validate_name(args[0].lower())
 
 
 def _named(verb: str, args: list[str]) -> Parsed:
     name = _single_name(verb, args)
     if len(args) > 1:
-        raise UserError(f"`{verb}` takes one name; I do not know what to do with `{args[1]}`.")
+        raise UserError(f"`{verb}` takes one name; I do not know what to do with "
+                        f"{quoted(args[1])}.")
     if verb == "status":
         return Run(Status(name))
     if verb == "reset-data":
@@ -175,13 +198,13 @@ def _list(args: list[str]) -> Parsed:
         return Run(ListEnvs())
     if args == ["--mine"]:
         return Run(ListEnvs(mine=True))
-    raise UserError(f"`list` does not take `{' '.join(args)}`.")
+    raise UserError(f"`list` does not take {quoted(' '.join(args))}.")
 
 
 def _extend(args: list[str]) -> Parsed:
     name = _single_name("extend", args)
     if len(args) > 2:
-        raise UserError(f"`extend` takes a name and a duration; `{args[2]}` is extra.")
+        raise UserError(f"`extend` takes a name and a duration; {quoted(args[2])} is extra.")
     by = parse_duration(args[1]) if len(args) == 2 else None
     return Run(Extend(name, by))
 
@@ -206,18 +229,22 @@ def _create(args: list[str]) -> Parsed:
     ttl: timedelta | None = None
     data: DataRequest | None = None
     reason: str | None = None
+    given: set[str] = set()
     while rest:
         token = rest.pop(0)
         if token.startswith("-") and not token.startswith("--"):
-            raise UserError(f"`create` has no option `{token}`.")
+            raise UserError(f"`create` has no option {quoted(token)}.")
         if not token.startswith("--"):
             raise UserError(
-                f"I did not expect `{token}` here"
+                f"I did not expect {quoted(token)} here"
                 + (" — the name goes right after `create`." if name is None else ".")
             )
         opt = token.partition("=")[0].lower()
         if opt not in _CREATE_OPTS:
-            raise UserError(f"`create` has no option `{opt}`.")
+            raise UserError(f"`create` has no option {quoted(opt)}.")
+        if opt in given and opt != "--set":
+            raise UserError(f"`{opt}` is given twice.")
+        given.add(opt)
         if opt == "--reason":
             words = [token.partition("=")[2]] if "=" in token else []
             while rest and rest[0].lower().partition("=")[0] not in _CREATE_OPTS:
@@ -232,20 +259,20 @@ def _create(args: list[str]) -> Parsed:
         if value is None or not value:
             raise UserError(f"`{opt}` needs a value.")
         if opt == "--match":
-            if match is not None:
-                raise UserError("`--match` is given twice.")
             match = validate_name(value.lower())
         elif opt == "--set":
             for pair in value.split(","):
                 component, sep, version = pair.partition("=")
                 component = component.strip().lower()
                 version = version.strip()
-                if not sep or not _COMPONENT.match(component) or not _VERSION.match(version):
+                if (not sep or not _COMPONENT.fullmatch(component)
+                        or not _VERSION.fullmatch(version)):
                     raise UserError(
-                        f"`--set {pair}` is not COMPONENT=VERSION (like `--set api=2.8.0-rc1`)."
+                        f"{quoted('--set ' + pair)} is not COMPONENT=VERSION "
+                        "(like `--set api=2.8.0-rc1`)."
                     )
                 if component in overrides and overrides[component] != version:
-                    raise UserError(f"`{component}` is set twice, to two versions.")
+                    raise UserError(f"{quoted(component)} is set twice, to two versions.")
                 overrides[component] = version
         elif opt == "--ttl":
             ttl = parse_duration(value)
@@ -260,9 +287,10 @@ def _data(value: str) -> DataRequest:
     try:
         mode = DataMode(mode_text)
     except ValueError:
-        raise UserError(f"`--data {value}`: use `none`, `seed` or `snapshot[:NAME]`.") from None
+        raise UserError(f"{quoted('--data ' + value)}: use `none`, `seed` or "
+                        "`snapshot[:NAME]`.") from None
     if sep and mode is not DataMode.SNAPSHOT:
-        raise UserError(f"`--data {value}`: only `snapshot` takes a name.")
+        raise UserError(f"{quoted('--data ' + value)}: only `snapshot` takes a name.")
     if sep:
         validate_name(snapshot)
     return DataRequest(mode, snapshot or None)

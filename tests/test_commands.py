@@ -194,3 +194,28 @@ async def test_data_snapshot_resolves_the_default_and_rejects_unknown_names(stor
             DataMode.SNAPSHOT, "shop")
     unknown = await commands.command(inv("create pr-t --data snapshot:nightly"))
     assert "no snapshot `nightly`" in unknown[0].text and "`shop`" in unknown[0].text
+
+
+async def test_a_huge_extension_is_capped_instead_of_overflowing(commands: Commands,
+                                                                 store: Store) -> None:
+    await commands.command(inv("create pr-1"))
+    capped = await commands.command(inv("extend pr-1 500000w"))
+    assert "capped" in capped[0].text
+    async with store.transaction() as s:
+        env = await repo.find_live_environment(s, "pr-1")
+        assert env is not None and env.expires_at == NOW + timedelta(days=3)
+
+
+@pytest.mark.parametrize("value", ["pr-1\x00", "", "<!channel>", "x" * 300, "\ud800"])
+async def test_a_button_value_that_is_no_name_gets_a_clear_answer(
+    commands: Commands, value: str
+) -> None:
+    for action_id in ("extend", "destroy", "retry"):
+        [reply] = await commands.action(inv(""), action_id=action_id, value=value)
+        assert "name" in reply.text and "<!channel>" not in reply.text
+
+
+async def test_a_reason_is_echoed_escaped(commands: Commands) -> None:
+    [reply] = await commands.command(inv('create pr-1 --reason "<!channel> look <https://x|y>"'))
+    assert "<!channel>" not in reply.text and "<https://x|y>" not in reply.text
+    assert "reason: &lt;!channel&gt; look &lt;https://x|y&gt;" in reply.text

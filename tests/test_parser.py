@@ -83,6 +83,24 @@ SAYS = [
     ("extend pr-1 soon", "not a duration"),
     ("reset-data", "needs the name"),
     ("create --help", "Usage: `/ephem create"),
+    # Durations: ASCII digits only, bounded numbers, nothing that overflows.
+    ("create --ttl ٣d", "not a duration"),
+    ("extend pr-1 ٣d", "not a duration"),
+    ("create --ttl 99999999999999999999w", "at most 9 digits"),
+    ("create --ttl " + "9" * 4300 + "w", "at most 9 digits"),
+    ("extend pr-1 999999999w", "longer than any duration"),
+    # Each option once, except --set; the usage says so.
+    ("create --ttl 1d --ttl 2d", "`--ttl` is given twice"),
+    ("create --data none --data=seed", "`--data` is given twice"),
+    ("create --reason one --reason two", "`--reason` is given twice"),
+    ("create --ttl 1d --ttl 2d", "except `--set`"),
+    # PostgreSQL cannot store a NUL; Slack cannot show half a surrogate pair.
+    ("create pr\x00", "NUL"),
+    ("status pr-1\x00", "NUL"),
+    ("create --reason \ud800", "NUL byte or half of a UTF-16 pair"),
+    ('create "pr-1\n"', "not a valid name"),
+    ('create pr-1 --set "api=1.0\nx"', "is not COMPONENT=VERSION"),
+    ("create --ttl 1d \\", "ends with"),
 ]
 
 
@@ -110,3 +128,19 @@ def test_parser_never_raises_on_junk() -> None:
             "create --data snapshot:", "create --set ,,", "🙂", "create --reason=--ttl"]
     for text in junk:
         assert isinstance(parse(text), Run | Say)
+
+
+@pytest.mark.parametrize("text", [
+    "create <!channel>", "<!here> frobnicate", "create --match <https://evil|click>",
+    "status <@U123>", "create --ttl <!everyone>", "list <!channel>",
+])
+def test_quoted_input_is_escaped_so_slack_shows_it_as_text(text: str) -> None:
+    result = parse(text)
+    assert isinstance(result, Say), result
+    for raw in ("<!channel>", "<!here>", "<https://evil|click>", "<@U123>", "<!everyone>"):
+        assert raw not in result.text
+    assert "&lt;" in result.text
+
+
+def test_a_huge_extension_is_parsed_for_the_cap_to_apply() -> None:
+    assert parse("extend pr-1 500000w") == Run(Extend("pr-1", timedelta(weeks=500000)))

@@ -87,7 +87,8 @@ async def _bot(api: SlackApi, bot_db_url: str, data: dict[str, Any], prefix: str
                 writer=WebApiWriter(make_web_client(settings), min_interval=0))
     bolt = build_bolt_app(settings=settings, handler=app.commands, notifier=app.notifier,
                           store=app.store, inflight=app.inflight)
-    server = HttpServer(bolt_app=bolt, store=app.store, host="127.0.0.1", port=0)
+    server = HttpServer(bolt_app=bolt, store=app.store, host="127.0.0.1", port=0,
+                        signing_secret=SECRET)
     await server.start()
     await app.start(scheduler=False)
     try:

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
 from bot.scheduler import Scheduler
 from bot.store import Store, repo
-from bot.store.models import AuditEvent, Job, SlackEventSeen
+from bot.store.models import AuditEvent, Job, SlackRequestSeen
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -55,17 +55,18 @@ async def test_reminds_once_and_reaps_expired(store: Store) -> None:
         audit = (await s.execute(select(AuditEvent))).scalars().one()
         assert (audit.action, audit.env_id) == ("reap", gone)
 
-    # Slack event ids are forgotten after a day (the table would grow forever otherwise).
+    # Remembered Slack requests are forgotten when their time is up (the table would grow
+    # forever otherwise).
     async with store.transaction() as s:
-        await repo.first_sighting(s, "EvOld")
-        await s.execute(update(SlackEventSeen).values(seen_at=NOW - timedelta(days=2)))
-        await repo.first_sighting(s, "EvNew")
-        await s.execute(update(SlackEventSeen).where(SlackEventSeen.event_id == "EvNew")
-                        .values(seen_at=NOW))
+        await repo.first_sighting(s, kind="event", key="EvOld", keep=timedelta(days=1))
+        await s.execute(update(SlackRequestSeen).values(keep_until=NOW - timedelta(seconds=1)))
+        await repo.first_sighting(s, kind="command", key="new", keep=timedelta(minutes=10))
+        await s.execute(update(SlackRequestSeen).where(SlackRequestSeen.key == "new")
+                        .values(keep_until=NOW + timedelta(minutes=10)))
     await sched.tick()
     async with store.transaction() as s:
-        kept = (await s.execute(select(SlackEventSeen.event_id))).scalars().all()
-    assert kept == ["EvNew"]
+        kept = (await s.execute(select(SlackRequestSeen.key))).scalars().all()
+    assert kept == ["new"]
 
     clock[0] = NOW + timedelta(hours=21)  # `later` is now within 4h of expiry
     third = await sched.tick()

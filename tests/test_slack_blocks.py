@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from bot.slack.blocks import (
     CardView,
     PhaseLine,
     fit_blocks,
+    plain,
     reminder_blocks,
     reminder_text,
     status_card,
@@ -137,3 +139,19 @@ def test_the_mention_is_stripped(text: str, expected: str) -> None:
 
 def test_without_the_bot_id_any_leading_mention_is_stripped() -> None:
     assert strip_mention("<@UOTHER> list") == "list"
+
+
+def test_the_card_escapes_what_people_and_tools_wrote() -> None:
+    view = CardView(
+        name="pr-1", status=EnvStatus.FAILED, owner_id="U1", reference="<!channel>",
+        expires_at=datetime(2026, 1, 1, tzinfo=UTC),
+        phases=(PhaseLine(PhaseName.DATA, PhaseStatus.FAILED,
+                          error="psql: <!here> <https://evil.example|click> & co"),),
+        last_error="<!everyone>",
+    )
+    rendered = json.dumps(status_card(view)) + status_card_text(view)
+    for raw in ("<!channel>", "<!here>", "<https://evil.example|click>", "<!everyone>"):
+        assert raw not in rendered
+    assert "&lt;!here&gt; &lt;https://evil.example|click&gt; &amp; co" in rendered
+    # The terminal shows it as Slack would: as typed.
+    assert plain("Last error: &lt;!here&gt; &amp; co") == "Last error: <!here> & co"

@@ -93,3 +93,33 @@ async def test_a_silent_socket_is_replaced_by_a_new_connection(
     assert sm.reconnects >= 1
     assert first.closed  # the dead connection was dropped, not left open beside the new one
     assert sm.client.current_session is not first
+
+
+async def test_a_malformed_request_over_the_socket_is_acked_and_logged_in_one_line(
+    slack_api: SlackApi, socket_mode: Callable[..., SocketMode],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    slack_api.socket_silent = False
+    handler = RecordingHandler()
+    sm = socket_mode(handler, ping_interval=30, silence_seconds=60)
+    await sm.start()
+    [peer] = await slack_api.wait_for_sockets(1)
+
+    await peer.ws.send_json({  # a user id that is a number, no channel: nobody to answer
+        "envelope_id": "env-bad", "type": "slash_commands", "accepts_response_payload": True,
+        "payload": {"team_id": TEAM_ID, "user_id": 7, "command": "/ephem", "text": "list"},
+    })
+    await peer.ws.send_json({
+        "envelope_id": "env-good", "type": "slash_commands", "accepts_response_payload": True,
+        "payload": {"team_id": TEAM_ID, "channel_id": "C1", "user_id": "U1",
+                    "command": "/ephem", "text": "status pr-1", "api_app_id": "A0001"},
+    })
+
+    for envelope in ("env-bad", "env-good"):
+        await slack_api.wait_for_socket_message(peer,
+                                                lambda m, e=envelope: m.get("envelope_id") == e)
+    [reply] = await slack_api.wait_for("chat.postEphemeral")
+    assert reply.params["text"] == "you said: status pr-1"
+    assert [inv.text for inv in handler.commands] == ["status pr-1"]
+    assert "ignored a request Ephem cannot read" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []

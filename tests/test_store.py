@@ -6,7 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.cli.app import open_store
+from bot.config import load_settings
 from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
 from bot.errors import IllegalTransition, UserError
 from bot.store import Store, repo
@@ -53,9 +57,36 @@ async def test_one_running_job_per_environment_is_enforced_by_the_database(store
                       requested_by="U1"))
 
 
-async def test_slack_event_ids_are_seen_once(store: Store) -> None:
+async def test_slack_requests_are_seen_once(store: Store) -> None:
+    keep = timedelta(minutes=10)
     async with store.transaction() as s:
-        assert await repo.first_sighting(s, "Ev1") is True
+        assert await repo.first_sighting(s, kind="event", key="Ev1", keep=keep) is True
     async with store.transaction() as s:
-        assert await repo.first_sighting(s, "Ev1") is False
-        assert await repo.first_sighting(s, "Ev2") is True
+        assert await repo.first_sighting(s, kind="event", key="Ev1", keep=keep) is False
+        # The same key of another kind is another request.
+        assert await repo.first_sighting(s, kind="command", key="Ev1", keep=keep) is True
+        assert await repo.first_sighting(s, kind="event", key="Ev2", keep=keep) is True
+
+
+async def test_the_pool_is_sized_by_the_settings(bot_db_url: str) -> None:
+    settings = load_settings(EPHEM_DATABASE_URL=bot_db_url, EPHEM_DB_POOL_SIZE="2",
+                             EPHEM_DB_MAX_OVERFLOW="1", EPHEM_DB_POOL_TIMEOUT="0.2")
+    store = open_store(settings)
+    held: list[AsyncConnection] = []
+    try:
+        assert store.engine.pool.size() == 2  # type: ignore[attr-defined]
+        for _ in range(3):  # pool_size + max_overflow connections at once
+            held.append(await store.engine.connect())
+        # A fourth waits pool_timeout for one of them, then fails instead of opening more.
+        with pytest.raises(PoolTimeout):
+            await store.engine.connect()
+    finally:
+        for conn in held:
+            await conn.close()
+        await store.close()
+
+
+def test_the_default_pool_lets_three_replicas_fit_under_postgres_default() -> None:
+    settings = load_settings()
+    per_replica = settings.db_pool_size + settings.db_max_overflow
+    assert 3 * per_replica <= 30

@@ -65,6 +65,12 @@ def data_parts(settings: Settings, blueprint: Blueprint
     return phase, keeper
 
 
+def open_store(settings: Settings) -> Store:
+    """The state store, its pool sized by `EPHEM_DB_POOL_SIZE` / `EPHEM_DB_MAX_OVERFLOW`."""
+    return Store(settings.database_url, pool_size=settings.db_pool_size,
+                 max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout)
+
+
 def secret_key(settings: Settings) -> bytes:
     key = settings.secret_key.get_secret_value()
     if key:
@@ -118,7 +124,7 @@ class Ephem:
 
 def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None,
           coalesce_seconds: float = 0.5) -> Ephem:
-    store = Store(settings.database_url)
+    store = open_store(settings)
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
     notifier = Notifier(store, writer, coalesce_seconds=coalesce_seconds)

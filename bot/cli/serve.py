@@ -34,7 +34,9 @@ async def serve(settings: Settings, blueprint: Blueprint,
     bolt = build_bolt_app(settings=settings, handler=app.commands, notifier=app.notifier,
                           store=app.store, inflight=app.inflight)
     http = HttpServer(bolt_app=bolt, store=app.store, host=settings.http_host,
-                      port=settings.http_port)
+                      port=settings.http_port,
+                      signing_secret=settings.slack_signing_secret.get_secret_value(),
+                      max_body=settings.http_max_body)
     socket_mode = None
     if settings.socket_mode and settings.slack_app_token is not None:
         socket_mode = SocketMode(bolt_app=bolt,

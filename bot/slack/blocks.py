@@ -125,14 +125,19 @@ _LEADING_EMOJI = re.compile(r"^(?::[a-z0-9_+-]+:\s*)+")
 _DATE = re.compile(r"<!date\^[^|>]*\|([^>]*)>")
 _USER = re.compile(r"<@([A-Z0-9_]+)(?:\|[^>]*)?>")
 _LINK = re.compile(r"<(https?://[^|>]+)\|([^>]+)>")
+_ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))
 
 
 def plain(line: str) -> str:
-    """A mrkdwn line for a terminal: no leading emoji codes; dates, users and links readable."""
+    """A mrkdwn line for a terminal: no leading emoji codes; dates, users and links readable;
+    escaped user text (`&lt;`) shown as Slack shows it (`<`)."""
     line = _LEADING_EMOJI.sub("", line)
     line = _DATE.sub(r"\1", line)
     line = _USER.sub(r"@\1", line)
-    return _LINK.sub(r"\2 (\1)", line)
+    line = _LINK.sub(r"\2 (\1)", line)
+    for entity, char in _ENTITIES:
+        line = line.replace(entity, char)
+    return line
 
 
 # --------------------------------------------------------------------------- the status card

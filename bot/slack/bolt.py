@@ -6,10 +6,14 @@ then hands the work to `InFlight`, which the process drains on shutdown so an ac
 request is never dropped. The work itself is always the same three steps: ask the
 `CommandHandler` (from `bot.ports`; the real one lives in `handlers/`), turn an unexpected
 exception into a logged error id and a short apology, and give the replies to the notifier.
-Mentions are de-duplicated on Slack's event id, so a retried event runs nothing twice.
+Every request is remembered (`slack_requests_seen`, for as long as a copy could still be
+accepted): a command by its signature and timestamp, a click by its `action_ts`, user and
+message, a mention by Slack's event id. A copy — a replayed capture, or Slack retrying an event —
+is acknowledged and does nothing, whichever replica it reaches.
 
-Signature and timestamp checks are bolt's own (`AsyncRequestVerification`): a request with a
-bad signature or a timestamp older than five minutes gets 401 and reaches no listener.
+Signatures are checked before bolt, on the raw body, by `bot.slack.http`; bolt's own check
+(`AsyncRequestVerification`, which logs the whole body of a badly signed request) is off. Socket
+Mode has no signatures: the connection itself is authenticated.
 """
 
 from __future__ import annotations
@@ -19,18 +23,21 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.error import BoltUnhandledRequestError
 from slack_bolt.request.async_request import AsyncBoltRequest
 
 from bot import metrics
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.ports import CommandHandler, Invocation, Reply
-from bot.slack import messages
+from bot.slack import inbound, messages
 from bot.slack.blocks import ACTION_PREFIX
 from bot.slack.notifier import Notifier
 from bot.slack.writer import make_web_client
@@ -64,6 +71,49 @@ def strip_mention(text: str, bot_user_id: str | None = None) -> str:
     return re.sub(rf"^\s*<@{user}(?:\|[^>]*)?>[\s:,]*", "", text, count=1).strip()
 
 
+# How long an accepted request is remembered, so that a copy of it does nothing. Slack refuses
+# signatures older than five minutes, so a signed command or click is remembered for that window
+# and a margin for replicas whose clocks differ; events are retried by Slack for longer.
+REPLAY_MEMORY = timedelta(minutes=10)
+EVENT_MEMORY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """What identifies one request Slack sent, for recognising a copy of it."""
+
+    kind: str  # command | action | event
+    key: str
+    keep: timedelta
+
+
+def _header(request: AsyncBoltRequest, name: str) -> str | None:
+    values = request.headers.get(name)
+    return values[0] if values else None
+
+
+def command_sighting(request: AsyncBoltRequest) -> Sighting | None:
+    """A signed command is its signature and timestamp (Socket Mode has neither: None)."""
+    signature = _header(request, "x-slack-signature")
+    timestamp = _header(request, "x-slack-request-timestamp")
+    if not signature or not timestamp:
+        return None
+    return Sighting("command", f"{timestamp}:{signature}", REPLAY_MEMORY)
+
+
+def action_sighting(click: inbound.BlockActions, action: inbound.Action,
+                    request: AsyncBoltRequest) -> Sighting | None:
+    """A click is its `action_ts`, by that user, on that message or view (without an
+    `action_ts`, the request's signature and timestamp, as for a command)."""
+    if action.action_ts is None:
+        signed = command_sighting(request)
+        return Sighting("action", signed.key, REPLAY_MEMORY) if signed else None
+    container = click.container
+    where = ((container and (container.message_ts or container.view_id))
+             or (click.message and click.message.ts) or inbound.channel_of(click))
+    return Sighting("action", f"{click.user.id}:{where}:{action.action_ts}", REPLAY_MEMORY)
+
+
 class _Listeners:
     """The listeners' shared dependencies; each public coroutine is one bolt listener."""
 
@@ -76,77 +126,91 @@ class _Listeners:
 
     # Each listener acks, then reads the request inside `_unexpected`: bolt must never see an
     # exception after an ack (it would drop the ack and answer Slack 404 three seconds later).
+    # Over HTTP the shapes were checked before bolt (`bot.slack.http`); Socket Mode requests
+    # are checked here, by the same models, and a malformed one is logged in one line.
 
-    async def command(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+    async def command(self, ack: AsyncAck, body: dict[str, Any],
+                      request: AsyncBoltRequest) -> None:
         await ack()
         with self._unexpected(body):
-            inv = Invocation(user_id=body["user_id"], channel_id=body["channel_id"],
-                             text=body.get("text") or "", source="slack")
-            self._spawn(inv, _verb(inv.text), lambda: self._handler.command(inv))
+            cmd = inbound.read_command(body)
+            inv = Invocation(user_id=cmd.user_id, channel_id=cmd.channel_id, text=cmd.text,
+                             source="slack")
+            self._spawn(inv, _verb(inv.text), lambda: self._handler.command(inv),
+                        seen=command_sighting(request))
 
-    async def action(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+    async def action(self, ack: AsyncAck, body: dict[str, Any],
+                     request: AsyncBoltRequest) -> None:
         await ack()
         with self._unexpected(body):
-            message = body.get("message") or {}
-            channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
-            inv = Invocation(user_id=body["user"]["id"], channel_id=channel, source="button",
-                             thread_ts=message.get("thread_ts") or message.get("ts"))
-            action_id = str(action["action_id"]).removeprefix(ACTION_PREFIX)
-            value = str(action.get("value") or "")
+            click = inbound.read_actions(body)
+            action = click.actions[0]  # Slack sends one action per click
+            message = click.message
+            inv = Invocation(user_id=click.user.id, channel_id=inbound.channel_of(click),
+                             source="button",
+                             thread_ts=(message.thread_ts or message.ts) if message else None)
+            action_id = action.action_id.removeprefix(ACTION_PREFIX)
+            value = action.value
             verb = action_id if action_id in _VERBS else "unknown"
             self._spawn(inv, verb,
-                        lambda: self._handler.action(inv, action_id=action_id, value=value))
+                        lambda: self._handler.action(inv, action_id=action_id, value=value),
+                        seen=action_sighting(click, action, request))
 
-    async def mention(self, body: dict[str, Any], event: dict[str, Any],
-                      context: AsyncBoltContext, request: AsyncBoltRequest) -> None:
+    async def mention(self, body: dict[str, Any], context: AsyncBoltContext,
+                      request: AsyncBoltRequest) -> None:
         # Events are acknowledged by bolt before this listener runs.
         with self._unexpected(body):
-            text = strip_mention(event.get("text") or "", context.bot_user_id)
-            inv = Invocation(user_id=event["user"], channel_id=event["channel"], text=text,
-                             source="mention", thread_ts=event.get("thread_ts"))
-            event_id = body.get("event_id")
-            retry = request.headers.get("x-slack-retry-num")
+            envelope = inbound.read_event(body)
+            event = inbound.read_mention(body)
+            text = strip_mention(event.text, context.bot_user_id)
+            inv = Invocation(user_id=event.user, channel_id=event.channel, text=text,
+                             source="mention", thread_ts=event.thread_ts)
+            retry = _header(request, "x-slack-retry-num")
             self._spawn(inv, _verb(inv.text), lambda: self._handler.command(inv),
-                        event_id=str(event_id) if event_id else None,
-                        retry=retry[0] if retry else None)
+                        seen=Sighting("event", envelope.event_id, EVENT_MEMORY), retry=retry)
 
     async def error(self, error: Exception, body: dict[str, Any]) -> None:
         """Bolt's last resort, for a failure before a listener could ack."""
+        if isinstance(error, BoltUnhandledRequestError):
+            log.info("slack: no listener for a %s request; answered 404", _kind(body))
+            return
         self._report(error, body)
 
     @contextmanager
     def _unexpected(self, body: dict[str, Any]) -> Iterator[None]:
         try:
             yield
+        except inbound.Malformed as exc:
+            log.warning("slack: ignored a request Ephem cannot read: %s", exc)
         except Exception as exc:
             self._report(exc, body)
 
-    def _report(self, error: Exception, body: dict[str, Any]) -> None:
+    def _report(self, error: Exception, body: object) -> None:
         """Log with an error id; apologize, naming the id, if we know to whom and where."""
         error_id = new_error_id()
-        log.error("slack listener failed [error %s] (type=%s)", error_id,
-                  body.get("type") or body.get("command") or "unknown", exc_info=error)
-        event = body.get("event") or {}
-        user = body.get("user_id") or (body.get("user") or {}).get("id") or event.get("user")
-        channel = (body.get("channel_id") or (body.get("channel") or {}).get("id")
-                   or (body.get("container") or {}).get("channel_id") or event.get("channel"))
-        if isinstance(user, str) and isinstance(channel, str):
-            inv = Invocation(user_id=user, channel_id=channel)
+        log.error("slack listener failed [error %s] (type=%s)", error_id, _kind(body),
+                  exc_info=error)
+        asker = inbound.asker(body)
+        if asker is not None:
+            inv = Invocation(user_id=asker.user_id, channel_id=asker.channel_id)
             self._inflight.spawn(self._notifier.deliver(inv, [Reply(messages.apology(error_id))]),
                                  name=f"apology-{error_id}")
 
     # ----------------------------------------------------------------------- after the ack
 
     def _spawn(self, inv: Invocation, verb: str, work: Callable[[], Awaitable[list[Reply]]],
-               *, event_id: str | None = None, retry: str | None = None) -> None:
-        self._inflight.spawn(self._run(inv, verb, work, event_id=event_id, retry=retry),
+               *, seen: Sighting | None, retry: str | None = None) -> None:
+        self._inflight.spawn(self._run(inv, verb, work, seen=seen, retry=retry),
                              name=f"{inv.source}-{verb}-{inv.user_id}")
 
     async def _run(self, inv: Invocation, verb: str, work: Callable[[], Awaitable[list[Reply]]],
-                   *, event_id: str | None, retry: str | None) -> None:
+                   *, seen: Sighting | None, retry: str | None) -> None:
         try:
-            if event_id is not None and not await self._first_sighting(event_id):
-                log.info("slack: event %s already handled; ignoring retry %s", event_id, retry)
+            # After the ack, before acting: a copy of a request already accepted (a replay, or
+            # Slack retrying an event) does nothing, on whichever replica it arrives.
+            if seen is not None and not await self._first_sighting(seen):
+                log.info("slack: this %s was already handled; ignoring a copy (retry %s)",
+                         seen.kind, retry)
                 return
             replies = await work()
             outcome = "ok"
@@ -159,9 +223,21 @@ class _Listeners:
         metrics.COMMANDS.labels(verb, outcome).inc()
         await self._notifier.deliver(inv, replies)
 
-    async def _first_sighting(self, event_id: str) -> bool:
+    async def _first_sighting(self, seen: Sighting) -> bool:
         async with self._store.transaction() as s:
-            return await repo.first_sighting(s, event_id)
+            return await repo.first_sighting(s, kind=seen.kind, key=seen.key, keep=seen.keep)
+
+
+def _kind(body: object) -> str:
+    """The request's type for a log line: one of a few known words, never the body's text."""
+    if not isinstance(body, dict):
+        return "unknown"
+    if "command" in body:
+        return "command"
+    kind = body.get("type")
+    known = ("block_actions", "event_callback", "url_verification", "view_submission",
+             "shortcut", "message_action", "view_closed")
+    return kind if isinstance(kind, str) and kind in known else "unknown"
 
 
 def build_bolt_app(*, settings: Settings, handler: CommandHandler, notifier: Notifier,
@@ -177,8 +253,13 @@ def build_bolt_app(*, settings: Settings, handler: CommandHandler, notifier: Not
     # awaiting it, so bolt may answer as soon as the listener returns. (With the default, bolt
     # runs the listener as a task and polls for the ack every 10 ms, adding up to 10 ms to
     # every ack for nothing.)
+    # request_verification_enabled=False: `bot.slack.http` verifies before anything parses the
+    # body; bolt's check would only run later, and logs whole bodies of forged requests.
+    # raise_error_for_unhandled_request: a request no listener takes reaches `error` (one log
+    # line) instead of bolt's warning, which prints the body.
     app = AsyncApp(name="ephem", client=make_web_client(settings), signing_secret=secret,
-                   logger=logging.getLogger("ephem.bolt"), process_before_response=True)
+                   logger=logging.getLogger("ephem.bolt"), process_before_response=True,
+                   request_verification_enabled=False, raise_error_for_unhandled_request=True)
     listeners = _Listeners(handler=handler, notifier=notifier, store=store, inflight=inflight)
     app.command(COMMAND)(listeners.command)
     app.action(ACTIONS)(listeners.action)

@@ -3,6 +3,10 @@
 Why one module: wording is reviewed, changed and translated in one place, and tests can compare
 against the same functions instead of copying literals. Nothing here does I/O or knows Block Kit;
 `bot.slack.blocks` arranges these texts into messages.
+
+Every value a function here receives that a person or a tool wrote (a name, a reference, a
+reason, a phase's detail or error) is escaped with `bot.mrkdwn.escape` by the function itself,
+so `<!channel>` in a reason is shown, never sent as a mention. Callers pass raw values.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from bot.domain import EnvStatus, PhaseName, format_duration
+from bot.mrkdwn import escape
 
 RETRY = "Retry"
 DESTROY = "Destroy"
@@ -34,7 +39,7 @@ def apology(error_id: str) -> str:
 
 
 def card_title(name: str, status: EnvStatus) -> str:
-    return f"{name} · {status}"
+    return f"{escape(name)} · {status}"
 
 
 def status_emoji(status: EnvStatus) -> str:
@@ -42,12 +47,12 @@ def status_emoji(status: EnvStatus) -> str:
 
 
 def card_facts(*, owner_id: str, reference: str | None, expires: str) -> str:
-    ref = f"matches `{reference}`" if reference else "no reference"
+    ref = f"matches `{escape(reference)}`" if reference else "no reference"
     return f"Owner <@{owner_id}> · {ref} · expires {expires}"
 
 
 def card_error(error: str) -> str:
-    return f"Last error: {error}"
+    return f"Last error: {escape(error)}"
 
 
 def phase_pending(phase: PhaseName) -> str:
@@ -56,7 +61,7 @@ def phase_pending(phase: PhaseName) -> str:
 
 def phase_running(phase: PhaseName, detail: str, *, destroying: bool) -> str:
     verb = "removing" if destroying else "running"
-    return f"*{phase}* — {verb}" + (f": {detail}" if detail else "")
+    return f"*{phase}* — {verb}" + (f": {escape(detail)}" if detail else "")
 
 
 def phase_done(phase: PhaseName, took: timedelta | None, *, destroying: bool) -> str:
@@ -65,7 +70,7 @@ def phase_done(phase: PhaseName, took: timedelta | None, *, destroying: bool) ->
 
 
 def phase_failed(phase: PhaseName, error: str) -> str:
-    return f"*{phase}* — failed" + (f": {error}" if error else "")
+    return f"*{phase}* — failed" + (f": {escape(error)}" if error else "")
 
 
 def phase_skipped(phase: PhaseName) -> str:
@@ -78,7 +83,7 @@ def phase_interrupted(phase: PhaseName) -> str:
 
 def reminder(name: str, *, expires: str) -> str:
     return (
-        f"`{name}` expires {expires}. Extend it if you still need it, "
+        f"`{escape(name)}` expires {expires}. Extend it if you still need it, "
         "or destroy it now to free its resources."
     )
 
@@ -88,7 +93,7 @@ def confirm_destroy_title() -> str:
 
 
 def confirm_destroy(name: str) -> str:
-    return f"`{name}` and its database will be deleted. This cannot be undone."
+    return f"`{escape(name)}` and its database will be deleted. This cannot be undone."
 
 
 def blocks_omitted(count: int) -> str:

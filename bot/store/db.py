@@ -19,12 +19,14 @@ from bot.pg import sqlalchemy_url
 class Store:
     """Owns the connection pool. `transaction()` is the only place that commits."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 20) -> None:
+    def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 5,
+                 pool_timeout: float = 30.0) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(
             sqlalchemy_url(url),
             pool_size=pool_size,
             max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
             pool_pre_ping=True,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)

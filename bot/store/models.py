@@ -153,10 +153,14 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
 
 
-class SlackEventSeen(Base):
-    """Event ids already handled, so Slack's retries (X-Slack-Retry-Num) run nothing twice."""
+class SlackRequestSeen(Base):
+    """Requests from Slack already accepted, so that a copy does nothing: a replayed command or
+    click (by its signature, or its `action_ts`, user and message) and an event Slack retries
+    (by its event id). Each row is kept until `keep_until`, then the scheduler drops it."""
 
-    __tablename__ = "slack_events_seen"
+    __tablename__ = "slack_requests_seen"
 
-    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    seen_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    keep_until: Mapped[datetime] = mapped_column(index=True)

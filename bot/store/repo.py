@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -24,7 +24,7 @@ from bot.domain import (
     job_transition,
 )
 from bot.errors import UserError
-from bot.store.models import AuditEvent, Environment, Job, PhaseRun, SlackEventSeen
+from bot.store.models import AuditEvent, Environment, Job, PhaseRun, SlackRequestSeen
 
 JOBS_CHANNEL = "ephem_jobs"
 
@@ -207,11 +207,16 @@ async def audit(
     await s.flush()
 
 
-async def first_sighting(s: AsyncSession, event_id: str) -> bool:
-    """Record a Slack event id; True the first time it is seen, False for a retry."""
+async def first_sighting(s: AsyncSession, *, kind: str, key: str, keep: timedelta) -> bool:
+    """Record a request from Slack for `keep`; True the first time, False for a copy of it.
+
+    Safe across replicas: the primary key decides, so of two copies arriving at once exactly one
+    is first."""
     result = await s.execute(
-        insert(SlackEventSeen).values(event_id=event_id).on_conflict_do_nothing()
-        .returning(SlackEventSeen.event_id)
+        insert(SlackRequestSeen)
+        .values(kind=kind, key=key, keep_until=func.now() + keep)
+        .on_conflict_do_nothing()
+        .returning(SlackRequestSeen.key)
     )
     return result.scalar_one_or_none() is not None
 
@@ -249,7 +254,7 @@ async def set_phase_run_detail(s: AsyncSession, run_id: int, detail: str) -> Non
     )
 
 
-async def forget_events_before(s: AsyncSession, before: datetime) -> int:
-    """Drop Slack event ids older than `before` (Slack retries for minutes, not days)."""
-    result = await s.execute(delete(SlackEventSeen).where(SlackEventSeen.seen_at < before))
+async def forget_sightings(s: AsyncSession, now: datetime) -> int:
+    """Drop remembered Slack requests whose time is up (`keep_until` before `now`)."""
+    result = await s.execute(delete(SlackRequestSeen).where(SlackRequestSeen.keep_until < now))
     return int(result.rowcount)  # type: ignore[attr-defined]
