@@ -28,6 +28,7 @@ from bot.store import Store, repo
 from bot.tasks import InFlight
 from handlers.commands import Commands
 from pipelines.base import Phase
+from pipelines.code.kubernetes import KubernetesDeployer
 from pipelines.code.local import LocalDeployer
 from pipelines.code.phase import CodePhase
 from pipelines.code.sources import Resolver
@@ -73,8 +74,11 @@ def code_phase(settings: Settings, blueprint: Blueprint) -> CodePhase | None:
     code = blueprint.phases.code
     if code is None:
         return None
-    assert code.local is not None
-    return CodePhase(LocalDeployer(code.local, state_dir=state_directory(settings)))
+    if code.deployer == "local":
+        assert code.local is not None
+        return CodePhase(LocalDeployer(code.local, state_dir=state_directory(settings)))
+    assert code.kubernetes is not None
+    return CodePhase(KubernetesDeployer(code.kubernetes, references=blueprint.references))
 
 
 def secret_key(settings: Settings) -> bytes:
