@@ -218,11 +218,15 @@ class Commands:
         if reference is None:
             return ReleaseSet()
         if self.releases is None:
-            return ReleaseSet(dict(self.blueprint.references[reference].releases))
+            source = self.blueprint.references[reference].release_source
+            if source.kind != "static":
+                raise UserError(f"`{reference}` reads its release set from a {source.kind} "
+                                f"source, and this Ephem has no resolver for it. {refusing}")
+            return ReleaseSet(dict(source.releases))
         try:
             return await self.releases.resolve(reference)
         except UserError as exc:
-            raise UserError(f"{exc} {refusing}") from None
+            raise UserError(f"{exc} {refusing}".strip()) from None
 
     def _dry_run(self, plan: CreatePlan) -> str:
         name = plan.name or "(a generated name)"
@@ -313,7 +317,7 @@ class Commands:
             known = ", ".join(f"`{r}`" for r in self.blueprint.references) or \
                 "none are configured"
             raise UserError(f"There is no reference environment `{against}` ({known}).")
-        now = await self._resolve(against, refusing="")
+        now = await self._resolve(against, refusing="Nothing to compare with.")
         rows = releases.diff_rows(dict(env.release_set), dict(now.versions))
         table = releases.render_table(rows, mine=env.name, theirs=f"{against} now")
         return [Reply(f"*{env.name}* against `{against}` as it runs now: "

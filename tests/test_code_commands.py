@@ -171,3 +171,12 @@ async def test_status_shows_the_set_and_the_links(commands: Commands, store: Sto
     replies = await commands.command(inv("status pr-8"))
     assert "releases: api=2.8.0, web=5.1.0" in replies[0].text
     assert "links: api http://127.0.0.1:4001/, web http://127.0.0.1:4002/" in replies[0].text
+
+
+async def test_without_a_resolver_only_static_sets_are_read(store: Store, live: Path) -> None:
+    commands = Commands(store=store, blueprint=blueprint(live), clock=lambda: NOW)
+    refused = await commands.command(inv("create pr-9 --match live"))
+    assert "reads its release set from a command source" in refused[0].text
+    assert "Nothing was created" in refused[0].text
+    made = await commands.command(inv("create pr-9 --match staging --set api=2.8.0"))
+    assert "Release set: api=2.8.0, web=5.1.0" in made[0].text
