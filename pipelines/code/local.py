@@ -34,7 +34,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -238,23 +238,32 @@ class LocalDeployer:
 
     # ------------------------------------------------------------------ orphans
 
-    def orphans(self, live_ids: Mapping[int, str] | set[int]) -> list[LocalOrphan]:
-        """Environment directories whose environment is not live (by id), with the pids still
-        running in them."""
-        found: list[LocalOrphan] = []
-        if not self.root.is_dir():
-            return found
-        for directory in sorted(self.root.iterdir()):
-            m = _ENV_DIR.match(directory.name)
-            if m is None or not directory.is_dir() or int(m["id"]) in live_ids:
-                continue
-            pids = tuple(r.pid for r in _states(directory) if detached.alive(r.pid, r.ident))
-            found.append(LocalOrphan(int(m["id"]), m["name"], directory, pids))
-        return found
+    def orphans(self, live_ids: Collection[int]) -> list[LocalOrphan]:
+        return find_orphans(self.root.parent, live_ids)
 
     async def remove_orphan(self, orphan: LocalOrphan) -> list[str]:
-        """Stop an orphan's processes and forget its directory; the components stopped."""
-        return await _stop_all(orphan.directory, grace=self.stop_grace)
+        return await stop_orphan(orphan, grace=self.stop_grace)
+
+
+def find_orphans(state_dir: Path, live_ids: Collection[int]) -> list[LocalOrphan]:
+    """Environment directories under `state_dir` whose environment is not live (by id), with
+    the pids still running in them. For the orphan finder: it needs no blueprint."""
+    root = state_dir / "local"
+    found: list[LocalOrphan] = []
+    if not root.is_dir():
+        return found
+    for directory in sorted(root.iterdir()):
+        m = _ENV_DIR.match(directory.name)
+        if m is None or not directory.is_dir() or int(m["id"]) in live_ids:
+            continue
+        pids = tuple(r.pid for r in _states(directory) if detached.alive(r.pid, r.ident))
+        found.append(LocalOrphan(int(m["id"]), m["name"], directory, pids))
+    return found
+
+
+async def stop_orphan(orphan: LocalOrphan, *, grace: float = 5.0) -> list[str]:
+    """Stop an orphan's processes and forget its directory; the components stopped."""
+    return await _stop_all(orphan.directory, grace=grace)
 
 
 async def _stop_all(directory: Path, *, grace: float) -> list[str]:
