@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # The largest request body `POST /slack/events` reads; larger ones are answered 413.
     http_max_body: int = Field(default=64 * 1024, alias="EPHEM_HTTP_MAX_BODY", ge=1024,
                                le=16 * 1024 * 1024)
+    # Where state that must outlive this process is kept on this machine (the `local`
+    # deployer's pid files and logs). None: `state_directory()` picks the XDG default.
+    state_dir: Path | None = Field(default=None, alias="EPHEM_STATE_DIR")
 
     @field_validator("slack_api_url")
     @classmethod
@@ -80,6 +83,14 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, "environment")) from None
+
+
+def state_directory(settings: Settings) -> Path:
+    """`EPHEM_STATE_DIR`, else `$XDG_STATE_HOME/ephem`, else `~/.local/state/ephem`."""
+    if settings.state_dir is not None:
+        return settings.state_dir
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "ephem"
 
 
 def env_var(name: str) -> str | None:
@@ -151,11 +162,6 @@ class Channels(_Strict):
     approvals: str | None = None
 
 
-class Reference(_Strict):
-    """A long-lived environment others are made to match (`--match staging`)."""
-
-    description: str = ""
-    releases: dict[str, str] = Field(default_factory=dict)
 
 
 class Component(_Strict):
@@ -173,6 +179,114 @@ def _resolve(value: object, info: ValidationInfo) -> object:
 
 
 ResolvedPath = Annotated[Path, BeforeValidator(_resolve)]
+
+
+# --------------------------------------------------------------------------- release sources
+
+def _expand_secret(value: object) -> object:
+    return _expand(value.get_secret_value() if isinstance(value, SecretStr) else value)
+
+
+ExpandedSecret = Annotated[SecretStr, BeforeValidator(_expand_secret)]
+_DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_LABEL_KEY = r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
+
+
+class KubeAccess(_Strict):
+    """How to reach a Kubernetes API: a kubeconfig file and context (the client's defaults —
+    `$KUBECONFIG`, then `~/.kube/config`, and its current context — when not given), or the
+    service account of the pod Ephem runs in."""
+
+    kubeconfig: ResolvedPath | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    request_timeout: Duration = timedelta(seconds=30)  # one API call
+
+    @model_validator(mode="after")
+    def _one_way(self) -> KubeAccess:
+        if self.in_cluster and (self.kubeconfig is not None or self.context is not None):
+            raise ValueError("`in_cluster: true` takes no `kubeconfig` or `context`")
+        return self
+
+
+class WorkloadMatch(_Strict):
+    """Which workload of a namespace is which component, and which container holds its image.
+
+    A workload is a component by its `label` (`app.kubernetes.io/name` by default), unless
+    `components` maps the component to the workload's name (`api: api-server`, or
+    `api: Deployment/api-server` when names repeat across kinds). The image is the one of the
+    container named `container`, else of the container named like the component, else of the
+    first container.
+    """
+
+    label: str = Field(default="app.kubernetes.io/name", pattern=_LABEL_KEY)
+    components: dict[str, str] = Field(default_factory=dict)
+    container: str | None = None
+
+
+class StaticSource(_Strict):
+    """The set written in the blueprint (what `references.<env>.releases` says)."""
+
+    kind: Literal["static"] = "static"
+    releases: dict[str, str] = Field(default_factory=dict)
+
+
+class ClusterSource(KubeAccess, WorkloadMatch):
+    """What a namespace runs now: the images of its Deployments, StatefulSets and CronJobs."""
+
+    kind: Literal["cluster"]
+    namespace: str = Field(pattern=_DNS_LABEL)
+    timeout: Duration = timedelta(seconds=20)
+
+
+class CommandSource(_Strict):
+    """A program (a release registry's CLI) that prints the set as JSON on its stdout."""
+
+    kind: Literal["command"]
+    command: list[str] = Field(min_length=1)
+    timeout: Duration = timedelta(seconds=30)
+
+
+class HttpSource(_Strict):
+    """A URL that answers the set as JSON; `token`, when given, is sent as a bearer token."""
+
+    kind: Literal["http"]
+    url: Expanded
+    token: ExpandedSecret | None = None
+    timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return v
+
+
+ReleaseSourceConfig = Annotated[
+    StaticSource | ClusterSource | CommandSource | HttpSource, Field(discriminator="kind")
+]
+
+
+class Reference(_Strict):
+    """A long-lived environment others are made to match (`--match staging`).
+
+    Its release set comes from `source`; `releases` alone is the static source, written out.
+    """
+
+    description: str = ""
+    releases: dict[str, str] = Field(default_factory=dict)
+    source: ReleaseSourceConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Reference:
+        if self.source is not None and self.releases:
+            raise ValueError("give `releases` (a static set) or `source`, not both")
+        return self
+
+    @property
+    def release_source(self) -> StaticSource | ClusterSource | CommandSource | HttpSource:
+        return self.source if self.source is not None else StaticSource(releases=self.releases)
 
 
 class MigrationsConfig(_Strict):
@@ -241,9 +355,90 @@ class DataPhaseConfig(_Strict):
         return v
 
 
+class LocalComponent(_Strict):
+    """One component run as a process on this machine by the `local` deployer.
+
+    `command` may use `{python}` (the interpreter running Ephem), `{port}`, `{version}`,
+    `{component}` and `{env}`; it runs in `phases.code.local.workdir` with `PORT`, `VERSION`,
+    `EPHEM_COMPONENT`, `EPHEM_ENV` and the data phase's connection in its environment.
+    """
+
+    command: list[str] = Field(min_length=1)
+    health: str | None = "/healthz"  # HTTP path answered 2xx when ready; None: started is ready
+    expose: bool = True  # gets a link in the thread
+    env: dict[str, Expanded] = Field(default_factory=dict)
+
+    @field_validator("health")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("expected a path starting with /")
+        return v
+
+
+class LocalDeployerConfig(_Strict):
+    components: dict[str, LocalComponent] = Field(min_length=1)
+    workdir: ResolvedPath = Field(default=Path("."), validate_default=True)
+    host: str = "127.0.0.1"  # where the components listen, and what their links point at
+    start_timeout: Duration = timedelta(seconds=30)
+    database_env: str = Field(default="DATABASE_URL", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class KubernetesDeployerConfig(KubeAccess, WorkloadMatch):
+    """Copy a reference namespace's workloads into the environment's namespace (the infra
+    phase's output), images pinned to the release set."""
+
+    source_namespace: str | None = Field(default=None, pattern=_DNS_LABEL)
+    hosts: str | None = None  # e.g. "{host}-{env}.preview.example.com"
+    link_scheme: Literal["http", "https"] = "https"
+    secrets: list[str] = Field(default_factory=list)  # Secrets copied (by name); others are not
+    database_env: str | None = Field(default="DATABASE_URL",
+                                     pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    database_secret: str = Field(default="ephem-database", pattern=_DNS_LABEL)
+    rollout_timeout: Duration = timedelta(minutes=10)
+    poll: Duration = timedelta(seconds=2)  # rollout status is read this often
+
+    @field_validator("hosts")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            v.format(env="e", component="c", host="h", name="n")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"a pattern may use {{env}}, {{component}}, {{host}} and "
+                             f"{{name}} only ({exc})") from None
+        return v
+
+
+class CodePhaseConfig(_Strict):
+    """How an environment's release set is deployed: `local` processes or `kubernetes`."""
+
+    deployer: Literal["local", "kubernetes"]  # may be left out when one section is given
+    local: LocalDeployerConfig | None = None
+    kubernetes: KubernetesDeployerConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("deployer") is None:
+            given = [name for name in ("local", "kubernetes") if data.get(name) is not None]
+            if len(given) != 1:
+                raise ValueError("configure one deployer (`local` or `kubernetes`), or say "
+                                 "which with `deployer`")
+            return {**data, "deployer": given[0]}
+        return data
+
+    @model_validator(mode="after")
+    def _chosen(self) -> CodePhaseConfig:
+        if getattr(self, self.deployer) is None:
+            raise ValueError(f"deployer `{self.deployer}` needs a `{self.deployer}` section")
+        return self
+
+
 class Phases(_Strict):
     infra: dict[str, Any] | None = None
-    code: dict[str, Any] | None = None
+    code: CodePhaseConfig | None = None
     data: DataPhaseConfig | None = None
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.domain import JobKind, ProgressEvent
+from bot.domain import JobKind, ProgressEvent, ReleaseSet
 
 # --------------------------------------------------------------------------- Slack edge → handlers
 
@@ -126,3 +126,18 @@ class RecordedEvents:
 
     async def to_owner(self, env_id: int, text: str) -> None:
         self.owner_messages.append((env_id, text))
+
+
+# --------------------------------------------------------------------------- handlers → pipelines
+
+
+class ReleaseResolver(Protocol):
+    async def resolve(self, reference: str) -> ReleaseSet:
+        """What `reference` (a key of the blueprint's `references`) runs now, from its source.
+
+        Called when a request is accepted (`create`, `create --dry-run`, `diff`); the result
+        is recorded on the environment and never re-read behind anyone's back. Raises
+        `UserError` with a reason fit for the channel when the source fails, times out or
+        answers something that is not a release set.
+        """
+        ...

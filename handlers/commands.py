@@ -9,12 +9,13 @@ so every entry point behaves identically.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import releases
 from bot.config import Blueprint
 from bot.domain import (
     CREATE_ORDER,
@@ -24,6 +25,8 @@ from bot.domain import (
     EnvStatus,
     JobKind,
     JobStatus,
+    PhaseName,
+    ReleaseSet,
     format_duration,
     generate_name,
     quoted,
@@ -31,11 +34,11 @@ from bot.domain import (
 )
 from bot.errors import UserError
 from bot.mrkdwn import escape
-from bot.ports import Invocation, Reply, Visibility
+from bot.ports import Invocation, ReleaseResolver, Reply, Visibility
 from bot.store import Store, repo
 from bot.store.models import Environment
 from handlers import parser
-from handlers.parser import Create, Destroy, Extend, Help, ListEnvs, ResetData, Status
+from handlers.parser import Create, Destroy, Diff, Extend, Help, ListEnvs, ResetData, Status
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +60,40 @@ class CreatePlan:
     ttl: timedelta
     data: DataRequest
     reason: str | None
+    base: dict[str, str] = field(default_factory=dict)  # the reference's set, resolved
 
 
-def plan_create(req: EnvRequest, blueprint: Blueprint) -> CreatePlan:
-    """Validate a create request against the blueprint (pure); raise UserError on a problem."""
+def reference_for(req: EnvRequest, blueprint: Blueprint) -> str | None:
+    """The reference a create matches (`--match`, else the blueprint's default); raise
+    UserError when the blueprint has no such reference."""
     reference = req.match or blueprint.defaults.reference
-    releases: dict[str, str] = {}
-    if reference is not None:
-        if reference not in blueprint.references:
-            known = ", ".join(f"`{r}`" for r in blueprint.references) or "none are configured"
-            raise UserError(f"There is no reference environment {quoted(reference)} ({known}).")
-        releases = dict(blueprint.references[reference].releases)
-    known_components = set(blueprint.components) | set(releases)
-    unknown = sorted(set(req.overrides) - known_components) if known_components else []
-    if unknown:
-        raise UserError(
-            f"`--set` names unknown components: {escape(', '.join(unknown))}. "
-            f"Known: {', '.join(sorted(known_components))}."
-        )
+    if reference is not None and reference not in blueprint.references:
+        known = ", ".join(f"`{r}`" for r in blueprint.references) or "none are configured"
+        raise UserError(f"There is no reference environment {quoted(reference)} ({known}).")
+    return reference
+
+
+def plan_create(req: EnvRequest, blueprint: Blueprint, *,
+                base: Mapping[str, str] | None = None) -> CreatePlan:
+    """Validate a create request against the blueprint (pure); raise UserError on a problem.
+
+    `base` is the reference's release set as resolved when the request was accepted; without
+    it, the reference's static `releases` from the blueprint.
+    """
+    reference = reference_for(req, blueprint)
+    ttl, data = plan_limits(req, blueprint)
+    if base is None:
+        base = dict(blueprint.references[reference].releases) if reference is not None else {}
+    release_set = releases.apply_overrides(base, req.overrides, known=blueprint.components)
+    return CreatePlan(
+        name=req.name, reference=reference, release_set=release_set,
+        overrides=dict(req.overrides), ttl=ttl, data=data, reason=req.reason,
+        base=dict(base),
+    )
+
+
+def plan_limits(req: EnvRequest, blueprint: Blueprint) -> tuple[timedelta, DataRequest]:
+    """The request's lifetime and data, checked against the blueprint; raise UserError."""
     ttl = req.ttl or blueprint.defaults.ttl
     if ttl > blueprint.defaults.max_ttl:
         raise UserError(
@@ -100,10 +119,7 @@ def plan_create(req: EnvRequest, blueprint: Blueprint) -> CreatePlan:
             known = ", ".join(f"`{n}`" for n in phase.snapshots)
             raise UserError(f"There is no snapshot {quoted(name or '(default)')}; known: {known}.")
         data = DataRequest(DataMode.SNAPSHOT, name)
-    return CreatePlan(
-        name=req.name, reference=reference, release_set={**releases, **req.overrides},
-        overrides=dict(req.overrides), ttl=ttl, data=data, reason=req.reason,
-    )
+    return ttl, data
 
 
 def _ago(delta: timedelta) -> str:
@@ -111,12 +127,18 @@ def _ago(delta: timedelta) -> str:
 
 
 class Commands:
-    """Implements `bot.ports.CommandHandler`."""
+    """Implements `bot.ports.CommandHandler`.
 
-    def __init__(self, *, store: Store, blueprint: Blueprint, clock: Clock = utcnow) -> None:
+    `releases` reads a reference's release set from its source (the composition root passes
+    the pipelines' resolver); without one, only the blueprint's static `releases` are known.
+    """
+
+    def __init__(self, *, store: Store, blueprint: Blueprint, clock: Clock = utcnow,
+                 releases: ReleaseResolver | None = None) -> None:
         self.store = store
         self.blueprint = blueprint
         self.clock = clock
+        self.releases = releases
 
     # ------------------------------------------------------------------ entry points
 
@@ -163,11 +185,18 @@ class Commands:
                 return await self._reset_data(inv, cmd)
             case Help():
                 return [Reply(parser.usage(cmd.topic))]
+            case Diff():
+                return await self._diff(cmd)
 
     # ------------------------------------------------------------------ create
 
     async def _create(self, inv: Invocation, cmd: Create) -> list[Reply]:
-        plan = plan_create(cmd.request, self.blueprint)
+        reference = reference_for(cmd.request, self.blueprint)
+        plan_limits(cmd.request, self.blueprint)  # the cheap checks before the source is read
+        base = await self._resolve(reference, refusing="Nothing was created.")
+        plan = plan_create(cmd.request, self.blueprint, base=base.versions)
+        if cmd.dry_run:
+            return [Reply(self._dry_run(plan))]
         for _ in range(5):
             try:
                 env = await self._persist_create(inv, plan)
@@ -186,8 +215,41 @@ class Commands:
         parts.append(f"data: {escape(str(plan.data))}, expires in {format_duration(plan.ttl)}")
         if plan.reason:
             parts.append(f"reason: {escape(plan.reason)}")
-        return [Reply("Queued: " + "; ".join(parts) + ".", visibility=Visibility.THREAD,
-                      env_id=env.id)]
+        text = "Queued: " + "; ".join(parts) + "."
+        if plan.release_set:
+            text += f"\nRelease set: {escape(releases.summary(plan.release_set))}"
+        return [Reply(text, visibility=Visibility.THREAD, env_id=env.id)]
+
+    async def _resolve(self, reference: str | None, *, refusing: str) -> ReleaseSet:
+        """What `reference` runs now (empty without one); a failing source is refused."""
+        if reference is None:
+            return ReleaseSet()
+        if self.releases is None:
+            source = self.blueprint.references[reference].release_source
+            if source.kind != "static":
+                raise UserError(f"{quoted(reference)} reads its release set from a {source.kind} "
+                                f"source, and this Ephem has no resolver for it. {refusing}")
+            return ReleaseSet(dict(source.releases))
+        try:
+            return await self.releases.resolve(reference)
+        except UserError as exc:
+            raise UserError(f"{exc} {refusing}".strip()) from None
+
+    def _dry_run(self, plan: CreatePlan) -> str:
+        name = plan.name or "(a generated name)"
+        lines = [f"Dry run: nothing was created. `create` would make *{escape(name)}*"
+                 + (f" matching {quoted(plan.reference)}" if plan.reference else "")
+                 + f", data: {escape(str(plan.data))}, expiring in {format_duration(plan.ttl)}."]
+        if plan.release_set:
+            lines.append(f"Release set: {escape(releases.summary(plan.release_set))}")
+        if plan.reference:
+            rows = releases.diff_rows(plan.release_set, plan.base)
+            table = releases.render_table(rows, mine="would run",
+                                          theirs=f"{plan.reference} now")
+            lines.append(f"```\n{escape(table)}\n```")
+            summary = escape(releases.diff_summary(rows))
+            lines.append(f"Against {quoted(plan.reference)}: {summary}.")
+        return "\n".join(lines)
 
     async def _persist_create(self, inv: Invocation, plan: CreatePlan) -> Environment:
         async with self.store.transaction() as s:
@@ -202,7 +264,11 @@ class Commands:
             await repo.enqueue_job(s, env_id=env.id, kind=JobKind.CREATE,
                                    requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action="create", source=inv.source,
-                             env_id=env.id, details={"text": inv.text[:500]})
+                             env_id=env.id, details={
+                                 "text": inv.text[:500], "reference": plan.reference,
+                                 "source": self._source_kind(plan.reference),
+                                 "reference_set": plan.base, "overrides": plan.overrides,
+                                 "release_set": plan.release_set})
         return env
 
     # ------------------------------------------------------------------ read-only
@@ -230,8 +296,11 @@ class Commands:
             f"reference {quoted(env.reference or '-')}, expires in {_ago(env.expires_at - now)})"
         ]
         if env.release_set:
-            lines.append("releases: " + escape(", ".join(f"{c}={v}" for c, v in
-                                                         sorted(env.release_set.items()))))
+            lines.append(f"releases: {escape(releases.summary(env.release_set))}")
+        links = (env.outputs.get(PhaseName.CODE.value) or {}).get("links") or {}
+        if links:
+            lines.append("links: " + ", ".join(f"{label} {url}"
+                                               for label, url in sorted(links.items())))
         for phase in CREATE_ORDER:
             run = runs.get(phase)
             if run is None:
@@ -245,6 +314,28 @@ class Commands:
         if env.last_error and env.status is EnvStatus.FAILED:
             lines.append(f"last error: {escape(env.last_error)}")
         return [Reply("\n".join(lines))]
+
+    async def _diff(self, cmd: Diff) -> list[Reply]:
+        async with self.store.transaction() as s:
+            env = await self._find(s, cmd.name)
+        against = cmd.against or env.reference
+        if against is None:
+            raise UserError(f"*{env.name}* was made without a reference; say which to compare "
+                            f"with: `/ephem diff {env.name} --against ENV`.")
+        if against not in self.blueprint.references:
+            known = ", ".join(f"`{r}`" for r in self.blueprint.references) or \
+                "none are configured"
+            raise UserError(f"There is no reference environment {quoted(against)} ({known}).")
+        now = await self._resolve(against, refusing="Nothing to compare with.")
+        rows = releases.diff_rows(dict(env.release_set), dict(now.versions))
+        table = releases.render_table(rows, mine=env.name, theirs=f"{against} now")
+        return [Reply(f"*{escape(env.name)}* against {quoted(against)} as it runs now: "
+                      f"{escape(releases.diff_summary(rows))}.\n```\n{escape(table)}\n```")]
+
+    def _source_kind(self, reference: str | None) -> str | None:
+        if reference is None:
+            return None
+        return self.blueprint.references[reference].release_source.kind
 
     # ------------------------------------------------------------------ changes
 

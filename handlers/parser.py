@@ -29,6 +29,7 @@ from bot.errors import UserError
 @dataclass(frozen=True)
 class Create:
     request: EnvRequest
+    dry_run: bool = False  # show the resolved release set and its diff; create nothing
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,15 @@ class Help:
     topic: str | None = None
 
 
-Command = Create | ListEnvs | Status | Destroy | Extend | ResetData | Help
+@dataclass(frozen=True)
+class Diff:
+    """The environment's release set beside what a reference runs now (its own by default)."""
+
+    name: str
+    against: str | None = None
+
+
+Command = Create | ListEnvs | Status | Destroy | Extend | ResetData | Help | Diff
 
 
 @dataclass(frozen=True)
@@ -90,12 +99,13 @@ Parsed = Run | Say | Ignore
 
 CREATE_USAGE = (
     "/ephem create [NAME] [--match ENV] [--set COMPONENT=VERSION]… [--ttl DURATION] "
-    "[--data none|seed|snapshot[:NAME]] [--reason TEXT]"
+    "[--data none|seed|snapshot[:NAME]] [--reason TEXT] [--dry-run]"
 )
 USAGE = {
     "create": CREATE_USAGE,
     "list": "/ephem list [--mine]",
     "status": "/ephem status NAME",
+    "diff": "/ephem diff NAME [--against ENV]",
     "destroy": "/ephem destroy NAME",
     "extend": "/ephem extend NAME [DURATION]",
     "reset-data": "/ephem reset-data NAME",
@@ -127,8 +137,8 @@ def _wrong(verb: str, what: str) -> Say:
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 _MENTION = re.compile(r"^\s*<@[A-Z0-9]+(\|[^>]*)?>\s*")
 _COMPONENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-_CREATE_OPTS = ("--match", "--set", "--ttl", "--data", "--reason")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:@-]{0,127}")  # a tag, a digest, or both
+_CREATE_OPTS = ("--match", "--set", "--ttl", "--data", "--reason", "--dry-run")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -168,6 +178,8 @@ def parse(text: str) -> Parsed:
             return _list(args)
         if verb == "extend":
             return _extend(args)
+        if verb == "diff":
+            return _diff(args)
         return _named(verb, args)
     except UserError as exc:
         return _wrong(verb, str(exc))
@@ -209,6 +221,24 @@ def _extend(args: list[str]) -> Parsed:
     return Run(Extend(name, by))
 
 
+def _diff(args: list[str]) -> Parsed:
+    name = _single_name("diff", args)
+    rest = args[1:]
+    against: str | None = None
+    while rest:
+        token = rest.pop(0)
+        opt = token.partition("=")[0].lower()
+        if opt != "--against":
+            raise UserError(f"`diff` takes a name and `--against ENV`; `{token}` is extra.")
+        if against is not None:
+            raise UserError("`--against` is given twice.")
+        _, value = _split_option(token, rest)
+        if not value:
+            raise UserError("`--against` needs the name of a reference environment.")
+        against = validate_name(value.lower())
+    return Run(Diff(name, against))
+
+
 def _split_option(token: str, rest: list[str]) -> tuple[str, str | None]:
     """`--ttl=2d` or `--ttl 2d` → ("--ttl", "2d"), consuming from `rest` as needed."""
     if "=" in token:
@@ -230,6 +260,7 @@ def _create(args: list[str]) -> Parsed:
     data: DataRequest | None = None
     reason: str | None = None
     given: set[str] = set()
+    dry_run = False
     while rest:
         token = rest.pop(0)
         if token.startswith("-") and not token.startswith("--"):
@@ -255,31 +286,43 @@ def _create(args: list[str]) -> Parsed:
             if len(reason) > 500:
                 raise UserError("`--reason` is longer than 500 characters.")
             continue
+        if opt == "--dry-run":
+            if "=" in token:
+                raise UserError("`--dry-run` takes no value.")
+            dry_run = True
+            continue
         _, value = _split_option(token, rest)
         if value is None or not value:
             raise UserError(f"`{opt}` needs a value.")
         if opt == "--match":
             match = validate_name(value.lower())
         elif opt == "--set":
-            for pair in value.split(","):
-                component, sep, version = pair.partition("=")
-                component = component.strip().lower()
-                version = version.strip()
-                if (not sep or not _COMPONENT.fullmatch(component)
-                        or not _VERSION.fullmatch(version)):
-                    raise UserError(
-                        f"{quoted('--set ' + pair)} is not COMPONENT=VERSION "
-                        "(like `--set api=2.8.0-rc1`)."
-                    )
-                if component in overrides and overrides[component] != version:
-                    raise UserError(f"{quoted(component)} is set twice, to two versions.")
-                overrides[component] = version
+            _add_overrides(value, overrides)
         elif opt == "--ttl":
             ttl = parse_duration(value)
         else:  # --data
             data = _data(value)
     return Run(Create(EnvRequest(name=name, match=match, overrides=overrides, ttl=ttl,
-                                 data=data, reason=reason)))
+                                 data=data, reason=reason), dry_run=dry_run))
+
+
+def _add_overrides(value: str, overrides: dict[str, str]) -> None:
+    """`api=2.8.0-rc1[,web=5.2.0]` into `overrides`."""
+    for pair in value.split(","):
+        component, sep, version = pair.partition("=")
+        component = component.strip().lower()
+        version = version.strip()
+        if sep and _COMPONENT.fullmatch(component) and not version:
+            raise UserError(f"{quoted('--set ' + pair)} is not COMPONENT=VERSION: the version "
+                            f"is empty (like `--set {component}=2.8.0-rc1`).")
+        if not sep or not _COMPONENT.fullmatch(component) or not _VERSION.fullmatch(version):
+            raise UserError(
+                f"{quoted('--set ' + pair)} is not COMPONENT=VERSION "
+                "(like `--set api=2.8.0-rc1`)."
+            )
+        if component in overrides and overrides[component] != version:
+            raise UserError(f"{quoted(component)} is set twice, to two versions.")
+        overrides[component] = version
 
 
 def _data(value: str) -> DataRequest:

@@ -35,6 +35,12 @@ class PhaseContext:
     secret_key: bytes = field(repr=False, default=b"")
     # `/ephem reset-data`: the data phase re-creates the database instead of keeping it.
     reset_data: bool = False
+    # The reference environment the release set was resolved from (`--match`), if any.
+    reference: str | None = None
+    # Secrets of the phases that run before this one (`{data: {database_url: …}}`), said again
+    # by each (`HasSecrets`) for this context only: the code phase hands the data phase's
+    # connection to the components. Never persisted, never shown.
+    secrets: Mapping[PhaseName, Mapping[str, str]] = field(repr=False, default_factory=dict)
 
     def derive_secret(self, purpose: str, length: int = 32) -> str:
         """A stable secret for this environment (e.g. its database password).

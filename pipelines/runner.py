@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -162,7 +162,8 @@ class Runner:
             action=action,
             job_id=job.id,
             context=lambda emit: self._context(job.env_id, emit,
-                                               reset=job.kind is JobKind.RESET_DATA),
+                                               reset=job.kind is JobKind.RESET_DATA,
+                                               before=phase.name),
             events=self.events,
             blueprint=self.blueprint,
         )
@@ -181,16 +182,20 @@ class Runner:
             await self._to_owner(job.env_id, phase.name, outcome.secrets)
         await self._progress(ProgressEvent(job.env_id, phase.name, PhaseStatus.SUCCEEDED,
                                            detail=detail))
-        if outcome.links:
+        if outcome.links:  # posted in the thread, under the phase's summary
             links = "\n".join(f"{label}: {url}" for label, url in outcome.links.items())
-            await self._progress(ProgressEvent(job.env_id, phase.name, PhaseStatus.SUCCEEDED,
-                                               detail=links, milestone=True))
+            await self._progress(ProgressEvent(
+                job.env_id, phase.name, PhaseStatus.SUCCEEDED, milestone=True,
+                detail=f"{outcome.summary}\n{links}" if outcome.summary else links))
         return None
 
-    async def _context(self, env_id: int, emit: Emit, *, reset: bool = False) -> PhaseContext:
+    async def _context(self, env_id: int, emit: Emit, *, reset: bool = False,
+                       before: PhaseName | None = None) -> PhaseContext:
+        """The environment as phases see it; with `before`, the secrets of the phases that
+        precede that one in the create order (derived again, never read from storage)."""
         async with self.store.transaction() as s:
             env = await repo.get_environment(s, env_id)
-        return PhaseContext(
+        ctx = PhaseContext(
             env_id=env.id,
             name=env.name,
             owner_id=env.owner_id,
@@ -201,7 +206,18 @@ class Runner:
             emit=emit,
             secret_key=self._secret_key,
             reset_data=reset,
+            reference=env.reference,
         )
+        if before is None:
+            return ctx
+        earlier: dict[PhaseName, Mapping[str, str]] = {}
+        for name in CREATE_ORDER[:CREATE_ORDER.index(before)]:
+            phase = self.phases.get(name)
+            if isinstance(phase, HasSecrets) and name in ctx.outputs:
+                said = await phase.secrets(ctx)
+                if said:
+                    earlier[name] = dict(said)
+        return replace(ctx, secrets=earlier)
 
     async def _skip(self, job: ClaimedJob, name: PhaseName, action: PhaseAction) -> None:
         detail = "not configured in the blueprint"

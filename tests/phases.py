@@ -35,7 +35,8 @@ class ScriptedPhase:
         self.name = name
         self.calls = calls
         self.outputs = dict(outputs or {"id": f"{name}-1"})
-        self.secrets = dict(secrets or {})
+        # Not `self.secrets`: that name is `HasSecrets`'s method, which this phase does not have.
+        self.owner_secrets = dict(secrets or {})
         self.links = dict(links or {})
         self.errors = list(errors or [])
         self.hook = hook
@@ -51,7 +52,7 @@ class ScriptedPhase:
 
     async def apply(self, ctx: PhaseContext) -> PhaseResult:
         await self._call(ctx, "apply")
-        return PhaseResult(outputs=self.outputs, secrets=self.secrets, links=self.links,
+        return PhaseResult(outputs=self.outputs, secrets=self.owner_secrets, links=self.links,
                            summary=f"{self.name} done")
 
     async def destroy(self, ctx: PhaseContext) -> None:

@@ -40,14 +40,17 @@ def blueprint_file(tmp_path: Path, db_prefix: str) -> Path:
                                             for p in data["migrations"]["seed_locations"]]
     for snap in data["snapshots"].values():
         snap["rules"] = str(example.parent / snap["rules"])
+    raw["phases"]["code"]["local"]["workdir"] = str(example.parent)
     path = tmp_path / "ephem.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
 def test_demo_on_an_existing_server(bot_db_url: str, pg_admin_url: str, db_prefix: str,
-                                    blueprint_file: Path) -> None:
-    done = run(["demo"], {"EPHEM_DATABASE_URL": bot_db_url, "EPHEM_CONFIG": str(blueprint_file)})
+                                    blueprint_file: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    done = run(["demo"], {"EPHEM_DATABASE_URL": bot_db_url, "EPHEM_CONFIG": str(blueprint_file),
+                          "EPHEM_STATE_DIR": str(state)})
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "Traceback" not in out + done.stderr
@@ -59,6 +62,13 @@ def test_demo_on_an_existing_server(bot_db_url: str, pg_admin_url: str, db_prefi
     assert len(pairs) >= 8
     assert all(before.split(None, 3)[3].strip() != after.strip() for before, after in pairs)
     assert "reset-data" in out and "is gone" in out
+    # The code story: staging's set with one override, the diff, each component's answer.
+    assert "Dry run: nothing was created" in out and "api        2.8.0-rc1  2.7.3" in out
+    answers = [line for line in out.splitlines() if " -> {" in line]
+    assert len(answers) == 2, out  # api and web are exposed; the worker is not
+    assert '"component": "api", "version": "2.8.0-rc1", "table": "customers"' in out
+    assert "component processes all stopped (api, web, worker)" in out
+    assert not list(state.glob("local/*"))
     # Nothing left behind: no golden database, pool member or stand-in production.
     left = asyncio.run(_databases(pg_admin_url, db_prefix))
     assert not [d for d in left if "snap_" in d or "pool_" in d or "production" in d], left

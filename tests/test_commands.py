@@ -71,7 +71,7 @@ async def test_create_without_a_name_generates_a_unique_one(commands: Commands,
 
 @pytest.mark.parametrize(("text", "fragment"), [
     ("create --match prod", "no reference environment `prod`"),
-    ("create --set db=1.0", "unknown components: db"),
+    ("create --set db=1.0", "there is no component `db`"),
     ("create --ttl 4d", "longer than the 3d"),
     ("create --data snapshot", "has none configured"),
     ("create pr_1", "not a valid name"),

@@ -332,6 +332,11 @@ def test_rbac_is_bound_to_the_pods_account_with_no_wildcards() -> None:
     verbs = {res: set(rule["verbs"]) for rule in role["rules"] for res in rule["resources"]}
     assert {"create", "delete"} <= verbs["namespaces"]
     assert "create" in verbs["deployments"]
+    # The code phase: copies applied and deleted; rollouts, pods and logs read.
+    for copied in ("deployments", "statefulsets", "services", "configmaps", "ingresses",
+                   "httproutes"):
+        assert {"list", "patch", "delete"} <= verbs[copied], copied
+    assert verbs["cronjobs"] == {"list"} and verbs["pods/log"] == {"get"}
 
     # Without rbac the pods get no API token at all.
     pod = _one(_render(), "Deployment")["spec"]["template"]["spec"]

@@ -10,6 +10,7 @@ from bot.domain import DataMode, DataRequest, EnvRequest
 from handlers.parser import (
     Create,
     Destroy,
+    Diff,
     Extend,
     Help,
     ListEnvs,
@@ -54,6 +55,17 @@ RUNS = [
     ("extend pr-142", Extend("pr-142")),
     ("extend pr-142 3d", Extend("pr-142", timedelta(days=3))),
     ("reset-data pr-142", ResetData("pr-142")),
+    ("create pr-142 --match staging --set api=2.8.0-rc1 --dry-run",
+     Create(EnvRequest(name="pr-142", match="staging", overrides={"api": "2.8.0-rc1"}),
+            dry_run=True)),
+    ("create --dry-run --ttl 2h", Create(EnvRequest(ttl=timedelta(hours=2)), dry_run=True)),
+    ("create --reason try the rc --dry-run",
+     Create(EnvRequest(reason="try the rc"), dry_run=True)),
+    ("create --set api=sha256:ab12", Create(EnvRequest(overrides={"api": "sha256:ab12"}))),
+    ("diff pr-142", Diff("pr-142")),
+    ("diff PR-142 --against staging", Diff("pr-142", "staging")),
+    ("diff pr-142 --against=production", Diff("pr-142", "production")),
+    ("help diff", Help("diff")),
 ]
 
 SAYS = [
@@ -101,6 +113,17 @@ SAYS = [
     ('create "pr-1\n"', "not a valid name"),
     ('create pr-1 --set "api=1.0\nx"', "is not COMPONENT=VERSION"),
     ("create --ttl 1d \\", "ends with"),
+    ("create --set api=", "the version is empty"),
+    ("create --set api= --ttl 2h", "the version is empty"),
+    ("create --dry-run=yes", "`--dry-run` takes no value"),
+    ("create --dry-run now", "I did not expect `now`"),
+    ("diff", "`diff` needs the name"),
+    ("diff pr_1", "not a valid name"),
+    ("diff pr-1 --against", "needs the name of a reference"),
+    ("diff pr-1 --against a --against b", "given twice"),
+    ("diff pr-1 staging", "`staging` is extra"),
+    ("diff pr-1 --with staging", "`--with` is extra"),
+    ("diff --help", "Usage: `/ephem diff NAME [--against ENV]`"),
 ]
 
 

@@ -16,7 +16,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
-from bot.config import Blueprint, Settings
+from bot.config import Blueprint, Settings, state_directory
 from bot.domain import PhaseName
 from bot.executor import Executor
 from bot.ports import Invocation, Reply, Visibility
@@ -28,6 +28,10 @@ from bot.store import Store, repo
 from bot.tasks import InFlight
 from handlers.commands import Commands
 from pipelines.base import Phase
+from pipelines.code.kubernetes import KubernetesDeployer
+from pipelines.code.local import LocalDeployer
+from pipelines.code.phase import CodePhase
+from pipelines.code.sources import Resolver
 from pipelines.data.clone import WarmPool
 from pipelines.data.keeper import SnapshotKeeper
 from pipelines.data.postgres import DatabasePhase
@@ -69,6 +73,16 @@ def open_store(settings: Settings) -> Store:
     """The state store, its pool sized by `EPHEM_DB_POOL_SIZE` / `EPHEM_DB_MAX_OVERFLOW`."""
     return Store(settings.database_url, pool_size=settings.db_pool_size,
                  max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout)
+def code_phase(settings: Settings, blueprint: Blueprint) -> CodePhase | None:
+    """The code phase with the deployer `phases.code` chooses; None when it is not configured."""
+    code = blueprint.phases.code
+    if code is None:
+        return None
+    if code.deployer == "local":
+        assert code.local is not None
+        return CodePhase(LocalDeployer(code.local, state_dir=state_directory(settings)))
+    assert code.kubernetes is not None
+    return CodePhase(KubernetesDeployer(code.kubernetes, references=blueprint.references))
 
 
 def secret_key(settings: Settings) -> bytes:
@@ -128,9 +142,13 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
     notifier = Notifier(store, writer, coalesce_seconds=coalesce_seconds)
-    commands = Commands(store=store, blueprint=blueprint)
+    commands = Commands(store=store, blueprint=blueprint,
+                        releases=Resolver(blueprint.references))
     data_phase, keeper = data_parts(settings, blueprint)
     phases: dict[PhaseName, Phase] = {PhaseName.DATA: data_phase} if data_phase else {}
+    code = code_phase(settings, blueprint)
+    if code is not None:
+        phases[PhaseName.CODE] = code
     runner = Runner(store=store, phases=phases, blueprint=blueprint, events=notifier,
                     secret_key=secret_key(settings))
     executor = Executor(

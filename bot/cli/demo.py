@@ -19,10 +19,12 @@ import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from bot import detached
 from bot.cli import snapshot as snapshot_cli
 from bot.cli.app import Ephem, build
 from bot.cli.bootstrap import state_database
@@ -228,6 +230,7 @@ async def _scenario(app: Ephem, transcript: Transcript, *, production: str | Non
     data_flag = " --data snapshot" if production is not None else ""
     text = (f"create {name} --match staging --set api=2.8.0-rc1{data_flag} --ttl 2h "
             "--reason ephem demo")
+    await _code_preview(app, name)
     banner(f"/ephem {text}")
     await app.invoke(Invocation(user_id=USER, channel_id=CHANNEL, text=text, source="shell"))
     status = await wait_for(app, name, (EnvStatus.READY, EnvStatus.FAILED))
@@ -241,6 +244,9 @@ async def _scenario(app: Ephem, transcript: Transcript, *, production: str | Non
 
     banner(f"/ephem status {name}")
     await app.invoke(Invocation(user_id=USER, channel_id=CHANNEL, text=f"status {name}"))
+    workload = await _code_links(app, name)
+    if workload is None:
+        return 1
     creds = [u for u in transcript.urls() if urlsplit(u).password]
     if app.blueprint.phases.data is not None:
         if not creds:
@@ -267,6 +273,8 @@ async def _scenario(app: Ephem, transcript: Transcript, *, production: str | Non
     await app.notifier.flush()
     if status is not EnvStatus.DESTROYED:
         return 1
+    if not _code_gone(workload):
+        return 1
     data = app.blueprint.phases.data
     if data is not None:
         database = data.database_prefix + name.replace("-", "_")
@@ -277,3 +285,51 @@ async def _scenario(app: Ephem, transcript: Transcript, *, production: str | Non
             return 1
     banner("done: created, used and destroyed; nothing left behind")
     return 0
+
+
+# --------------------------------------------------------------------------- the code story
+
+
+async def _code_preview(app: Ephem, name: str) -> None:
+    """What the create will deploy: staging's set resolved now, one override, and the diff."""
+    if app.blueprint.phases.code is None:
+        return
+    text = f"create {name} --match staging --set api=2.8.0-rc1 --dry-run"
+    banner(f"/ephem {text}")
+    await app.invoke(Invocation(user_id=USER, channel_id=CHANNEL, text=text, source="shell"))
+    await app.notifier.flush()
+
+
+async def _code_links(app: Ephem, name: str) -> dict[str, int] | None:
+    """The diff against staging now, then each link fetched and its answer shown; the pids of
+    the components (to show they are gone after destroy). None when a link did not answer."""
+    if app.blueprint.phases.code is None:
+        return {}
+    banner(f"/ephem diff {name}")
+    await app.invoke(Invocation(user_id=USER, channel_id=CHANNEL, text=f"diff {name}"))
+    await app.notifier.flush()
+    async with app.store.transaction() as s:
+        env = await repo.find_live_environment(s, name)
+        code = dict(env.outputs.get("code") or {}) if env is not None else {}
+    links: dict[str, str] = dict(code.get("links") or {})
+    banner("asking each component (its link)")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        for component, url in sorted(links.items()):
+            try:
+                async with session.get(url) as response:
+                    print(f"  {component:8} {url} -> {await response.text()}", flush=True)
+            except aiohttp.ClientError as exc:
+                print(f"  {component:8} {url} did not answer ({type(exc).__name__})")
+                return None
+    components = code.get("components") or {}
+    return {c: int(f["pid"]) for c, f in components.items() if "pid" in f}
+
+
+def _code_gone(pids: dict[str, int]) -> bool:
+    """After destroy: no component process is left."""
+    if not pids:
+        return True
+    left = sorted(c for c, pid in pids.items() if detached.group_alive(pid))
+    banner("component processes " + (f"STILL RUNNING: {', '.join(left)}" if left else
+                                      f"all stopped ({', '.join(sorted(pids))})"))
+    return not left

@@ -484,6 +484,24 @@ async def run_command(
     return tail
 
 
+_RELEASE_REF = re.compile(r"\{release\.([A-Za-z0-9][A-Za-z0-9._-]*)\}")
+
+
+def with_releases(command: Sequence[str], versions: Mapping[str, str]) -> list[str]:
+    """`{release.<component>}` in the command's arguments replaced by the component's version in
+    the environment's release set, so the schema matches the code being deployed. Raises
+    PermanentError naming a component the set does not have."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in versions:
+            known = ", ".join(sorted(versions)) or "none"
+            raise PermanentError(f"the migration command uses {m.group(0)}, but the release set "
+                                 f"has no component {m.group(1)} (it has: {known})")
+        return versions[m.group(1)]
+
+    return [_RELEASE_REF.sub(sub, arg) for arg in command]
+
+
 def _hide(text: str, secret: str) -> str:
     """`secret` (and its URL-encoded form) replaced by `***` wherever it appears."""
     if not secret:

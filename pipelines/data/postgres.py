@@ -44,7 +44,13 @@ from pipelines.base import PhaseContext, PhaseResult
 from pipelines.data import pgconn
 from pipelines.data.clone import WarmPool, adopt, clone_database
 from pipelines.data.golden import latest_snapshot
-from pipelines.data.migrations import SEED_HISTORY, discover, migrate, run_command
+from pipelines.data.migrations import (
+    SEED_HISTORY,
+    discover,
+    migrate,
+    run_command,
+    with_releases,
+)
 
 _PASSWORD_PURPOSE = "db-password"  # noqa: S105 - a derivation label, not a password
 
@@ -173,9 +179,10 @@ class DatabasePhase:
         timeout = cfg.timeout.total_seconds()
         if cfg.kind == "command":
             assert cfg.command is not None
-            await run_command(cfg.command, dsn=url, timeout=timeout, emit=ctx.emit)
+            command = with_releases(cfg.command, ctx.release_set.versions)
+            await run_command(command, dsn=url, timeout=timeout, emit=ctx.emit)
             steps["migrate"] = time.monotonic() - started
-            return [" ".join(cfg.command)]
+            return [" ".join(command)]
         result = await migrate(url, discover(cfg.locations), installed_by="ephem",
                                emit=ctx.emit)
         applied = list(result.applied)
