@@ -21,6 +21,7 @@ from bot.slack.bolt import build_bolt_app
 from bot.slack.http import HttpServer
 from bot.slack.writer import WebApiWriter, make_web_client
 from bot.store import repo
+from tests.conftest import as_user
 from tests.slackapi import Call, SlackApi, SlackSender, slack_api_fixture  # noqa: F401
 
 SECRET = "scenario-signing-secret"
@@ -173,8 +174,7 @@ async def test_a_failed_phase_shows_why_and_retry_and_destroy_buttons(
     await admin.execute(f"DROP ROLE IF EXISTS {quote_ident(weak)}")
     await admin.execute(f"CREATE ROLE {quote_ident(weak)} LOGIN")
     await admin.close()
-    weak_url = pg_admin_url.replace("postgres@", f"{weak}@", 1)
-    assert weak in weak_url, "the admin URL is expected to name the postgres user"
+    weak_url = as_user(pg_admin_url, weak)
     async for bot in _bot(slack_api, bot_db_url, {"server": weak_url}, db_prefix):
         await bot.slack.command("create sc-3", user_id=OWNER, channel_id=CHANNEL)
         await bot.wait_status("sc-3", EnvStatus.FAILED)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from bot.pg import asyncpg_dsn, quote_ident
+from tests.conftest import as_user
 
 
 class Terminal:
@@ -63,8 +64,7 @@ async def test_shell_runs_commands_and_clicks_buttons_by_label(
     store: object,
 ) -> None:
     del store  # the bot's tables start empty
-    server = pg_admin_url.replace("postgres@", f"{weak_role}@", 1)
-    assert weak_role in server
+    server = as_user(pg_admin_url, weak_role)
     (tmp_path / "ephem.yaml").write_text(yaml.safe_dump({
         "phases": {"data": {"server": server, "database_prefix": db_prefix}},
         "retries": {"attempts": 1, "backoff": "1s"},
