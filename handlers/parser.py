@@ -7,9 +7,11 @@ it must never raise on anything a person can type.
 
 from __future__ import annotations
 
+import difflib
 import html
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -45,6 +47,13 @@ class ResetData:
 
 
 @dataclass(frozen=True)
+class Creds:
+    """Show the environment's credentials again (to its owner only)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class Extend:
     name: str
     by: timedelta | None = None
@@ -55,7 +64,7 @@ class Help:
     topic: str | None = None
 
 
-Command = Create | ListEnvs | Status | Destroy | Extend | ResetData | Help
+Command = Create | ListEnvs | Status | Destroy | Extend | ResetData | Creds | Help
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ USAGE = {
     "destroy": "/ephem destroy NAME",
     "extend": "/ephem extend NAME [DURATION]",
     "reset-data": "/ephem reset-data NAME",
+    "creds": "/ephem creds NAME",
     "help": "/ephem help [COMMAND]",
 }
 VERBS = tuple(USAGE)
@@ -102,6 +112,12 @@ def usage(verb: str | None = None) -> str:
         return f"Usage: `{USAGE[verb]}`"
     lines = "\n".join(f"• `{u}`" for u in USAGE.values())
     return f"Ephem makes throw-away copies of your system. Commands:\n{lines}"
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """` Did you mean `x`?` for the closest of `known` to `word`, or "" when none is close."""
+    close = difflib.get_close_matches(word.lower(), list(known), n=1, cutoff=0.6)
+    return f" Did you mean `{close[0]}`?" if close else ""
 
 
 def _wrong(verb: str, what: str) -> Say:
@@ -136,7 +152,8 @@ def parse(text: str) -> Parsed:
     if verb in ("help", "-h", "--help"):
         return Run(Help(args[0].lower() if args else None))
     if verb not in VERBS:
-        return Say(f"`{tokens[0]}` is not a command I know.\n{usage()}")
+        return Say(f"`{tokens[0]}` is not a command I know.{did_you_mean(verb, VERBS)}\n"
+                   f"{usage()}")
     if "--help" in args or "-h" in args:
         return Say(usage(verb))
     try:
@@ -167,6 +184,8 @@ def _named(verb: str, args: list[str]) -> Parsed:
         return Run(Status(name))
     if verb == "reset-data":
         return Run(ResetData(name))
+    if verb == "creds":
+        return Run(Creds(name))
     return Run(Destroy(name))
 
 
@@ -217,7 +236,7 @@ def _create(args: list[str]) -> Parsed:
             )
         opt = token.partition("=")[0].lower()
         if opt not in _CREATE_OPTS:
-            raise UserError(f"`create` has no option `{opt}`.")
+            raise UserError(f"`create` has no option `{opt}`.{did_you_mean(opt, _CREATE_OPTS)}")
         if opt == "--reason":
             words = [token.partition("=")[2]] if "=" in token else []
             while rest and rest[0].lower().partition("=")[0] not in _CREATE_OPTS:

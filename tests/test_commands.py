@@ -127,7 +127,7 @@ async def test_retry_only_for_failed_and_repeats_the_last_job_kind(
 ) -> None:
     await commands.command(inv("create pr-1"))
     not_failed = await commands.action(inv(""), action_id="retry", value="pr-1")
-    assert "not failed" in not_failed[0].text
+    assert "only a failed environment can be retried" in not_failed[0].text
     async with store.transaction() as s:
         env = await repo.find_live_environment(s, "pr-1")
         assert env is not None
