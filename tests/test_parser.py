@@ -9,6 +9,7 @@ import pytest
 from bot.domain import DataMode, DataRequest, EnvRequest
 from handlers.parser import (
     Create,
+    Creds,
     Destroy,
     Extend,
     Help,
@@ -54,6 +55,7 @@ RUNS = [
     ("extend pr-142", Extend("pr-142")),
     ("extend pr-142 3d", Extend("pr-142", timedelta(days=3))),
     ("reset-data pr-142", ResetData("pr-142")),
+    ("creds pr-142", Creds("pr-142")),
 ]
 
 SAYS = [
@@ -110,3 +112,36 @@ def test_parser_never_raises_on_junk() -> None:
             "create --data snapshot:", "create --set ,,", "🙂", "create --reason=--ttl"]
     for text in junk:
         assert isinstance(parse(text), Run | Say)
+
+
+# "Did you mean": typed → the suggestion the reply carries ("" when nothing is close enough).
+DID_YOU_MEAN = [
+    ("crate pr-1", "Did you mean `create`?"),
+    ("distroy pr-1", "Did you mean `destroy`?"),
+    ("stauts pr-1", "Did you mean `status`?"),
+    ("lsit", "Did you mean `list`?"),
+    ("create pr-1 --tll 2d", "Did you mean `--ttl`?"),
+    ("create --mach staging", "Did you mean `--match`?"),
+    ("create PR_145", "Did you mean `pr-145`?"),
+    ("create my.branch.name", "Did you mean `my-branch-name`?"),
+    ("status Feature_X", "Did you mean `feature-x`?"),
+    ("frobnicate", ""),
+    ("create 123", ""),
+]
+
+
+@pytest.mark.parametrize(("text", "suggestion"), DID_YOU_MEAN)
+def test_did_you_mean(text: str, suggestion: str) -> None:
+    result = parse(text)
+    assert isinstance(result, Say), result
+    if suggestion:
+        assert suggestion in result.text
+    else:
+        assert "Did you mean" not in result.text
+
+
+@pytest.mark.parametrize("word", ["destroy", "extend", "status", "reset-data", "creds"])
+def test_a_command_word_alone_gets_usage(word: str) -> None:
+    result = parse(word)
+    assert isinstance(result, Say) and "needs the name" in result.text
+    assert f"Usage: `/ephem {word} NAME" in result.text
