@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,9 @@ def test_db_upgrade_is_repeatable(bot_db_url: str) -> None:
         done = run(["db", "upgrade"], {"EPHEM_DATABASE_URL": bot_db_url})
         assert done.returncode == 0, done.stderr
         assert "newest migration" in done.stdout
+
+
+def test_version() -> None:
+    done = run(["--version"], {})
+    assert done.returncode == 0
+    assert re.fullmatch(r"ephem \d+\.\d+\.\d+\S*\n", done.stdout), done.stdout
