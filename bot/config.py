@@ -78,6 +78,13 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(_describe(exc, "environment")) from None
 
 
+def user_data_dir() -> Path:
+    """Where Ephem keeps a person's own files (the shell's history): `$XDG_DATA_HOME/ephem`,
+    else `~/.local/share/ephem`."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ephem"
+
+
 def env_var(name: str) -> str | None:
     """The one sanctioned read of a single environment variable (e.g. a secret the blueprint
     names by reference, or a test switch)."""

@@ -86,14 +86,36 @@ async def test_shell_runs_commands_and_clicks_buttons_by_label(
         conn = await asyncpg.connect(asyncpg_dsn(pg_admin_url))
         await conn.execute(f"ALTER ROLE {quote_ident(weak_role)} CREATEDB CREATEROLE")
         await conn.close()
-        await term.type("Retry")  # clicks the Retry button shown on the card
+        await term.type("Retry")  # a label alone names no environment: nothing is clicked
+        await term.expect(r"Name the environment: Retry sh-1\.")
+        await term.type("Retry sh-1")  # clicks the Retry button shown on the card
         await term.expect(r"sh-1 · ready")
+        await term.expect(r"\[Extend\] \[Destroy\] \[Reset data\] \[Connection details\]")
         await term.type("status sh-1")
-        await term.expect(r"\*sh-1\* is ready")
-        await term.type("Destroy sh-1")  # the button, by label and environment
+        await term.expect(r"sh-1 is ready")  # mrkdwn rendered for a terminal: no *stars*
+
+        # A command word alone is a command: usage, and nothing is destroyed.
+        await term.type("destroy")
+        await term.expect(r"`?destroy`? needs the name of an environment")
+        await term.type("status sh-1")
+        await term.expect(r"sh-1 is ready")
+
+        # The button, named, asks what Slack's button asks; only yes destroys.
+        await term.type("Destroy sh-1")
+        await term.expect(r"Destroy this environment\? sh-1 and its database will be deleted\. "
+                          r"This cannot be undone\. Destroy\? \[y/N\]")
+        await term.type("n")
+        await term.expect(r"Not done: Destroy sh-1 was not confirmed")
+        await term.type("status sh-1")
+        await term.expect(r"sh-1 is ready")
+        await term.type("Destroy sh-1")
+        await term.expect(r"\[y/N\]")
+        await term.type("y")
         await term.expect(r"sh-1 · destroyed")
         await term.type("frobnicate")
         await term.expect(r"not a command I know")
+        await term.type("crate sh-2")
+        await term.expect(r"Did you mean create\?")
         await term.type("exit")
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
