@@ -31,6 +31,7 @@ from bot.cli.app import Ephem, build
 from bot.cli.bootstrap import state_database
 from bot.config import Settings, load_blueprint, user_data_dir
 from bot.ports import Invocation
+from bot.slack import messages
 from bot.slack.blocks import blocks_to_lines, plain
 from bot.slack.writer import ConsoleWriter
 from bot.store import repo
@@ -220,8 +221,9 @@ async def run_shell(settings: Settings, *, user: str, channel: str) -> int:
                 async with app.store.transaction() as s:
                     live = len(await repo.live_environments(s))
                 if live:
-                    print(f"leaving: {live} live environment{'s' if live != 1 else ''} "
-                          "go with the private PostgreSQL.", file=sys.stderr)
+                    print(f"leaving: {messages.count(live, 'live environment')} "
+                          f"{'goes' if live == 1 else 'go'} with the private PostgreSQL.",
+                          file=sys.stderr)
             print("leaving: waiting for running steps to finish", file=sys.stderr)
             await app.stop()
     return 0
