@@ -248,10 +248,11 @@ class Commands:
                 continue
             took = run.duration_seconds
             extra = f" in {took:.1f}s" if took is not None else ""
-            why = f" — {run.error}" if run.error else (f" — {run.detail}" if run.detail else "")
+            why = (f" — {escape(run.error)}" if run.error
+                   else (f" — {escape(run.detail)}" if run.detail else ""))
             lines.append(f"• {phase}: {run.action} {run.status}{extra}{why}")
         if env.last_error and env.status is EnvStatus.FAILED:
-            lines.append(f"last error: {env.last_error}")
+            lines.append(f"last error: {escape(env.last_error)}")
         return [Reply("\n".join(lines))]
 
     # ------------------------------------------------------------------ changes

@@ -190,3 +190,14 @@ def test_without_the_bot_id_any_leading_mention_is_stripped() -> None:
 def test_mrkdwn_on_a_terminal(mrkdwn: str, stripped: str, bold: str) -> None:
     assert plain(mrkdwn) == stripped
     assert plain(mrkdwn, ansi=True) == bold
+
+
+def test_errors_on_the_card_are_escaped() -> None:
+    failed = PhaseLine(PhaseName.DATA, PhaseStatus.FAILED,
+                       error="migration V9__<!channel>.sql failed near <@U2>")
+    blocks = status_card(view(EnvStatus.FAILED, failed))
+    [section] = [b for b in blocks if b["type"] == "section"]
+    assert "V9__&lt;!channel&gt;.sql failed near &lt;@U2&gt;" in section["text"]["text"]
+    text = status_card_text(view(EnvStatus.FAILED, PhaseLine(PhaseName.INFRA),
+                                 last_error="<!here> lease lost"))
+    assert text.splitlines()[-1] == "Last error: &lt;!here&gt; lease lost"

@@ -202,9 +202,10 @@ def card_view(env: Environment, runs: Mapping[PhaseName, PhaseRun]) -> CardView:
 
 
 def one_line(text: str) -> str:
-    """The first line of an error or a detail, at most SHORT_ERROR characters."""
+    """The first line of an error or a detail, at most SHORT_ERROR characters, escaped (tool
+    output and errors may quote what a person typed)."""
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return truncate(first, SHORT_ERROR)
+    return escape(truncate(first, SHORT_ERROR))
 
 
 _MARKS: dict[PhaseStatus | None, tuple[str, str]] = {  # (emoji, plain-text mark)
