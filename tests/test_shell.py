@@ -178,7 +178,7 @@ async def test_piped_help_leaves_cleanly_and_says_the_key_note_once(
     async with SlowHandshakes(parts.hostname, parts.port or 5432, delay=1.0) as proxy:
         slow_url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("EPHEM_", "SLACK_"))}
-        env |= {"EPHEM_DATABASE_URL": slow_url, "PYTHONASYNCIODEBUG": "1"}
+        env |= {"EPHEM_DATABASE_URL": slow_url}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot.cli", "shell", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)

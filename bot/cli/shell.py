@@ -35,6 +35,7 @@ from bot.slack import messages
 from bot.slack.blocks import blocks_to_lines, plain
 from bot.slack.writer import ConsoleWriter
 from bot.store import repo
+from handlers.parser import VERBS
 
 PROMPT = "ephem> "
 YES = ("y", "yes")
@@ -151,7 +152,7 @@ async def handle_line(app: Ephem, writer: ShellWriter, terminal: Terminal, line:
         await click(app, writer, terminal, inv, button)
         return
     alone = writer.label_alone(text)
-    if alone and text.split()[0].lower() not in _VERBS:
+    if alone and text.split()[0].lower() not in VERBS:
         names = ", ".join(f"`{b.label} {b.value}`" for b in alone)
         terminal.write(plain(f"Name the environment: {names}."))
         return
@@ -174,8 +175,6 @@ async def click(app: Ephem, writer: ShellWriter, terminal: Terminal, inv: Invoca
     await app.notifier.deliver(inv, replies)
 
 
-_VERBS = frozenset({"create", "list", "status", "destroy", "extend", "reset-data", "creds",
-                    "help"})
 _WORDS = ("exit", "quit")
 
 
