@@ -8,8 +8,11 @@ expected, never with a trace.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+import typing
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -91,6 +94,11 @@ def state_directory(settings: Settings) -> Path:
         return settings.state_dir
     xdg = os.environ.get("XDG_STATE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "ephem"
+def user_data_dir() -> Path:
+    """Where Ephem keeps a person's own files (the shell's history): `$XDG_DATA_HOME/ephem`,
+    else `~/.local/share/ephem`."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ephem"
 
 
 def env_var(name: str) -> str | None:
@@ -162,6 +170,19 @@ class Channels(_Strict):
     approvals: str | None = None
 
 
+def _version(value: object) -> object:
+    """A version must be written as text: YAML reads `2.10` unquoted as the number 2.1."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f"YAML read this version as the number {value!r}, which may have lost digits "
+            "(`2.10` becomes 2.1): quote it, like `api: \"2.10\"`"
+        )
+    return value
+
+
+Version = Annotated[str, BeforeValidator(_version)]
+
+
 
 
 class Component(_Strict):
@@ -228,7 +249,7 @@ class StaticSource(_Strict):
     """The set written in the blueprint (what `references.<env>.releases` says)."""
 
     kind: Literal["static"] = "static"
-    releases: dict[str, str] = Field(default_factory=dict)
+    releases: dict[str, Version] = Field(default_factory=dict)
 
 
 class ClusterSource(KubeAccess, WorkloadMatch):
@@ -275,7 +296,7 @@ class Reference(_Strict):
     """
 
     description: str = ""
-    releases: dict[str, str] = Field(default_factory=dict)
+    releases: dict[str, Version] = Field(default_factory=dict)
     source: ReleaseSourceConfig | None = None
 
     @model_validator(mode="after")
@@ -466,15 +487,54 @@ class Blueprint(_Strict):
     retries: Retries = Retries()
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _describe(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     lines = [f"{source} is invalid:"]
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        if err["type"] == "extra_forbidden" and model is not None and err["loc"]:
+            msg, shown = f"unknown key `{err['loc'][-1]}`", ""
+            close = difflib.get_close_matches(str(err["loc"][-1]),
+                                              known_keys(model, err["loc"][:-1]), n=1)
+            if close:
+                msg += f"; did you mean `{close[0]}`?"
         lines.append(f"  {path}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model an annotation holds (through Optional/Annotated), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, Annotated):
+        for arg in typing.get_args(annotation):
+            if (found := _model_in(arg)) is not None:
+                return found
+    return None
+
+
+def _value_model(annotation: object) -> type[BaseModel] | None:
+    """The model of a `dict[str, Model]`'s values, or None."""
+    if typing.get_origin(annotation) is dict:
+        return _model_in(typing.get_args(annotation)[1])
+    return None
+
+
+def known_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed at `loc` (a validation error's location) inside `model`."""
+    current: type[BaseModel] | None = model
+    pending_dict: type[BaseModel] | None = None
+    for part in loc:
+        if pending_dict is not None:  # `part` is a key of a dict of models
+            current, pending_dict = pending_dict, None
+            continue
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return []
+        annotation = current.model_fields[part].annotation
+        current, pending_dict = _model_in(annotation), _value_model(annotation)
+    return list(current.model_fields) if current is not None and pending_dict is None else []
 
 
 def example_blueprint_path() -> Path:
@@ -502,4 +562,4 @@ def parse_blueprint(raw: object, *, source: str = "blueprint",
     try:
         return Blueprint.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(_describe(exc, source, Blueprint)) from None

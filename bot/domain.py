@@ -196,10 +196,23 @@ def validate_name(name: str) -> str:
             " are reserved for Ephem's own snapshot and pool databases."
         )
     if not _NAME_RE.fullmatch(name):
+        suggestion = suggest_name(name)
         raise UserError(
             f"{quoted(name)} is not a valid name: use lowercase letters, digits and hyphens, "
             "starting with a letter and ending with a letter or digit (like `pr-142`)."
+            + (f" Did you mean `{suggestion}`?" if suggestion else "")
         )
+    return name
+
+
+def suggest_name(text: str) -> str | None:
+    """The valid name closest to `text` (`PR_145` → `pr-145`), or None if nothing is left."""
+    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    name = re.sub(r"^[^a-z]+", "", name)[:NAME_MAX].rstrip("-")
+    if not name or name == text or not _NAME_RE.match(name):
+        return None
+    if name.startswith(RESERVED_NAME_PREFIXES):
+        return None
     return name
 
 

@@ -3,6 +3,10 @@
 Why here and not in a handler: nobody types these; they happen because time passed. Each tick is
 one transaction per environment, safe to run in several bot processes at once (rows are locked
 with SKIP LOCKED, so two schedulers never remind or reap the same environment twice).
+
+When: an environment is reminded `remind_before` ahead of its expiry, or a quarter of its
+lifetime ahead when that is shorter — a 2-hour environment with `remind_before: 4h` is reminded
+30 minutes before it goes, not the moment it is ready.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Scheduler:
         self.clock = clock
         self.periodic = tuple(periodic)  # more work on the same beat (snapshots and pools)
         self._task: asyncio.Task[None] | None = None
+        self._ticking: asyncio.Future[TickResult] | None = None
 
     async def tick(self) -> TickResult:
         """One pass: remind owners of environments about to expire, reap expired ones."""
@@ -62,7 +67,7 @@ class Scheduler:
         reaped: list[int] = []
         live = (EnvStatus.READY, EnvStatus.FAILED)
         async with self.store.transaction() as s:
-            due = (await s.execute(
+            near = (await s.execute(
                 select(Environment).where(
                     Environment.status.in_(live),
                     Environment.reminded_at.is_(None),
@@ -70,9 +75,10 @@ class Scheduler:
                     Environment.expires_at <= now + self.remind_before,
                 ).with_for_update(skip_locked=True)
             )).scalars().all()
-            for env in due:
-                env.reminded_at = now
-                reminded.append(env.id)
+            for env in near:
+                if env.expires_at - now <= self.lead_time(env):
+                    env.reminded_at = now
+                    reminded.append(env.id)
         async with self.store.transaction() as s:
             expired = (await s.execute(
                 select(Environment).where(
@@ -96,11 +102,23 @@ class Scheduler:
             await self.reaped(env_id)
         return TickResult(reminded=reminded, reaped=reaped)
 
+    def lead_time(self, env: Environment) -> timedelta:
+        """How long before `env` expires its owner is reminded."""
+        lifetime = max(env.expires_at - env.created_at, timedelta(0))
+        return min(self.remind_before, lifetime / 4)
+
     async def _loop(self) -> None:
         while True:
             for work in (self.tick, *self.periodic):
                 try:
-                    await work()
+                    if work == self.tick:
+                        # Shielded: a tick is a few short transactions, and cancelling one in
+                        # the middle of opening a connection leaves asyncpg's handshake future
+                        # failing with nobody to read it. `stop` lets it finish instead.
+                        self._ticking = asyncio.ensure_future(self.tick())
+                        await asyncio.shield(self._ticking)
+                    else:
+                        await work()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -111,9 +129,15 @@ class Scheduler:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="ephem-scheduler")
 
-    async def stop(self) -> None:
+    async def stop(self, *, tick_grace: float = 10.0) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._ticking is not None and not self._ticking.done():
+            await asyncio.wait([self._ticking], timeout=tick_grace)
+            self._ticking.cancel()
+        if self._ticking is not None and self._ticking.done() and not self._ticking.cancelled():
+            self._ticking.exception()  # read, so a failed last tick is not reported as unread
+        self._ticking = None

@@ -8,6 +8,7 @@ so every entry point behaves identically.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,11 +35,22 @@ from bot.domain import (
 )
 from bot.errors import UserError
 from bot.mrkdwn import escape
-from bot.ports import Invocation, ReleaseResolver, Reply, Visibility
+from bot.ports import CredentialsSource, Invocation, ReleaseResolver, Reply, Visibility
+from bot.slack import messages
 from bot.store import Store, repo
 from bot.store.models import Environment
 from handlers import parser
-from handlers.parser import Create, Destroy, Diff, Extend, Help, ListEnvs, ResetData, Status
+from handlers.parser import (
+    Create,
+    Creds,
+    Destroy,
+    Diff,
+    Extend,
+    Help,
+    ListEnvs,
+    ResetData,
+    Status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +143,18 @@ class Commands:
 
     `releases` reads a reference's release set from its source (the composition root passes
     the pipelines' resolver); without one, only the blueprint's static `releases` are known.
+    `credentials` says an environment's secrets again (`/ephem creds`, the Connection details
+    button); without one, those answer that this Ephem cannot show them.
     """
 
     def __init__(self, *, store: Store, blueprint: Blueprint, clock: Clock = utcnow,
-                 releases: ReleaseResolver | None = None) -> None:
+                 releases: ReleaseResolver | None = None,
+                 credentials: CredentialsSource | None = None) -> None:
         self.store = store
         self.blueprint = blueprint
         self.clock = clock
         self.releases = releases
+        self.credentials = credentials
 
     # ------------------------------------------------------------------ entry points
 
@@ -164,6 +180,10 @@ class Commands:
                 return await self._destroy(inv, Destroy(value))
             if action_id == "extend":
                 return await self._extend(inv, Extend(value))
+            if action_id == "reset-data":
+                return await self._reset_data(inv, ResetData(value))
+            if action_id == "creds":
+                return await self._creds(inv, Creds(value))
         except UserError as exc:
             return [Reply(str(exc))]
         return [Reply(f"That button ({quoted(action_id)}) is not one I know; it may be from an "
@@ -183,6 +203,8 @@ class Commands:
                 return await self._extend(inv, cmd)
             case ResetData():
                 return await self._reset_data(inv, cmd)
+            case Creds():
+                return await self._creds(inv, cmd)
             case Help():
                 return [Reply(parser.usage(cmd.topic))]
             case Diff():
@@ -284,7 +306,7 @@ class Commands:
             + (f"expires in {_ago(e.expires_at - now)}" if e.expires_at > now else "expired")
             for e in envs
         ]
-        return [Reply(f"{len(envs)} live environment(s):\n" + "\n".join(lines))]
+        return [Reply(f"{messages.count(len(envs), 'live environment')}:\n" + "\n".join(lines))]
 
     async def _status(self, cmd: Status) -> list[Reply]:
         async with self.store.transaction() as s:
@@ -292,7 +314,7 @@ class Commands:
             runs = await repo.latest_phase_runs(s, env.id)
         now = self.clock()
         lines = [
-            f"*{escape(env.name)}* is {env.status} (owner <@{env.owner_id}>, "
+            f"{messages.is_status(env.name, env.status)} (owner <@{env.owner_id}>, "
             f"reference {quoted(env.reference or '-')}, expires in {_ago(env.expires_at - now)})"
         ]
         if env.release_set:
@@ -342,7 +364,7 @@ class Commands:
     async def _destroy(self, inv: Invocation, cmd: Destroy) -> list[Reply]:
         async with self.store.transaction() as s:
             env = await self._find(s, cmd.name, for_update=True)
-            self._authorize(inv, env, "destroy")
+            self._authorize(inv, env, "destroy it")
             pending = await repo.pending_jobs(s, env.id)
             if any(j.kind is JobKind.DESTROY for j in pending):
                 return [Reply(f"*{escape(env.name)}* is already being destroyed.")]
@@ -366,7 +388,7 @@ class Commands:
         # of adding it to a date first (which overflows past year 9999).
         async with self.store.transaction() as s:
             env = await self._find(s, cmd.name, for_update=True)
-            self._authorize(inv, env, "extend")
+            self._authorize(inv, env, "extend it")
             if env.status in (EnvStatus.DESTROYING, EnvStatus.DESTROYED):
                 raise UserError(f"*{escape(env.name)}* is being destroyed; it cannot be extended.")
             base = max(env.expires_at, now)
@@ -389,10 +411,10 @@ class Commands:
                             "database to reset.")
         async with self.store.transaction() as s:
             env = await self._find(s, cmd.name, for_update=True)
-            self._authorize(inv, env, "reset the data of")
+            self._authorize(inv, env, "reset its data")
             if env.status is not EnvStatus.READY:
-                raise UserError(f"*{escape(env.name)}* is {env.status}; only a ready environment's "
-                                "data can be reset.")
+                raise UserError(f"{messages.is_status(env.name, env.status)}; only a ready "
+                                "environment's data can be reset.")
             if await repo.pending_jobs(s, env.id):
                 raise UserError(f"*{escape(env.name)}* already has work queued.")
             await repo.enqueue_job(s, env_id=env.id, kind=JobKind.RESET_DATA,
@@ -407,10 +429,10 @@ class Commands:
     async def _retry(self, inv: Invocation, name: str) -> list[Reply]:
         async with self.store.transaction() as s:
             env = await self._find(s, name, for_update=True)
-            self._authorize(inv, env, "retry")
+            self._authorize(inv, env, "retry it")
             if env.status is not EnvStatus.FAILED:
-                raise UserError(f"*{escape(env.name)}* is {env.status}, not failed; nothing "
-                                "to retry.")
+                raise UserError(f"{messages.is_status(env.name, env.status)}; only a failed "
+                                "environment can be retried.")
             if await repo.pending_jobs(s, env.id):
                 raise UserError(f"*{escape(env.name)}* already has work queued.")
             kind = await repo.last_job_kind(s, env.id) or JobKind.CREATE
@@ -420,20 +442,37 @@ class Commands:
         return [Reply(f"<@{inv.user_id}> asked to retry the {kind}; it resumes at the step "
                       "that failed.", visibility=Visibility.THREAD, env_id=env.id)]
 
+    async def _creds(self, inv: Invocation, cmd: Creds) -> list[Reply]:
+        """The owner's connection details, said again (derived, never stored).
+
+        Owner only, admins included: an admin may destroy or extend anyone's environment, but
+        its passwords are the owner's to share.
+        """
+        async with self.store.transaction() as s:
+            env = await self._find(s, cmd.name)
+        if inv.user_id != env.owner_id:
+            return [Reply(messages.creds_not_yours(env.name, env.owner_id))]
+        if self.credentials is None:
+            raise UserError("This Ephem cannot say credentials again.")
+        secrets = await self.credentials.credentials(env.id)
+        if not secrets:
+            return [Reply(messages.no_credentials(env.name))]
+        return [Reply(messages.credentials(env.name, secrets))]
+
     # ------------------------------------------------------------------ helpers
 
     async def _find(self, s: AsyncSession, name: str, *, for_update: bool = False
                     ) -> Environment:
         env = await repo.find_live_environment(s, name, for_update=for_update)
         if env is None:
-            raise UserError(f"There is no live environment named {quoted(name)}. "
-                            "`/ephem list` shows the ones there are.")
+            live = [e.name for e in await repo.live_environments(s)]
+            close = difflib.get_close_matches(name, live, n=1, cutoff=0.6)
+            raise UserError(messages.no_such_environment(name, close[0] if close else None))
         return env
 
-    def _authorize(self, inv: Invocation, env: Environment, verb: str) -> None:
+    def _authorize(self, inv: Invocation, env: Environment, deed: str) -> None:
         if inv.user_id == env.owner_id or inv.user_id in self.blueprint.admins:
             return
         if inv.source == "scheduler":
             return
-        raise UserError(f"*{escape(env.name)}* belongs to <@{env.owner_id}>; only they or an admin "
-                        f"can {verb} it.")
+        raise UserError(messages.not_yours(env.name, env.owner_id, deed))

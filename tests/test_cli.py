@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,31 @@ def test_db_upgrade_is_repeatable(bot_db_url: str) -> None:
         done = run(["db", "upgrade"], {"EPHEM_DATABASE_URL": bot_db_url})
         assert done.returncode == 0, done.stderr
         assert "newest migration" in done.stdout
+
+
+def test_version() -> None:
+    done = run(["--version"], {})
+    assert done.returncode == 0
+    assert re.fullmatch(r"ephem \d+\.\d+\.\d+\S*\n", done.stdout), done.stdout
+
+
+def test_demo_keep_on_the_private_server_refuses_instead_of_losing_the_environment(
+    tmp_path: Path
+) -> None:
+    done = run(["demo", "--keep"], {"HOME": str(tmp_path)}, timeout=30)
+    assert done.returncode == 2
+    assert "`ephem demo --keep` needs EPHEM_DATABASE_URL" in done.stderr
+    assert "deleted when the demo ends" in done.stderr
+    assert "kept" not in done.stdout
+
+
+def test_shell_on_the_private_server_says_nothing_is_kept(tmp_path: Path) -> None:
+    """Without EPHEM_DATABASE_URL, plainly: what is made here goes when the shell ends."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("EPHEM_", "SLACK_"))}
+    done = subprocess.run([*EPHEM, "shell"], input="create sh-kept --data none\n",
+                          env={**base, "HOME": str(tmp_path)}, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Nothing made here is kept." in done.stdout
+    assert "leaving: 1 live environment goes with the private PostgreSQL." in done.stderr
+    assert "WARNING" not in done.stdout + done.stderr

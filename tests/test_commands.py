@@ -127,7 +127,7 @@ async def test_retry_only_for_failed_and_repeats_the_last_job_kind(
 ) -> None:
     await commands.command(inv("create pr-1"))
     not_failed = await commands.action(inv(""), action_id="retry", value="pr-1")
-    assert "not failed" in not_failed[0].text
+    assert "only a failed environment can be retried" in not_failed[0].text
     async with store.transaction() as s:
         env = await repo.find_live_environment(s, "pr-1")
         assert env is not None
@@ -142,7 +142,7 @@ async def test_retry_only_for_failed_and_repeats_the_last_job_kind(
     assert [(j.kind, j.status) for j in jobs][-1] == (JobKind.CREATE, JobStatus.QUEUED)
 
 
-async def test_list_and_status(commands: Commands) -> None:
+async def test_list_and_status(commands: Commands, store: Store) -> None:
     empty = await commands.command(inv("list"))
     assert "No live environments" in empty[0].text
     await commands.command(inv("create pr-1"))
@@ -153,6 +153,19 @@ async def test_list_and_status(commands: Commands) -> None:
     assert "*pr-2* is queued" in status[0].text and "data: pending" in status[0].text
     missing = await commands.command(inv("status nope"))
     assert "no live environment named `nope`" in missing[0].text
+    assert "Did you mean" not in missing[0].text
+    typo = await commands.command(inv("status pr1"))
+    assert "no live environment named `pr1`. Did you mean `pr-1`?" in typo[0].text
+    everyone = await commands.command(inv("list"))
+    assert everyone[0].text.startswith("2 live environments:")
+    await commands.command(inv("destroy pr-2", user="UBOB"))
+    async with store.transaction() as s:
+        gone = await repo.find_live_environment(s, "pr-2")
+        assert gone is not None
+        await repo.set_status(s, gone, EnvStatus.DESTROYING)
+        await repo.set_status(s, gone, EnvStatus.DESTROYED)
+    one = await commands.command(inv("list"))
+    assert one[0].text.startswith("1 live environment:")
 
 
 async def test_unknown_button_is_answered(commands: Commands) -> None:
@@ -174,7 +187,7 @@ async def test_reset_data_queues_a_data_only_job_for_ready_environments(
         await repo.set_status(s, env, EnvStatus.CREATING)
         await repo.set_status(s, env, EnvStatus.READY)
     other = await commands.command(inv("reset-data pr-1", user="UBOB"))
-    assert "belongs to" in other[0].text
+    assert other[0].text == "*pr-1* belongs to <@UANA>; only they or an admin can reset its data."
     done = await commands.command(inv("reset-data pr-1"))
     assert done[0].visibility is Visibility.THREAD
     async with store.transaction() as s:
@@ -219,3 +232,20 @@ async def test_a_reason_is_echoed_escaped(commands: Commands) -> None:
     [reply] = await commands.command(inv('create pr-1 --reason "<!channel> look <https://x|y>"'))
     assert "<!channel>" not in reply.text and "<https://x|y>" not in reply.text
     assert "reason: &lt;!channel&gt; look &lt;https://x|y&gt;" in reply.text
+@pytest.mark.parametrize(("status", "said"), [
+    (EnvStatus.FAILED, "*pr-1* has failed; only a ready environment's data can be reset."),
+    (EnvStatus.CREATING, "*pr-1* is being created; only a ready environment's data can be reset."),
+])
+async def test_a_status_is_said_as_a_sentence(commands: Commands, store: Store,
+                                              status: EnvStatus, said: str) -> None:
+    await commands.command(inv("create pr-1"))
+    async with store.transaction() as s:
+        env = await repo.find_live_environment(s, "pr-1")
+        assert env is not None
+        await repo.set_status(s, env, EnvStatus.CREATING)
+        if status is EnvStatus.FAILED:
+            await repo.set_status(s, env, EnvStatus.FAILED)
+    replies = await commands.command(inv("reset-data pr-1"))
+    assert replies[0].text == said
+    shown = await commands.command(inv("status pr-1"))
+    assert shown[0].text.startswith(said.split(";", maxsplit=1)[0] + " (owner")

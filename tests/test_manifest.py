@@ -22,8 +22,8 @@ NEEDED_SCOPES = {
     "chat:write": "chat.postMessage, chat.update, chat.postEphemeral",
     "chat:write.public": "posting in channels the bot was not invited to",
     "app_mentions:read": "the app_mention event",
-    "im:write": "conversations.open for reminders and credentials",
-    "users:read": "users.info for names and time zones",
+    "im:write": "conversations.open for credentials when an ephemeral cannot reach",
+    "im:history": "the message.im event: commands in the Messages tab",
 }
 
 
@@ -62,7 +62,7 @@ def test_every_request_url_is_the_one_events_endpoint(manifest: dict[str, Any]) 
     settings = manifest["settings"]
     assert settings["interactivity"] == {"is_enabled": True, "request_url": EVENTS_URL}
     assert settings["event_subscriptions"]["request_url"] == EVENTS_URL
-    assert settings["event_subscriptions"]["bot_events"] == ["app_mention"]
+    assert settings["event_subscriptions"]["bot_events"] == ["app_mention", "message.im"]
 
 
 def test_http_mode_by_default(manifest: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import pytest
 from bot.domain import DataMode, DataRequest, EnvRequest
 from handlers.parser import (
     Create,
+    Creds,
     Destroy,
     Diff,
     Extend,
@@ -66,6 +67,7 @@ RUNS = [
     ("diff PR-142 --against staging", Diff("pr-142", "staging")),
     ("diff pr-142 --against=production", Diff("pr-142", "production")),
     ("help diff", Help("diff")),
+    ("creds pr-142", Creds("pr-142")),
 ]
 
 SAYS = [
@@ -167,3 +169,34 @@ def test_quoted_input_is_escaped_so_slack_shows_it_as_text(text: str) -> None:
 
 def test_a_huge_extension_is_parsed_for_the_cap_to_apply() -> None:
     assert parse("extend pr-1 500000w") == Run(Extend("pr-1", timedelta(weeks=500000)))
+# "Did you mean": typed → the suggestion the reply carries ("" when nothing is close enough).
+DID_YOU_MEAN = [
+    ("crate pr-1", "Did you mean `create`?"),
+    ("distroy pr-1", "Did you mean `destroy`?"),
+    ("stauts pr-1", "Did you mean `status`?"),
+    ("lsit", "Did you mean `list`?"),
+    ("create pr-1 --tll 2d", "Did you mean `--ttl`?"),
+    ("create --mach staging", "Did you mean `--match`?"),
+    ("create PR_145", "Did you mean `pr-145`?"),
+    ("create my.branch.name", "Did you mean `my-branch-name`?"),
+    ("status Feature_X", "Did you mean `feature-x`?"),
+    ("frobnicate", ""),
+    ("create 123", ""),
+]
+
+
+@pytest.mark.parametrize(("text", "suggestion"), DID_YOU_MEAN)
+def test_did_you_mean(text: str, suggestion: str) -> None:
+    result = parse(text)
+    assert isinstance(result, Say), result
+    if suggestion:
+        assert suggestion in result.text
+    else:
+        assert "Did you mean" not in result.text
+
+
+@pytest.mark.parametrize("word", ["destroy", "extend", "status", "reset-data", "creds"])
+def test_a_command_word_alone_gets_usage(word: str) -> None:
+    result = parse(word)
+    assert isinstance(result, Say) and "needs the name" in result.text
+    assert f"Usage: `/ephem {word} NAME" in result.text

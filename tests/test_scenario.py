@@ -21,6 +21,7 @@ from bot.slack.bolt import build_bolt_app
 from bot.slack.http import HttpServer
 from bot.slack.writer import WebApiWriter, make_web_client
 from bot.store import repo
+from tests.conftest import as_user
 from tests.slackapi import Call, SlackApi, SlackSender, slack_api_fixture  # noqa: F401
 
 SECRET = "scenario-signing-secret"
@@ -118,6 +119,10 @@ async def test_create_use_and_destroy_from_slack(bot: Bot, pg_admin_url: str) ->
 
     card = bot.card_text()
     assert "sc-1" in card and "ready" in card
+    assert "api `2.8.0-rc1`" in card  # what was asked for is on the card
+    buttons = [e["action_id"] for b in bot.card()["blocks"] if b["type"] == "actions"
+               for e in b["elements"]]
+    assert buttons == ["ephem:extend", "ephem:destroy", "ephem:reset-data", "ephem:creds"]
     thread = [m["text"] for m in bot.api.replies(bot.api.roots(CHANNEL)[0])]
     assert any("Queued" in t and "api=2.8.0-rc1" in t for t in thread)
 
@@ -134,11 +139,24 @@ async def test_create_use_and_destroy_from_slack(bot: Bot, pg_admin_url: str) ->
     assert await conn.fetchval("SELECT current_database()") == f"{bot.prefix}sc_1"
     await conn.close()
 
+    # Connection details again, to the owner only: the button and `/ephem creds`.
+    await bot.slack.action("ephem:creds", value="sc-1", user_id=OTHER, channel_id=CHANNEL)
+    refused = await bot.api.wait_for("chat.postEphemeral",
+                                     lambda c: c.params["user"] == OTHER, timeout=20)
+    assert "Only the owner" in refused[0].params["text"] and password not in _text(refused[0])
+    await bot.slack.action("ephem:creds", value="sc-1", user_id=OWNER, channel_id=CHANNEL)
+    await bot.slack.command("creds sc-1", user_id=OWNER, channel_id=CHANNEL)
+    again = await bot.api.wait_for(
+        "chat.postEphemeral",
+        lambda c: c.params["user"] == OWNER and "Connection details" in c.params["text"],
+        count=2, timeout=20)
+    assert all(url in c.params["text"] for c in again)
+
     # Someone else may not destroy it; the owner may.
     await bot.slack.command("destroy sc-1", user_id=OTHER, channel_id=CHANNEL)
     refusal = await bot.api.wait_for("chat.postEphemeral",
-                                     lambda c: c.params["user"] == OTHER, timeout=20)
-    assert "belongs to <@UANA>" in refusal[0].params["text"]
+                                     lambda c: c.params["user"] == OTHER, count=2, timeout=20)
+    assert "belongs to <@UANA>" in refusal[1].params["text"]
     assert await bot.status("sc-1") is EnvStatus.READY
 
     await bot.slack.command("destroy sc-1", user_id=OWNER, channel_id=CHANNEL)
@@ -174,8 +192,7 @@ async def test_a_failed_phase_shows_why_and_retry_and_destroy_buttons(
     await admin.execute(f"DROP ROLE IF EXISTS {quote_ident(weak)}")
     await admin.execute(f"CREATE ROLE {quote_ident(weak)} LOGIN")
     await admin.close()
-    weak_url = pg_admin_url.replace("postgres@", f"{weak}@", 1)
-    assert weak in weak_url, "the admin URL is expected to name the postgres user"
+    weak_url = as_user(pg_admin_url, weak)
     async for bot in _bot(slack_api, bot_db_url, {"server": weak_url}, db_prefix):
         await bot.slack.command("create sc-3", user_id=OWNER, channel_id=CHANNEL)
         await bot.wait_status("sc-3", EnvStatus.FAILED)
@@ -201,3 +218,25 @@ async def test_a_failed_phase_shows_why_and_retry_and_destroy_buttons(
                                            channel_id=CHANNEL)
         assert status == 200
         await bot.wait_status("sc-3", EnvStatus.DESTROYED)
+
+
+async def test_a_direct_message_is_a_command_answered_in_the_dm(bot: Bot) -> None:
+    """The manifest's Messages tab is writable: what is typed there runs like `/ephem`."""
+    dm = "DANA"
+
+    def message(text: str, ts: str, **extra: Any) -> dict[str, Any]:
+        return {"type": "message", "channel_type": "im", "channel": dm, "user": OWNER,
+                "text": text, "ts": ts, "event_ts": ts, **extra}
+
+    await bot.slack.event(message("crate sc-5", "1.1"), event_id="EvDm1")
+    [typo] = await bot.api.wait_for("chat.postEphemeral", timeout=20)
+    assert typo.params["channel"] == dm and "Did you mean `create`?" in typo.params["text"]
+
+    await bot.slack.event(message("create sc-5 --data none", "1.2"), event_id="EvDm2")
+    await bot.api.wait_for("chat.postMessage", lambda c: c.params["channel"] == dm, timeout=20)
+    assert await bot.status("sc-5") is not None
+    # Ephem's own messages in the DM (its card, edits) are not commands.
+    await bot.slack.event(message("list", "1.3", bot_id="BBOT"), event_id="EvDm3")
+    await bot.slack.event(message("list", "1.4", subtype="message_changed"), event_id="EvDm4")
+    await bot.app.inflight.drain(5)
+    assert len(bot.api.calls_to("chat.postEphemeral")) == 1

@@ -14,7 +14,9 @@ from bot.store.models import AuditEvent, Job, SlackRequestSeen
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
-async def _ready_env(store: Store, name: str, expires_in: timedelta) -> int:
+async def _ready_env(store: Store, name: str, expires_in: timedelta, *,
+                     made: datetime = NOW - timedelta(days=2)) -> int:
+    """A ready environment made at `made` (on the test's clock) expiring `expires_in` from NOW."""
     async with store.transaction() as s:
         env = await repo.create_environment(
             s, name=name, owner_id="UANA", channel_id="C1", reference=None, release_set={},
@@ -23,6 +25,7 @@ async def _ready_env(store: Store, name: str, expires_in: timedelta) -> int:
         )
         await repo.set_status(s, env, EnvStatus.CREATING)
         await repo.set_status(s, env, EnvStatus.READY)
+        env.created_at = made
         return env.id
 
 
@@ -71,3 +74,27 @@ async def test_reminds_once_and_reaps_expired(store: Store) -> None:
     clock[0] = NOW + timedelta(hours=21)  # `later` is now within 4h of expiry
     third = await sched.tick()
     assert third.reminded == [later]
+
+
+async def test_a_short_lived_environment_is_reminded_a_quarter_of_its_life_ahead(
+    store: Store
+) -> None:
+    """TTL 2h, remind_before 4h: not at once after ready, but 30 minutes before expiry."""
+    short = await _ready_env(store, "short", timedelta(hours=2), made=NOW)
+    reminded: list[int] = []
+
+    async def remind(env_id: int) -> None:
+        reminded.append(env_id)
+
+    async def on_reaped(env_id: int) -> None:
+        del env_id
+
+    clock = [NOW + timedelta(minutes=1)]  # just after it became ready
+    sched = Scheduler(store=store, remind_before=timedelta(hours=4), remind=remind,
+                      reaped=on_reaped, clock=lambda: clock[0])
+    assert (await sched.tick()).reminded == []
+    clock[0] = NOW + timedelta(minutes=89)
+    assert (await sched.tick()).reminded == []
+    clock[0] = NOW + timedelta(minutes=91)  # 29 minutes left
+    assert (await sched.tick()).reminded == [short]
+    assert reminded == [short]

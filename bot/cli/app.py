@@ -15,12 +15,14 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from bot.config import Blueprint, Settings, state_directory
 from bot.domain import PhaseName
 from bot.executor import Executor
 from bot.ports import Invocation, Reply, Visibility
 from bot.scheduler import Scheduler
+from bot.slack import messages
 from bot.slack.blocks import reminder_blocks
 from bot.slack.notifier import Notifier
 from bot.slack.writer import SlackWriter, WebApiWriter, make_web_client
@@ -142,8 +144,6 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
     notifier = Notifier(store, writer, coalesce_seconds=coalesce_seconds)
-    commands = Commands(store=store, blueprint=blueprint,
-                        releases=Resolver(blueprint.references))
     data_phase, keeper = data_parts(settings, blueprint)
     phases: dict[PhaseName, Phase] = {PhaseName.DATA: data_phase} if data_phase else {}
     code = code_phase(settings, blueprint)
@@ -151,6 +151,8 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
         phases[PhaseName.CODE] = code
     runner = Runner(store=store, phases=phases, blueprint=blueprint, events=notifier,
                     secret_key=secret_key(settings))
+    commands = Commands(store=store, blueprint=blueprint, credentials=runner,
+                        releases=Resolver(blueprint.references))
     executor = Executor(
         store=store, work=runner, owner=f"{socket.gethostname()}:{os.getpid()}",
         workers=settings.workers, lease_seconds=settings.lease_seconds,
@@ -160,8 +162,9 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
     async def remind(env_id: int) -> None:
         async with store.transaction() as s:
             env = await repo.get_environment(s, env_id)
-        text = (f"<@{env.owner_id}> *{env.name}* expires <!date^{int(env.expires_at.timestamp())}"
-                f"^{{date_short_pretty}} at {{time}}|soon>. Extend it, or destroy it now?")
+        left = env.expires_at - datetime.now(UTC)
+        text = messages.reminder(env.name, owner_id=env.owner_id, left=left,
+                                 expires=messages.slack_date(env.expires_at))
         await notifier.deliver(
             Invocation(user_id=env.owner_id, channel_id=env.channel_id, source="scheduler"),
             [Reply(text, visibility=Visibility.THREAD, env_id=env_id,

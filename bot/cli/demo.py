@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import sys
 import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -32,7 +33,7 @@ from bot.cli.sample_data import make_production
 from bot.config import Blueprint, Settings, load_blueprint
 from bot.domain import EnvStatus, JobStatus
 from bot.errors import PhaseError
-from bot.pg import asyncpg_dsn, quote_ident
+from bot.pg import asyncpg_dsn, quote_ident, redact
 from bot.ports import Invocation
 from bot.slack.writer import ConsoleWriter
 from bot.store import repo
@@ -119,7 +120,18 @@ async def database_exists(admin_url: str, database: str) -> bool:
         await conn.close()
 
 
+KEEP_NEEDS_A_DATABASE = (
+    "`ephem demo --keep` needs EPHEM_DATABASE_URL: without it the demo runs on a private "
+    "PostgreSQL that is deleted when the demo ends, so there would be nothing to keep. Run "
+    "`ephem demo` to see it all, or set EPHEM_DATABASE_URL to a server of yours to keep the "
+    "environment."
+)
+
+
 async def run_demo(settings: Settings, *, keep: bool = False) -> int:
+    if keep and not settings.database_url:
+        print(KEEP_NEEDS_A_DATABASE, file=sys.stderr)
+        return 2
     blueprint = load_blueprint(settings.config)
     banner("starting" + ("" if settings.database_url else " a private PostgreSQL (embedded)"))
     async with state_database(settings) as url:
@@ -264,7 +276,8 @@ async def _scenario(app: Ephem, transcript: Transcript, *, production: str | Non
                 return 1
             await app.notifier.flush()
     if keep:
-        banner(f"kept {name}; destroy it with `ephem shell` → destroy {name}")
+        banner(f"kept {name} in {redact(app.settings.database_url)}; destroy it with "
+               f"`ephem shell`, then `destroy {name}`")
         return 0
 
     banner(f"/ephem destroy {name}")

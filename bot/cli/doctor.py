@@ -7,19 +7,26 @@ Nothing here prints a secret: URLs are shown with their password redacted.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import shutil
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from bot.cli.app import masking_key
 from bot.config import Blueprint, Settings
+from bot.domain import format_duration
+from bot.errors import EphemError
 from bot.pg import asyncpg_dsn, redact, scrub
 from bot.store import Store
 from bot.store.migrate import alembic_config
+from pipelines.data.rules import load_rules
 
 
 @dataclass(frozen=True)
@@ -32,21 +39,126 @@ class Check:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.detail}"
 
 
-async def _guard(name: str, probe: Callable[[], Awaitable[str]]) -> Check:
+def unreachable(url: str, exc: BaseException) -> str:
+    """Why a PostgreSQL URL did not answer, and what to do — the URL's password hidden."""
+    parts = urlsplit(url)
+    where = f"{parts.hostname or 'the local socket'}" + (f":{parts.port}" if parts.port else "")
+    shown = redact(url)
+    if isinstance(exc, socket.gaierror):
+        return (f"cannot reach {shown}: the host {parts.hostname} is not known; check the "
+                "host name")
+    if isinstance(exc, ConnectionRefusedError | FileNotFoundError):
+        return (f"cannot reach {shown}: nothing listens at {where}; is the server running, and "
+                "is the port right?")
+    if isinstance(exc, TimeoutError):
+        return (f"cannot reach {shown}: no answer from {where} within 10 s; a firewall, or the "
+                "wrong host?")
+    if isinstance(exc, asyncpg.InvalidPasswordError
+                  | asyncpg.InvalidAuthorizationSpecificationError):
+        return f"{shown} refused the login ({scrub(str(exc))}); check the user and password"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return f"{shown}: {scrub(str(exc))}; create it, or fix the database name"
+    if isinstance(exc, OSError):
+        return f"cannot reach {shown}: {scrub(exc.strerror or str(exc))}"
+    return f"{shown}: {type(exc).__name__}: {scrub(str(exc))}"
+
+
+async def _guard(name: str, probe: Callable[[], Awaitable[str]], *, url: str | None = None
+                 ) -> Check:
     try:
         return Check(name, True, await asyncio.wait_for(probe(), timeout=10))
-    except TimeoutError:
-        return Check(name, False, "no answer within 10 s")
+    except TimeoutError as exc:
+        return Check(name, False, unreachable(url, exc) if url else "no answer within 10 s")
+    except (OSError, asyncpg.PostgresError) as exc:
+        return Check(name, False, unreachable(url, exc) if url
+                     else f"{type(exc).__name__}: {scrub(str(exc))}")
     except Exception as exc:  # every failure becomes a line, never a trace
         return Check(name, False, f"{type(exc).__name__}: {scrub(str(exc))}")
 
 
+def _close(word: str, known: list[str]) -> str:
+    found = difflib.get_close_matches(word, known, n=1)
+    return f"; did you mean `{found[0]}`?" if found else ""
+
+
+def defaults_checks(blueprint: Blueprint) -> list[Check]:
+    """What in `defaults` would make every create fail."""
+    d = blueprint.defaults
+    checks = []
+    if d.ttl > d.max_ttl:
+        checks.append(Check("defaults", False, f"ttl {format_duration(d.ttl)} is longer than "
+                            f"max_ttl {format_duration(d.max_ttl)}: every create without --ttl "
+                            "is refused; lower ttl or raise max_ttl"))
+    if d.reference is not None and d.reference not in blueprint.references:
+        known = list(blueprint.references)
+        checks.append(Check("defaults", False, f"reference `{d.reference}` is not among the "
+                            f"references ({', '.join(known) or 'none'})"
+                            f"{_close(d.reference, known)}"))
+    return checks or [Check("defaults", True, f"ttl {format_duration(d.ttl)}, max_ttl "
+                            f"{format_duration(d.max_ttl)}, reference {d.reference or '-'}")]
+
+
+def files_checks(blueprint: Blueprint) -> list[Check]:
+    """The migration folders and rules files the data phase reads, present and readable."""
+    data = blueprint.phases.data
+    if data is None:
+        return []
+    checks = []
+    migrations = data.migrations
+    if migrations is not None:
+        folders = [*migrations.locations, *migrations.seed_locations]
+        missing = [str(f) for f in folders if not f.is_dir()]
+        if missing:
+            checks.append(Check("migrations", False, f"no folder {', '.join(missing)}: every "
+                                "create fails; fix the path (relative to the blueprint)"))
+        elif migrations.command and not shutil.which(migrations.command[0]):
+            checks.append(Check("migrations", False,
+                                f"`{migrations.command[0]}` is not on PATH"))
+        else:
+            checks.append(Check("migrations", True, f"{len(folders)} folder(s)"
+                                if folders else f"command {migrations.command}"))
+    for name, snap in data.snapshots.items():
+        try:
+            load_rules(snap.rules)
+        except (OSError, EphemError, ValueError) as exc:
+            checks.append(Check(f"snapshot {name} rules", False, scrub(str(exc))))
+        else:
+            checks.append(Check(f"snapshot {name} rules", True, str(snap.rules)))
+    return checks
+
+
+async def snapshot_checks(settings: Settings, blueprint: Blueprint) -> list[Check]:
+    """Each snapshot's source answers, and masking has a key."""
+    data = blueprint.phases.data
+    if data is None or not data.snapshots:
+        return []
+    checks = []
+    if not masking_key(settings):
+        checks.append(Check("masking key", False, "snapshots are configured, and neither "
+                            "EPHEM_MASKING_KEY nor EPHEM_SECRET_KEY is set: every build refuses; "
+                            "set EPHEM_MASKING_KEY (and keep it)"))
+    for name, snap in data.snapshots.items():
+        async def source(url: str = snap.source) -> str:
+            conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
+            try:
+                await conn.fetchval("SELECT 1")
+            finally:
+                await conn.close()
+            return f"{redact(url)} answers"
+
+        checks.append(await _guard(f"snapshot {name} source", source, url=snap.source))
+    return checks
+
+
 async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -> list[Check]:
     checks = [Check("blueprint", True, f"{source} is valid (project {blueprint.project})")]
+    checks += defaults_checks(blueprint)
+    checks += files_checks(blueprint)
 
     async def state_db() -> str:
         if not settings.database_url:
-            raise RuntimeError("EPHEM_DATABASE_URL is not set")
+            raise RuntimeError("EPHEM_DATABASE_URL is not set: it names Ephem's own database "
+                               "(`ephem shell` and `ephem demo` work without it)")
         store = Store(settings.database_url, pool_size=1, max_overflow=0)
         try:
             async with store.engine.connect() as conn:
@@ -59,7 +171,7 @@ async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -
             raise RuntimeError(f"schema at {current}, code expects {head}: run `ephem db upgrade`")
         return f"{redact(settings.database_url)} (schema at {head})"
 
-    checks.append(await _guard("state database", state_db))
+    checks.append(await _guard("state database", state_db, url=settings.database_url or None))
 
     data = blueprint.phases.data
     if data is not None:
@@ -77,7 +189,8 @@ async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -
                 raise RuntimeError("the user needs CREATEDB and CREATEROLE")
             return f"{redact(server)} (may create databases and roles)"
 
-        checks.append(await _guard("data server", data_server))
+        checks.append(await _guard("data server", data_server, url=server or None))
+        checks += await snapshot_checks(settings, blueprint)
 
     if settings.slack_bot_token.get_secret_value():
         async def slack() -> str:

@@ -91,8 +91,18 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return asyncio.run(snapshot_cli.show(settings, blueprint))
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ephem")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ephem", description="Ephemeral environments from Slack.")
+    p.add_argument("--version", action="version", version=f"ephem {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the bot (HTTP, or Socket Mode when SLACK_APP_TOKEN is set)"
                    ).set_defaults(func=cmd_serve)

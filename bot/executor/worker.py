@@ -155,7 +155,19 @@ class Executor:
             await asyncio.sleep(self._poll)
 
     async def _listen_once(self) -> None:
-        conn: Any = await asyncpg.connect(asyncpg_dsn(self._store.url), timeout=10)
+        connecting = asyncio.ensure_future(asyncpg.connect(asyncpg_dsn(self._store.url),
+                                                           timeout=10))
+        try:
+            conn: Any = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # Cancelling asyncpg mid-handshake leaves a future failing with "unexpected
+            # connection_lost()" that nobody reads; let the handshake end, then close.
+            await asyncio.wait([connecting], timeout=5)
+            if connecting.done() and not connecting.cancelled() \
+                    and connecting.exception() is None:
+                connecting.result().terminate()
+            connecting.cancel()
+            raise
         try:
             closed = asyncio.Event()
             conn.add_termination_listener(lambda _conn: closed.set())

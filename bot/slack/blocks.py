@@ -29,7 +29,8 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.domain import CREATE_ORDER, EnvStatus, PhaseAction, PhaseName, PhaseStatus
+from bot.domain import CREATE_ORDER, DataMode, EnvStatus, PhaseAction, PhaseName, PhaseStatus
+from bot.mrkdwn import escape
 from bot.slack import messages
 from bot.store.models import Environment, PhaseRun
 
@@ -47,6 +48,8 @@ ACTION_PREFIX = "ephem:"
 RETRY_ACTION = ACTION_PREFIX + "retry"
 DESTROY_ACTION = ACTION_PREFIX + "destroy"
 EXTEND_ACTION = ACTION_PREFIX + "extend"
+RESET_DATA_ACTION = ACTION_PREFIX + "reset-data"
+CREDS_ACTION = ACTION_PREFIX + "creds"
 
 Blocks = list[dict[str, Any]]
 
@@ -128,16 +131,24 @@ _LINK = re.compile(r"<(https?://[^|>]+)\|([^>]+)>")
 _ENTITIES = (("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&"))
 
 
-def plain(line: str) -> str:
+_BOLD = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])")
+_CODE = re.compile(r"`([^`\n]+)`")
+_FENCE = re.compile(r"```")
+BOLD_ON, BOLD_OFF = "\x1b[1m", "\x1b[22m"
+
+
+def plain(line: str, *, ansi: bool = False) -> str:
     """A mrkdwn line for a terminal: no leading emoji codes; dates, users and links readable;
-    escaped user text (`&lt;`) shown as Slack shows it (`<`)."""
+    `*bold*` in bold when `ansi` (a terminal that shows it), else without the stars; code
+    without its backticks."""
     line = _LEADING_EMOJI.sub("", line)
     line = _DATE.sub(r"\1", line)
     line = _USER.sub(r"@\1", line)
     line = _LINK.sub(r"\2 (\1)", line)
-    for entity, char in _ENTITIES:
-        line = line.replace(entity, char)
-    return line
+    line = _FENCE.sub("", line)
+    line = _CODE.sub(r"\1", line)
+    line = _BOLD.sub(rf"{BOLD_ON}\1{BOLD_OFF}" if ansi else r"\1", line)
+    return line.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 # --------------------------------------------------------------------------- the status card
@@ -164,6 +175,10 @@ class CardView:
     expires_at: datetime
     phases: tuple[PhaseLine, ...]
     last_error: str | None = None
+    release_set: tuple[tuple[str, str], ...] = ()
+    data_mode: DataMode | None = None
+    data_snapshot: str | None = None
+    reason: str | None = None
 
 
 def card_view(env: Environment, runs: Mapping[PhaseName, PhaseRun]) -> CardView:
@@ -182,11 +197,14 @@ def card_view(env: Environment, runs: Mapping[PhaseName, PhaseRun]) -> CardView:
     return CardView(
         name=env.name, status=env.status, owner_id=env.owner_id, reference=env.reference,
         expires_at=env.expires_at, phases=tuple(lines), last_error=env.last_error,
+        release_set=tuple(sorted((str(c), str(v)) for c, v in env.release_set.items())),
+        data_mode=env.data_mode, data_snapshot=env.data_snapshot, reason=env.reason,
     )
 
 
 def one_line(text: str) -> str:
-    """The first line of an error or a detail, at most SHORT_ERROR characters."""
+    """The first line of an error or a detail, at most SHORT_ERROR characters (the message
+    functions it is handed to escape it: tool output and errors may quote what a person typed)."""
     first = text.strip().splitlines()[0] if text.strip() else ""
     return truncate(first, SHORT_ERROR)
 
@@ -229,6 +247,50 @@ def _card_error(view: CardView) -> str | None:
     return messages.card_error(one_line(view.last_error))
 
 
+def card_choices(view: CardView) -> str | None:
+    """What the person asked for: the release set, the data and the reason (escaped)."""
+    parts = []
+    if view.release_set:
+        parts.append("Releases: " + ", ".join(f"{escape(c)} `{escape(v)}`"
+                                               for c, v in view.release_set))
+    if view.data_mode is not None:
+        data = str(view.data_mode)
+        if view.data_mode is DataMode.SNAPSHOT and view.data_snapshot:
+            data += f" `{escape(view.data_snapshot)}`"
+        parts.append(f"Data: {data}")
+    if view.reason:
+        parts.append(f"Reason: {escape(view.reason)}")
+    return " · ".join(parts) or None
+
+
+def _applied(view: CardView, phase: PhaseName | None = None) -> bool:
+    return any(line.status is PhaseStatus.SUCCEEDED and line.action is PhaseAction.APPLY
+               and (phase is None or line.phase is phase) for line in view.phases)
+
+
+def _card_buttons(view: CardView) -> list[ButtonElement]:
+    """Failed: Retry and Destroy. Ready: Extend, Destroy, and — when a database was made —
+    Reset data and Connection details."""
+    if view.status is EnvStatus.FAILED:
+        return [ButtonElement(text=messages.RETRY, action_id=RETRY_ACTION, value=view.name,
+                              style="primary"),
+                _destroy_button(view.name)]
+    if view.status is not EnvStatus.READY:
+        return []
+    buttons = [ButtonElement(text=messages.EXTEND, action_id=EXTEND_ACTION, value=view.name),
+               _destroy_button(view.name)]
+    if _applied(view, PhaseName.DATA):
+        buttons.append(ButtonElement(
+            text=messages.RESET_DATA, action_id=RESET_DATA_ACTION, value=view.name,
+            confirm=ConfirmObject(title=messages.confirm_reset_title(),
+                                  text=messages.confirm_reset(view.name),
+                                  confirm=messages.RESET_DATA, deny="Cancel", style="danger")))
+    if _applied(view):
+        buttons.append(ButtonElement(text=messages.CONNECTION_DETAILS, action_id=CREDS_ACTION,
+                                     value=view.name))
+    return buttons
+
+
 def _destroy_button(name: str) -> ButtonElement:
     return ButtonElement(
         text=messages.DESTROY, action_id=DESTROY_ACTION, value=name, style="danger",
@@ -247,17 +309,16 @@ def status_card(view: CardView) -> Blocks:
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=truncate(title, MAX_HEADER_TEXT), emoji=True)),
         ContextBlock(elements=[MarkdownTextObject(text=facts)]),
-        SectionBlock(text=MarkdownTextObject(text=truncate(phases, MAX_SECTION_TEXT))),
     ]
+    if choices := card_choices(view):
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(
+            text=truncate(choices, MAX_SECTION_TEXT))]))
+    blocks.append(SectionBlock(text=MarkdownTextObject(text=truncate(phases, MAX_SECTION_TEXT))))
     if error := _card_error(view):
         blocks.append(SectionBlock(text=MarkdownTextObject(text=truncate(error,
                                                                          MAX_SECTION_TEXT))))
-    if view.status is EnvStatus.FAILED:
-        blocks.append(ActionsBlock(elements=[
-            ButtonElement(text=messages.RETRY, action_id=RETRY_ACTION, value=view.name,
-                          style="primary"),
-            _destroy_button(view.name),
-        ]))
+    if buttons := _card_buttons(view):
+        blocks.append(ActionsBlock(elements=buttons))
     return [b.to_dict() for b in blocks]
 
 
@@ -267,6 +328,7 @@ def status_card_text(view: CardView) -> str:
         messages.card_title(view.name, view.status),
         messages.card_facts(owner_id=view.owner_id, reference=view.reference,
                             expires=messages.plain_date(view.expires_at)),
+        *([choices] if (choices := card_choices(view)) else []),
         *(f"{_MARKS[line.status][1]} {phase_text(line)}" for line in view.phases),
     ]
     if error := _card_error(view):
@@ -277,13 +339,8 @@ def status_card_text(view: CardView) -> str:
 # --------------------------------------------------------------------------- reminder
 
 
-def reminder_text(name: str, *, expires_at: datetime) -> str:
-    """What the reminder says: which environment expires when (in each reader's time zone)."""
-    return messages.reminder(name, expires=messages.slack_date(expires_at))
-
-
 def reminder_blocks(name: str, text: str) -> Blocks:
-    """The reminder before expiry: `text` (see `reminder_text`), then Extend and Destroy."""
+    """The reminder before expiry: `text` (`messages.reminder`), then Extend and Destroy."""
     blocks: list[Block] = [
         SectionBlock(text=MarkdownTextObject(text=truncate(text, MAX_SECTION_TEXT))),
         ActionsBlock(elements=[

@@ -50,7 +50,7 @@ COMMAND = "/ephem"
 ACTIONS = re.compile("^" + re.escape(ACTION_PREFIX))
 # Metric labels must stay few: anything else is counted as "unknown".
 _VERBS = frozenset({"create", "list", "status", "diff", "extend", "destroy", "approve", "deny",
-                    "help", "retry"})
+                    "help", "retry", "creds", "reset-data"})
 
 
 def new_error_id() -> str:
@@ -169,6 +169,24 @@ class _Listeners:
             self._spawn(inv, _verb(inv.text), lambda: self._handler.command(inv),
                         seen=Sighting("event", envelope.event_id, EVENT_MEMORY), retry=retry)
 
+    async def direct_message(self, body: dict[str, Any], event: dict[str, Any],
+                             context: AsyncBoltContext) -> None:
+        """A message in the app's Messages tab is a command, answered in that DM
+        (`create pr-1` there works like `/ephem create pr-1`). Ephem's own posts, edits and
+        other subtypes are not commands."""
+        if event.get("channel_type") != "im" or event.get("subtype") or event.get("bot_id"):
+            return
+        if not event.get("user") or event.get("user") == context.bot_user_id:
+            return
+        with self._unexpected(body):
+            text = strip_mention(event.get("text") or "", context.bot_user_id)
+            text = text.removeprefix(COMMAND).strip()
+            inv = Invocation(user_id=event["user"], channel_id=event["channel"], text=text,
+                             source="dm", thread_ts=event.get("thread_ts"))
+            envelope = inbound.read_event(body)
+            self._spawn(inv, _verb(inv.text), lambda: self._handler.command(inv),
+                        seen=Sighting("event", envelope.event_id, EVENT_MEMORY))
+
     async def error(self, error: Exception, body: dict[str, Any]) -> None:
         """Bolt's last resort, for a failure before a listener could ack."""
         if isinstance(error, BoltUnhandledRequestError):
@@ -264,5 +282,6 @@ def build_bolt_app(*, settings: Settings, handler: CommandHandler, notifier: Not
     app.command(COMMAND)(listeners.command)
     app.action(ACTIONS)(listeners.action)
     app.event("app_mention")(listeners.mention)
+    app.event("message")(listeners.direct_message)
     app.error(listeners.error)
     return app

@@ -11,6 +11,7 @@ so `<!channel>` in a reason is shown, never sent as a mention. Callers pass raw 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from bot.domain import EnvStatus, PhaseName, format_duration
@@ -19,6 +20,8 @@ from bot.mrkdwn import escape
 RETRY = "Retry"
 DESTROY = "Destroy"
 EXTEND = "Extend"
+RESET_DATA = "Reset data"
+CONNECTION_DETAILS = "Connection details"
 ELLIPSIS = "…"
 
 _STATUS_EMOJI = {
@@ -29,6 +32,55 @@ _STATUS_EMOJI = {
     EnvStatus.DESTROYING: ":wastebasket:",
     EnvStatus.DESTROYED: ":white_circle:",
 }
+
+
+_STATUS_PHRASE = {
+    EnvStatus.QUEUED: "is queued",
+    EnvStatus.CREATING: "is being created",
+    EnvStatus.READY: "is ready",
+    EnvStatus.FAILED: "has failed",
+    EnvStatus.DESTROYING: "is being destroyed",
+    EnvStatus.DESTROYED: "is destroyed",
+}
+
+
+def is_status(name: str, status: EnvStatus) -> str:
+    """`*pr-143* has failed`, `*pr-143* is ready`: a status said as a sentence."""
+    return f"*{escape(name)}* {_STATUS_PHRASE[status]}"
+
+
+def count(n: int, thing: str, plural: str | None = None) -> str:
+    """`1 live environment`, `2 live environments`."""
+    return f"{n} {thing if n == 1 else (plural or thing + 's')}"
+
+
+def not_yours(name: str, owner_id: str, deed: str) -> str:
+    """`deed` is what they may not do, said of the environment: `destroy it`, `reset its data`."""
+    return f"*{escape(name)}* belongs to <@{owner_id}>; only they or an admin can {deed}."
+
+
+def creds_not_yours(name: str, owner_id: str) -> str:
+    return (f"Only the owner of *{escape(name)}*, <@{owner_id}>, can see its connection details; "
+            "ask them.")
+
+
+def no_credentials(name: str) -> str:
+    return (f"*{name}* has no connection details yet: none of its phases that make "
+            "credentials has finished. `/ephem status " + name + "` shows where it is.")
+
+
+def credentials(name: str, secrets: Mapping[str, Mapping[str, str]]) -> str:
+    """The environment's secrets, phase by phase, for its owner's eyes only."""
+    lines = [f"Connection details of *{name}* (only you can see this):"]
+    for phase, values in secrets.items():
+        lines += [f"• {phase} {key}: `{value}`" for key, value in values.items()]
+    return "\n".join(lines)
+
+
+def no_such_environment(name: str, suggestion: str | None) -> str:
+    hint = f" Did you mean `{suggestion}`?" if suggestion else ""
+    return (f"There is no live environment named `{escape(name)}`.{hint} "
+            "`/ephem list` shows the ones there are.")
 
 
 def apology(error_id: str) -> str:
@@ -81,11 +133,20 @@ def phase_interrupted(phase: PhaseName) -> str:
     return f"*{phase}* — interrupted; the next attempt takes over"
 
 
-def reminder(name: str, *, expires: str) -> str:
+def reminder(name: str, *, owner_id: str, left: timedelta, expires: str) -> str:
     return (
-        f"`{escape(name)}` expires {expires}. Extend it if you still need it, "
-        "or destroy it now to free its resources."
+        f"<@{owner_id}> `{escape(name)}` expires in {format_duration(left)} ({expires}). "
+        "Extend it if you still need it, or destroy it now to free its resources."
     )
+
+
+def confirm_reset_title() -> str:
+    return "Reset this environment's data?"
+
+
+def confirm_reset(name: str) -> str:
+    return (f"The database of `{name}` is made again from scratch; everything written to it "
+            "is lost.")
 
 
 def confirm_destroy_title() -> str:
