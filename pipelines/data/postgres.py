@@ -173,7 +173,8 @@ class DatabasePhase:
         timeout = cfg.timeout.total_seconds()
         if cfg.kind == "command":
             assert cfg.command is not None
-            await run_command(cfg.command, dsn=url, timeout=timeout, emit=ctx.emit)
+            await run_command(cfg.command, dsn=url, timeout=timeout, emit=ctx.emit,
+                              env=cfg.env, pass_env=cfg.pass_env, environment=ctx.name)
             steps["migrate"] = time.monotonic() - started
             return [" ".join(cfg.command)]
         result = await migrate(url, discover(cfg.locations), installed_by="ephem",
