@@ -10,6 +10,8 @@ whatever the timing. The first run takes long; later runs are quick.
 - A frozen connection between the bot and its state database (a TCP proxy that stops
   forwarding): the bot cannot renew its lease, so it must stop its tool before the lease runs
   out and the other bot starts its own run.
+- A frozen bot (SIGSTOP) can do nothing: its tool's fence keeps the other bot waiting — and
+  saying so on the card — until the frozen one resumes and stops its tool.
 
 Leases are short (3 s); waits have generous deadlines that only turn a hang into a failure.
 """
@@ -111,6 +113,10 @@ class Bot:
 
     def sender(self) -> SlackSender:
         return SlackSender(f"http://127.0.0.1:{self.port}/slack/events", SIGNING)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
 
     async def kill(self) -> None:
         assert self.proc is not None
@@ -301,3 +307,30 @@ async def test_a_store_query_on_a_frozen_connection_ends_in_an_error(bot_db_url:
         await proxy.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(store.close(), 5)
+
+
+async def test_a_frozen_bot_fences_its_successor_which_waits_and_says_so(
+        bots: tuple[Path, MakeBot], slack_api: SlackApi) -> None:
+    log, make = bots
+    frozen = await make()
+    status, _ = await frozen.sender().command("create tk-3 --data none", user_id="UANA",
+                                              channel_id="CTAKE")
+    assert status == 200
+    [running] = await _until_starts(log, 1)
+    frozen.signal(signal.SIGSTOP)  # it can neither renew its lease nor stop its tool
+    try:
+        await make()
+        # The other bot takes the job over once the lease lapses, and waits for the fence
+        # the frozen bot's supervisor still holds, saying so on the card.
+        await slack_api.wait_for(
+            "chat.update",
+            lambda c: "waiting for an earlier run of the migrations of tk-3 to finish"
+            in str(c.params.get("blocks")), timeout=60)
+        assert len(_starts(log)) == 1
+    finally:
+        frozen.signal(signal.SIGCONT)  # it sees its lease gone and stops its tool
+    await _ready_card(slack_api, "tk-3")
+    runs = _starts(log)
+    assert len(runs) == 2 and not any(r.overlap for r in runs)
+    assert _ends(log) == {runs[1].pid}
+    assert await _gone(running.pid) and await _gone(running.helper)
