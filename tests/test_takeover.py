@@ -3,7 +3,8 @@
 Two real bot processes share one state database; the data phase's migration command is a small
 recorder that notes its start, end and pids in a file, and holds an exclusive `flock` on a file
 while it lives — so a run that starts while another is still alive records `OVERLAP`, exactly,
-whatever the timing. The first run takes long; later runs are quick.
+whatever the timing. The first run would take two minutes, so it only ends early if it is
+stopped; later runs are quick.
 
 - SIGKILL of the bot running the phase: its tool (and the tool's child) must die with it, and
   the other bot's run must not overlap it.
@@ -13,7 +14,7 @@ whatever the timing. The first run takes long; later runs are quick.
 - A frozen bot (SIGSTOP) can do nothing: its tool's fence keeps the other bot waiting — and
   saying so on the card — until the frozen one resumes and stops its tool.
 
-Leases are short (3 s); waits have generous deadlines that only turn a hang into a failure.
+Leases are short (4 s); waits have generous deadlines that only turn a hang into a failure.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tests.test_proc import _gone
 from tests.test_serve import _free_port, _ready
 
 SIGNING = "takeover-signing-secret"
-LEASE = "3"
+LEASE = "4"
 
 RECORDER = """
 import fcntl, os, subprocess, sys, time
@@ -149,7 +150,7 @@ async def bots(slack_api: SlackApi, bot_db_url: str, pg_admin_url: str, db_prefi
     blueprint.write_text(yaml.safe_dump({"phases": {"data": {
         "server": pg_admin_url, "database_prefix": db_prefix,
         "migrations": {"kind": "command",
-                       "command": [sys.executable, "-c", RECORDER, str(log), "8"]},
+                       "command": [sys.executable, "-c", RECORDER, str(log), "120"]},
     }}, "retries": {"attempts": 1}}))
     started: list[Bot] = []
 
