@@ -163,7 +163,11 @@ async def run(
     try:
         async with deadline:
             await tool.wait_started(on_wait)
-            await reader  # to EOF: the command, and whatever it started that writes there, ended
+            # To EOF: the command, and whatever it started that writes there, ended. Waited
+            # for, not awaited: a cancellation must reach the kill below at once, even while
+            # `on_line` is stuck (a progress write on a hung connection), not after it.
+            await asyncio.wait({reader})
+            reader.result()
             returncode = await tool.exited()
     except BaseException as exc:
         if isinstance(exc, TimeoutError) and deadline.expired():

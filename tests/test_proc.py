@@ -164,6 +164,32 @@ async def test_cancellation_kills_the_process_group() -> None:
     assert await _gone(pids[0])
 
 
+async def test_cancellation_kills_the_tool_even_while_on_line_is_stuck() -> None:
+    pids: list[int] = []
+    stuck, release = asyncio.Event(), asyncio.Event()
+
+    async def on_line(line: str) -> None:
+        if line.isdigit():
+            pids.append(int(line))
+            return
+        stuck.set()
+        try:
+            await asyncio.Event().wait()
+        finally:  # like rolling back a progress write on a connection that hangs
+            await release.wait()
+
+    task = asyncio.create_task(proc.run(["sh", "-c", GRANDCHILD], timeout=60, on_line=on_line))
+    await asyncio.wait_for(stuck.wait(), 20)
+    task.cancel()
+    try:
+        assert await _gone(pids[0])  # killed while on_line is still cleaning up
+        assert not task.done()
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 # Cleans up on SIGINT (as Terraform saves its state and releases its lock), ignores SIGTERM.
 POLITE = (
     "import signal, sys, time\n"
