@@ -276,7 +276,12 @@ class Executor:
         bounded by the store's own timeouts)."""
         attempt = asyncio.ensure_future(
             claims.renew(self._store, job, owner=self._owner, lease_seconds=self._lease))
-        done, _ = await asyncio.wait({attempt}, timeout=max(within, 0.0))
+        try:
+            done, _ = await asyncio.wait({attempt}, timeout=max(within, 0.0))
+        except asyncio.CancelledError:  # the job ended meanwhile: the renewal is moot
+            attempt.add_done_callback(_retrieve)
+            attempt.cancel()
+            raise
         if not done:
             attempt.add_done_callback(_retrieve)
             attempt.cancel()
