@@ -4,6 +4,11 @@ Why: this is the only module that reads `os.environ`. Everything else receives a
 `Blueprint` value, so tests build them explicitly and nothing changes behind their back.
 Invalid configuration fails at start with a message naming the file, the key path and what was
 expected, never with a trace.
+
+Because every secret Ephem is given arrives through here, this is also where they are
+registered with `bot.redaction`: the settings' tokens and keys, the password of every URL, and
+each value a blueprint takes from the environment (`${VAR}`, `pass_env`). A subprocess's
+environment is built here too (`child_environment`), from an allow-list rather than a copy.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterable
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import (
@@ -32,6 +39,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot import redaction
 from bot.domain import DataMode, parse_duration
 from bot.errors import ConfigError, UserError
 
@@ -75,6 +83,16 @@ class Settings(BaseSettings):
     def _trailing_slash(cls, v: str) -> str:
         return v if v.endswith("/") else v + "/"
 
+    @model_validator(mode="after")
+    def _register_secrets(self) -> Settings:
+        """Every token and key, and the state database's password, are secrets from here on."""
+        for secret in (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token,
+                       self.secret_key, self.masking_key):
+            if secret is not None:
+                redaction.register(secret.get_secret_value())
+        register_url_password(self.database_url)
+        return self
+
     @property
     def socket_mode(self) -> bool:
         return bool(self.slack_app_token and self.slack_app_token.get_secret_value())
@@ -107,17 +125,50 @@ def env_var(name: str) -> str | None:
     return os.environ.get(name)
 
 
-_OWN_PREFIXES = ("EPHEM_", "SLACK_")
+def register_url_password(url: str | None) -> None:
+    """Register the password of `url` (as written and URL-decoded) as a secret."""
+    if not url:
+        return
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # not a URL after all: nothing to register
+        return
+    if password:
+        redaction.register(password, unquote(password))
 
 
-def child_environment() -> dict[str, str]:
-    """A copy of this process's environment: the base of every subprocess's (`bot.proc`).
+# What a tool may see of Ephem's own environment. Everything else — the `${VAR}` a blueprint
+# takes a password from, a cloud credential, Ephem's settings — stays out unless the blueprint
+# passes it explicitly (`pass_env`, `env`) or the phase sets it (DATABASE_URL, TF_VAR_…).
+CHILD_ALLOWED = frozenset({
+    "PATH",  # to find the tool and the programs it runs
+    "HOME",  # where tools keep their configuration (~/.terraformrc, ~/.pgpass, caches)
+    "LANG", "LANGUAGE",  # the locale: how the tool encodes its output (LC_* below too)
+    "TZ",  # timestamps in the tool's output and logs
+    "TMPDIR",  # where temporary files go (a read-only root or a small /tmp in containers)
+    "USER", "LOGNAME",  # who runs it: libraries ask for the user name (getpass, libpq's
+                        # default user) and fail without a passwd entry in containers
+})
+CHILD_ALLOWED_PREFIXES = ("LC_",)
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
-    Ephem's own settings (`EPHEM_*`, `SLACK_*`: the bot token, the secret key, the state
-    database URL) are left out — a project's migration command or Terraform module has no
-    business seeing them. Callers add to the copy; nothing writes to `os.environ`.
+
+def child_environment(pass_env: Iterable[str] = ()) -> dict[str, str]:
+    """The base of every subprocess's environment (`bot.proc`): an allow-list, not a copy.
+
+    Only `CHILD_ALLOWED` and `LC_*` are taken from this process's environment, plus the
+    variables named in `pass_env` (a blueprint's explicit choice; their values are registered
+    as secrets, since nothing says they are not). Callers add what the phase itself sets;
+    nothing writes to `os.environ`.
     """
-    return {k: v for k, v in os.environ.items() if not k.upper().startswith(_OWN_PREFIXES)}
+    env = {k: v for k, v in os.environ.items()
+           if k in CHILD_ALLOWED or k.startswith(CHILD_ALLOWED_PREFIXES)}
+    for name in pass_env:
+        value = os.environ.get(name)
+        if value is not None:
+            redaction.register(value)
+            env[name] = value
+    return env
 
 
 # --------------------------------------------------------------------------- blueprint
@@ -138,14 +189,22 @@ _ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 
 def _expand(value: object) -> object:
     """`${VAR}` in a string is replaced by that environment variable (for secrets in URLs);
-    `${VAR:-default}` falls back to `default` when it is unset."""
+    `${VAR:-default}` falls back to `default` when it is unset.
+
+    Every value taken from the environment this way is registered as a secret (the default,
+    written in the file itself, is not): Ephem cannot tell a password from a host name, so it
+    masks both wherever they would be shown.
+    """
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
-            found = os.environ.get(m.group(1), m.group(2))
-            if found is None:
+            found = os.environ.get(m.group(1))
+            if found is not None:
+                redaction.register(found)
+                return found
+            if m.group(2) is None:
                 raise ValueError(f"environment variable {m.group(1)} is not set")
-            return found
+            return m.group(2)
 
         return _ENV_REF.sub(sub, value)
     return value
@@ -324,6 +383,10 @@ class MigrationsConfig(_Strict):
     seed_locations: list[ResolvedPath] = Field(default_factory=list)
     command: list[str] | None = None
     timeout: Duration = timedelta(minutes=10)
+    # Environment of the command beyond the allow-list (`child_environment`): variables set
+    # here (values may use `${VAR}`), and variables of Ephem's own environment passed as they are.
+    env: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Expanded] = Field(default_factory=dict)
+    pass_env: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> MigrationsConfig:
@@ -331,6 +394,8 @@ class MigrationsConfig(_Strict):
             raise ValueError("kind `command` needs `command` (a list: program and arguments)")
         if self.kind == "builtin" and self.command:
             raise ValueError("`command` is only for kind `command`")
+        if self.kind == "builtin" and (self.env or self.pass_env):
+            raise ValueError("`env` and `pass_env` are only for kind `command`")
         return self
 
 
@@ -350,6 +415,7 @@ class SnapshotConfig(_Strict):
     def _pg_url(cls, v: str) -> str:
         if not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected a postgresql:// URL")
+        register_url_password(v)
         return v
 
 
@@ -373,6 +439,7 @@ class DataPhaseConfig(_Strict):
     def _pg_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected a postgresql:// URL")
+        register_url_password(v)
         return v
 
 

@@ -2,37 +2,56 @@
 
 Why one place: every external tool needs the same care — its output streamed line by line as it
 comes (so progress reaches the Slack thread), only a bounded tail kept (a chatty tool must not
-fill memory), a deadline or a cancellation that really ends it (the whole process group, so the
-helpers it started go too), and failures turned into `PermanentError`s with short reasons
-instead of `OSError` traces.
+fill memory), every known secret scrubbed from each line before anyone sees it, a deadline or a
+cancellation that really ends it (everything it started, so its helpers go too), and failures
+turned into `PermanentError`s with short reasons instead of `OSError` traces.
 
-The child's environment starts from `bot.config.child_environment()` (this process's
-environment without Ephem's own settings and secrets) plus what the caller passes. Nothing here
-logs arguments or environment values: they may carry credentials.
+Nothing a tool starts may outlive the bot, or run twice at once:
+- every tool runs under `bot.supervise`, a small process that ends the tool's whole tree when
+  the bot's end of a socket pair closes — which the kernel does for us when the bot is killed;
+- with a `Fence`, the supervisor holds a PostgreSQL advisory lock in its own session for the
+  tool's whole run, so a successor (on any host) waits for an earlier run instead of running
+  beside it, and says so.
+
+The child's environment is an allow-list (`bot.config.child_environment`: PATH, HOME, the
+locale, …) plus the variables the blueprint passes and what the caller sets. Nothing here logs
+arguments or environment values: they may carry credentials.
 
 Neighbours: `pipelines.data.migrations.run_command` and the infrastructure phases call `run`;
-the runner's own timeouts cancel it, which kills the process group as well.
+the runner's own timeouts and the executor's lease keeper cancel it, which ends the tool too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
-import os
 import signal
+import socket
+import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bot.config import child_environment
-from bot.errors import PermanentError
+from bot.errors import PermanentError, TemporaryError
+from bot.pg import asyncpg_dsn, redact
+from bot.redaction import scrub
 
 log = logging.getLogger(__name__)
 
 KEEP_LINES = 200  # default length of the output tail kept in a ProcResult
 MAX_LINE = 4096  # characters kept of one line; longer lines are cut (and the rest dropped)
+FENCE_CONNECT_TIMEOUT = 10.0  # seconds the supervisor tries to reach the fence's server
+FENCE_CHECK_SECONDS = 5.0  # how often the fence's session is checked while the tool runs
+SUPERVISOR = Path(__file__).with_name("supervise.py")
+# Set for every tool (callers may override): output is streamed line by line, so a Python tool
+# (Alembic, Django, …) must not hold its stdout back in a buffer while stderr goes first.
+STREAMING_ENV = {"PYTHONUNBUFFERED": "1"}
 _CHUNK = 65536
 
 
@@ -54,91 +73,297 @@ class ProcTimeoutError(PermanentError):
         self.output = output
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A lock on the resource a tool works on, held for the tool's whole run.
+
+    The contract, for every caller of `run(…, fence=…)`:
+    - `url` (postgresql://) names the server and database that hold the lock — the resource
+      itself where it is a database (an environment's database, for its migrations), else a
+      database every Ephem process running this work can reach (the Terraform state's). All
+      of them must use the same database and the same `name` for the same work.
+    - `name` says what is fenced, unique per resource and kind of work
+      (`migrations:ephem_pr_1`, `terraform:pr-1`); the lock is `pg_advisory_lock(key)` with
+      `key` a 64-bit hash of it.
+    - `what` says it for people ("the migrations of pr-1"): while another session holds the
+      lock, `run` calls `on_wait` once, for the card to say `waiting_text()`.
+    - The lock is taken by the tool's supervisor, in a session of its own, before the tool
+      starts; `run` waits for it as long as it takes (the wait counts against `timeout`). It
+      is released when everything the tool started has ended — or when the supervisor dies,
+      since the server ends its session. So an earlier run, even one whose bot is gone and
+      even on another host, fences its successor for exactly as long as it runs.
+    - If the lock's session is lost while the tool runs (the server restarted, the database
+      was dropped), the tool is stopped at once and `run` raises a `TemporaryError`: nothing
+      keeps a successor out any more, so the work must be retried, fenced again.
+    - Cannot reach the lock's server: a `TemporaryError` naming it; the tool was not started.
+    """
+
+    url: str = field(repr=False)
+    name: str
+    what: str
+
+    @property
+    def key(self) -> int:
+        """The advisory lock's key: a signed 64-bit hash of `name`."""
+        digest = hashlib.sha256(f"ephem-fence:{self.name}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def waiting_text(self) -> str:
+        return f"waiting for an earlier run of {self.what} to finish"
+
+
 async def run(
     args: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
+    pass_env: Iterable[str] = (),
     cwd: Path | None = None,
     timeout: float,
     on_line: Callable[[str], Awaitable[None]] | None = None,
     keep_lines: int = KEEP_LINES,
     kill_grace: float = 5.0,
     interrupt_first: bool = False,
+    fence: Fence | None = None,
+    on_wait: Callable[[], Awaitable[None]] | None = None,
 ) -> ProcResult:
     """Run `args` (no shell) to completion; stream each output line to `on_line`.
 
-    stdout and stderr go through one pipe, so their lines keep the order they were written in.
-    The run ends when the command has exited and its output is closed — a helper it left
-    running with that output still open counts as part of it. A non-zero exit is not an error
-    here: the caller decides what it means.
+    The environment is the allow-list of `bot.config.child_environment`, `STREAMING_ENV`, the
+    variables named in `pass_env`, then `env` (what the phase sets, e.g. DATABASE_URL or
+    TF_VAR_*) on top.
+    stdout and stderr go through one pipe, so their lines keep the order they were written in;
+    each line is scrubbed of every secret `bot.redaction` knows before `on_line` or the tail
+    sees it. The run ends when the command has exited and its output is closed — a helper it
+    left running with that output still open counts as part of it; whatever else it left
+    running is ended then. A non-zero exit is not an error here: the caller decides.
 
-    Raises `ProcTimeoutError` (a PermanentError) when `timeout` seconds pass: the process group
-    gets SIGTERM, then SIGKILL after `kill_grace` seconds. Raises PermanentError when the
-    executable or `cwd` does not exist. Cancellation kills the process group at once. An
-    exception from `on_line` kills it too, and propagates.
+    Raises `ProcTimeoutError` (a PermanentError) when `timeout` seconds pass: the tool gets
+    SIGTERM, then SIGKILL after `kill_grace` seconds. Raises PermanentError when the
+    executable or `cwd` does not exist. Cancellation kills the tool at once. An exception from
+    `on_line` kills it too, and propagates. If this process dies, the supervisor ends the
+    tool the same way (SIGTERM, or SIGINT first with `interrupt_first`).
 
     `interrupt_first`: for tools that clean up on Ctrl-C (Terraform saves its state and
     releases its lock), both a timeout and a cancellation send SIGINT first, then SIGTERM, then
     SIGKILL, `kill_grace` seconds apart, stopping as soon as the process has exited.
+
+    `fence`: hold this lock for the whole run (see `Fence` for the contract); `on_wait` is
+    awaited once if the run has to wait for it.
     """
     if not args:
         raise ValueError("run() needs a program to run")
     name = Path(args[0]).name
-    full_env = child_environment()
+    full_env = child_environment(pass_env) | STREAMING_ENV
     full_env.update(env or {})
-    proc = await _start(args, name=name, env=full_env, cwd=cwd)
-    log.debug("started %s (pid %d)", name, proc.pid)
-
+    tool = await _Tool.start(args, name=name, env=full_env, cwd=cwd, grace=kill_grace,
+                             interrupt_first=interrupt_first, fence=fence)
     tail: deque[str] = deque(maxlen=max(keep_lines, 1))
-    assert proc.stdout is not None  # stdout=PIPE above
-    reader = asyncio.ensure_future(_pump(proc.stdout, tail, on_line))
+    reader = asyncio.ensure_future(_pump(tool.output, tail, on_line))
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
-            await reader  # to EOF: the command, and whatever it started that writes there, ended
-            returncode = await proc.wait()
+            await tool.wait_started(on_wait)
+            # To EOF: the command, and whatever it started that writes there, ended. Waited
+            # for, not awaited: a cancellation must reach the kill below at once, even while
+            # `on_line` is stuck (a progress write on a hung connection), not after it.
+            await asyncio.wait({reader})
+            reader.result()
+            returncode = await tool.exited()
     except BaseException as exc:
         if isinstance(exc, TimeoutError) and deadline.expired():
-            await _terminate(proc, grace=kill_grace, interrupt_first=interrupt_first)
+            waited = not tool.running
+            await tool.terminate(grace=kill_grace, interrupt_first=interrupt_first)
             await _cancel(reader)
-            log.info("%s timed out after %g s (process group %d killed)", name, timeout, proc.pid)
-            raise ProcTimeoutError(f"{name} timed out after {timeout:g} s",
-                                   output=tuple(tail)) from None
-        if interrupt_first:
+            await tool.close(wait=kill_grace)
+            if waited and fence is not None:
+                reason = f"{name} gave up after {timeout:g} s {fence.waiting_text()}"
+            else:
+                reason = f"{name} timed out after {timeout:g} s"
+            log.info("%s; ended it and everything it started", reason)
+            raise ProcTimeoutError(reason, output=tuple(tail)) from None
+        if interrupt_first and tool.running:
             # Shielded: a second cancellation must not cut the tool's clean-up short.
             with contextlib.suppress(BaseException):
-                await asyncio.shield(_terminate(proc, grace=kill_grace, interrupt_first=True))
-        _signal(proc, signal.SIGKILL)
+                await asyncio.shield(tool.terminate(grace=kill_grace, interrupt_first=True))
+        tool.kill()
         await _cancel(reader)
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=kill_grace)
+            await asyncio.shield(tool.close(wait=kill_grace))
         raise
+    await tool.close(wait=2 * kill_grace + 1)
+    if tool.fence_lost and fence is not None:
+        raise TemporaryError(
+            f"{name} was stopped: the lock on {fence.what} was lost (its session on "
+            f"{redact(fence.url)} ended), so nothing kept another run out",
+            details="\n".join(tail) or None)
     log.debug("%s exited with code %d", name, returncode)
     return ProcResult(returncode=returncode, output=tuple(tail) if keep_lines > 0 else ())
 
 
-async def _start(args: Sequence[str], *, name: str, env: dict[str, str],
-                 cwd: Path | None) -> asyncio.subprocess.Process:
-    try:
-        return await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,  # its own process group, so a timeout ends all of it
-        )
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        if cwd is not None and exc.filename is not None and Path(exc.filename) == Path(cwd):
-            raise PermanentError(f"cannot run {name}: working directory {cwd} does not exist"
-                                 ) from None
-        raise PermanentError(f"cannot run {name}: executable not found") from None
-    except PermissionError:
-        raise PermanentError(f"cannot run {name}: permission denied") from None
-    except OSError as exc:
-        raise PermanentError(f"cannot run {name}: {exc.strerror or type(exc).__name__}"
-                             ) from None
+class _Tool:
+    """The bot's side of one supervised run: the supervisor process, the socket to it, and
+    what it has said (waiting, started, exit, fence lost)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, *, name: str, cwd: Path | None,
+                 fence: Fence | None, events: asyncio.StreamReader,
+                 control: asyncio.StreamWriter) -> None:
+        self.proc = proc
+        self.name = name
+        self.cwd = cwd
+        self.fence = fence
+        assert proc.stdout is not None  # stdout=PIPE
+        self.output: asyncio.StreamReader = proc.stdout
+        self._control = control
+        loop = asyncio.get_running_loop()
+        self._started: asyncio.Future[int] = loop.create_future()
+        self._exit: asyncio.Future[int | None] = loop.create_future()
+        self._waiting = asyncio.Event()
+        self.fence_lost = False
+        self._events = asyncio.ensure_future(self._listen(events))
+
+    @classmethod
+    async def start(cls, args: Sequence[str], *, name: str, env: dict[str, str],
+                    cwd: Path | None, grace: float, interrupt_first: bool,
+                    fence: Fence | None) -> _Tool:
+        ours, theirs = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", str(SUPERVISOR),
+                stdin=theirs.fileno(),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=child_environment(),
+                start_new_session=True,  # a Ctrl-C meant for the bot is not the tool's
+            )
+        except OSError as exc:
+            ours.close()
+            raise PermanentError(f"cannot run {name}: its supervisor did not start "
+                                 f"({exc.strerror or type(exc).__name__})") from None
+        finally:
+            theirs.close()
+        events, control = await asyncio.open_unix_connection(sock=ours)
+        spec: dict[str, Any] = {
+            "args": list(args), "env": env, "cwd": str(cwd) if cwd is not None else None,
+            "grace": grace, "interrupt_first": interrupt_first,
+            "path": _python_path(),
+        }
+        if fence is not None:
+            spec["fence"] = {"dsn": asyncpg_dsn(fence.url), "key": fence.key,
+                             "timeout": FENCE_CONNECT_TIMEOUT, "check": FENCE_CHECK_SECONDS}
+        control.write(json.dumps(spec).encode() + b"\n")
+        return cls(proc, name=name, cwd=cwd, fence=fence, events=events, control=control)
+
+    async def _listen(self, events: asyncio.StreamReader) -> None:
+        try:
+            while line := await events.readline():
+                message = json.loads(line)
+                kind = message.get("event")
+                if kind == "waiting":
+                    self._waiting.set()
+                elif kind == "started":
+                    _settle(self._started, result=int(message["pid"]))
+                elif kind == "error":
+                    _settle(self._started, error=self._start_error(message))
+                elif kind == "exit":
+                    _settle(self._exit, result=int(message["code"]))
+                elif kind == "fence-lost":
+                    self.fence_lost = True
+        finally:  # the supervisor has ended (or is ending): whatever it did not say, it never will
+            _settle(self._started, error=PermanentError(
+                f"cannot run {self.name}: its supervisor ended before starting it"))
+            _settle(self._exit, result=None)
+
+    def _start_error(self, message: dict[str, Any]) -> PermanentError | TemporaryError:
+        kind, detail = message.get("kind"), scrub(str(message.get("detail") or ""))
+        if kind == "cwd":
+            return PermanentError(f"cannot run {self.name}: working directory {self.cwd} "
+                                  "does not exist")
+        if kind == "executable":
+            return PermanentError(f"cannot run {self.name}: executable not found")
+        if kind == "permission":
+            return PermanentError(f"cannot run {self.name}: permission denied")
+        if kind == "fence" and self.fence is not None:
+            return TemporaryError(f"cannot run {self.name}: the lock on {self.fence.what} could "
+                                  f"not be taken on {redact(self.fence.url)} ({detail})")
+        return PermanentError(f"cannot run {self.name}: {detail or kind}")
+
+    @property
+    def running(self) -> bool:
+        """Has the tool itself been started?"""
+        started = self._started
+        return started.done() and not started.cancelled() and started.exception() is None
+
+    async def wait_started(self, on_wait: Callable[[], Awaitable[None]] | None) -> None:
+        """Until the tool runs; `on_wait` once if its fence is held elsewhere first."""
+        waiting = asyncio.ensure_future(self._waiting.wait())
+        try:
+            either: set[asyncio.Future[Any]] = {self._started, waiting}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not self._started.done() and on_wait is not None:
+                await on_wait()
+            await asyncio.shield(self._started)  # a cancelled wait leaves the future alone
+        finally:
+            waiting.cancel()
+
+    async def exited(self) -> int:
+        code = await asyncio.shield(self._exit)
+        if code is None:
+            raise PermanentError(f"{self.name} stopped: its supervisor ended unexpectedly")
+        return code
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Ask the supervisor to send `sig` to the tool and everything it started."""
+        if self._control.is_closing():
+            return
+        with contextlib.suppress(Exception):
+            self._control.write(json.dumps({"signal": sig.name.removeprefix("SIG")}).encode()
+                                + b"\n")
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, *, grace: float, interrupt_first: bool = False) -> None:
+        """SIGTERM (SIGINT before it with `interrupt_first`), SIGKILL after `grace` seconds
+        more if the tool has not ended; returns once it has (or after the last `grace`)."""
+        polite = (signal.SIGINT, signal.SIGTERM) if interrupt_first else (signal.SIGTERM,)
+        for sig in (*polite, signal.SIGKILL):
+            if self._exit.done() or not self.running:
+                return
+            self.send_signal(sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exit), timeout=grace)
+                return
+
+    async def close(self, *, wait: float) -> None:
+        """Let the supervisor go: closing our end tells it to end whatever of the tool is
+        left and release the fence. Waits `wait` seconds for that, then kills it (and so,
+        by PR_SET_PDEATHSIG, the tool)."""
+        self._control.close()
+        _, late = await asyncio.wait({self._events}, timeout=wait)
+        if late:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self._events.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout=wait)
+        if self._started.done() and not self._started.cancelled():
+            self._started.exception()  # retrieved: an error nobody awaited is not a warning
+
+
+def _python_path() -> list[str]:
+    """Where this interpreter finds its modules: the supervisor runs isolated (`-I`) and takes
+    this as its `sys.path`, so it finds asyncpg wherever Ephem's was found."""
+    return [str(Path(p).resolve()) for p in sys.path if p and Path(p).exists()]
+
+
+def _settle(future: asyncio.Future[Any], *, result: Any = None,
+            error: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 async def _pump(stream: asyncio.StreamReader, tail: deque[str],
@@ -148,7 +373,7 @@ async def _pump(stream: asyncio.StreamReader, tail: deque[str],
     skipping = False  # inside an over-long line whose start was already delivered
 
     async def deliver(raw: bytes) -> None:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r")[:MAX_LINE]
+        line = scrub(raw.decode("utf-8", errors="replace").rstrip("\r"))[:MAX_LINE]
         tail.append(line)
         if on_line is not None:
             await on_line(line)
@@ -168,37 +393,6 @@ async def _pump(stream: asyncio.StreamReader, tail: deque[str],
             pending, skipping = b"", True
     if pending:
         await deliver(pending)
-
-
-def _signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-    """`sig` to the process's group (its own: `start_new_session`), and to the process itself
-    while it has not been reaped, should its group be gone or changed."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-
-
-async def _terminate(proc: asyncio.subprocess.Process, *, grace: float,
-                     interrupt_first: bool = False) -> None:
-    """SIGTERM to the group (SIGINT before it with `interrupt_first`), SIGKILL after `grace`
-    seconds more if it has not ended.
-
-    `proc.wait()` also waits for the output pipe to close; a process that left the group
-    holding it could keep it open, so the last wait is bounded as well.
-    """
-    polite = (signal.SIGINT, signal.SIGTERM) if interrupt_first else (signal.SIGTERM,)
-    for sig in polite:
-        if proc.returncode is not None:
-            return
-        _signal(proc, sig)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), timeout=grace)
-            return
-    _signal(proc, signal.SIGKILL)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), timeout=grace)
 
 
 async def _cancel(task: asyncio.Future[None]) -> None:

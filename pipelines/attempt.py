@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from bot import metrics
+from bot import metrics, redaction
 from bot.config import Blueprint
 from bot.domain import PhaseAction, PhaseStatus, ProgressEvent, format_duration
 from bot.errors import PhaseError, TemporaryError
@@ -44,6 +44,14 @@ class Failure:
 
     reason: str
     details: str | None = None  # longer text for the thread (e.g. a tool's output tail)
+
+    @classmethod
+    def of(cls, exc: PhaseError) -> Failure:
+        """The failure a phase's error describes, every known secret taken out of its texts:
+        they go to the channel, the store and the log, and a tool's output tail may hold
+        anything its environment or its arguments did."""
+        details = redaction.scrub(exc.details) if exc.details else None
+        return cls(short(redaction.scrub(exc.reason)), details)
 
 
 class Superseded(Exception):
@@ -92,10 +100,10 @@ async def run_attempts(
             await run.interrupted()
             raise
         except TemporaryError as exc:
-            failure = Failure(short(exc.reason), exc.details)
+            failure = Failure.of(exc)
             retry_in = max(exc.delay, backoff * 2 ** (attempt - 1))
         except PhaseError as exc:  # PermanentError, or one that does not say: do not retry
-            failure = Failure(short(exc.reason), exc.details)
+            failure = Failure.of(exc)
             retry_in = None
         except Exception as exc:
             if isinstance(exc, TimeoutError) and timeout.expired():
@@ -155,8 +163,9 @@ class _Run:
         return ctx
 
     async def emit(self, detail: str) -> None:
-        """`PhaseContext.emit`: persist what the phase is doing and show it on the card."""
-        detail = short(detail)
+        """`PhaseContext.emit`: persist what the phase is doing and show it on the card (every
+        known secret taken out: a phase may forward a line of a tool's output)."""
+        detail = short(redaction.scrub(detail))
         async with self.store.transaction() as s:
             await repo.set_phase_run_detail(s, self.id, detail)
         await self.say(detail)

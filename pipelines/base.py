@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from bot import redaction
 from bot.config import Blueprint
 from bot.domain import DataRequest, PhaseName, ReleaseSet
 
@@ -46,10 +47,13 @@ class PhaseContext:
         """A stable secret for this environment (e.g. its database password).
 
         Derived with HMAC from the process secret, so re-applying a phase yields the same value
-        and nothing secret needs to be stored.
+        and nothing secret needs to be stored. Registered with `bot.redaction`, so it is masked
+        in every log line, tool output and error text from then on.
         """
         msg = f"{self.env_id}:{self.name}:{purpose}".encode()
-        return hmac.new(self.secret_key, msg, hashlib.sha256).hexdigest()[:length]
+        secret = hmac.new(self.secret_key, msg, hashlib.sha256).hexdigest()[:length]
+        redaction.register(secret)
+        return secret
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,19 @@ there; nothing asserts how long anything took.
 from __future__ import annotations
 
 import asyncio
+import secrets
+import signal
 import sys
+import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-from bot import proc
-from bot.config import child_environment
-from bot.errors import PermanentError
+from bot import proc, redaction
+from bot.config import CHILD_ALLOWED, child_environment
+from bot.errors import PermanentError, TemporaryError
+from bot.pg import asyncpg_dsn
 
 # A shell that starts a grandchild writing nowhere (so only a group kill ends it), reports
 # the grandchild's pid, says it is up, and waits.
@@ -78,15 +83,57 @@ async def test_passes_extra_environment_and_working_directory(tmp_path: Path) ->
     assert result.output == (f"given {where}",)
 
 
-def test_child_environment_leaves_out_ephems_own_settings(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_child_environment_is_an_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EPHEM_SECRET_KEY", "do-not-pass-on")
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-do-not-pass-on")
-    monkeypatch.setenv("TF_VAR_region", "kept")
+    monkeypatch.setenv("ADMIN_PASSWORD", "the-server-password")  # a blueprint's ${VAR}
+    monkeypatch.setenv("TF_VAR_region", "only-when-passed")
+    monkeypatch.setenv("LC_TIME", "C")
     env = child_environment()
-    assert "EPHEM_SECRET_KEY" not in env
-    assert "SLACK_BOT_TOKEN" not in env
-    assert env["TF_VAR_region"] == "kept"
+    assert set(env) <= CHILD_ALLOWED | {k for k in env if k.startswith("LC_")}
+    assert env["LC_TIME"] == "C" and env["PATH"]
+    for name in ("EPHEM_SECRET_KEY", "SLACK_BOT_TOKEN", "ADMIN_PASSWORD", "TF_VAR_region"):
+        assert name not in env
+    passed = child_environment(["TF_VAR_region", "NOT_SET_ANYWHERE"])
+    assert passed["TF_VAR_region"] == "only-when-passed" and "NOT_SET_ANYWHERE" not in passed
+    # A value passed on is treated as a secret from then on.
+    assert redaction.scrub("region only-when-passed") == "region ***"
+
+
+PRINT_ENVIRONMENT = "import os\nfor k, v in sorted(os.environ.items()): print(f'{k}={v}')"
+
+
+async def test_the_tool_sees_the_allow_list_what_is_passed_and_what_the_caller_sets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EPHEM_DATABASE_URL", "postgresql://ephem:state-db-password@db/ephem")
+    monkeypatch.setenv("ADMIN_PASSWORD", "the-server-password")
+    monkeypatch.setenv("PROJECT_FLAG", "passed-on")
+    result = await proc.run([sys.executable, "-c", PRINT_ENVIRONMENT], pass_env=["PROJECT_FLAG"],
+                            env={"DATABASE_URL": "set-by-the-phase"}, timeout=30)
+    seen = dict(line.split("=", 1) for line in result.output)
+    assert seen["DATABASE_URL"] == "set-by-the-phase"
+    assert seen["PROJECT_FLAG"] == "***"  # passed on, and scrubbed from the output as a secret
+    assert "ADMIN_PASSWORD" not in seen and "EPHEM_DATABASE_URL" not in seen
+    assert set(seen) - {"DATABASE_URL", "PROJECT_FLAG", *proc.STREAMING_ENV} <= CHILD_ALLOWED | {
+        k for k in seen if k.startswith("LC_")}
+
+
+async def test_every_line_is_scrubbed_before_anyone_sees_it() -> None:
+    secret = f"s3cr3t-{secrets.token_hex(6)}"
+    redaction.register(secret)
+    seen: list[str] = []
+
+    async def on_line(line: str) -> None:
+        seen.append(line)
+
+    code = ("import sys\n"
+            "print('password=' + sys.argv[1])\n"
+            "print('url postgresql://admin:' + sys.argv[1] + '@db:5432/x')\n"
+            "print('unregistered postgresql://u:hunter22@db/x')\n")
+    result = await proc.run([sys.executable, "-c", code, secret], timeout=30, on_line=on_line)
+    assert seen == ["password=***", "url postgresql://admin:***@db:5432/x",
+                    "unregistered postgresql://u:***@db/x"]
+    assert result.output == tuple(seen)
 
 
 async def test_timeout_kills_the_whole_process_group() -> None:
@@ -115,6 +162,32 @@ async def test_cancellation_kills_the_process_group() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await _gone(pids[0])
+
+
+async def test_cancellation_kills_the_tool_even_while_on_line_is_stuck() -> None:
+    pids: list[int] = []
+    stuck, release = asyncio.Event(), asyncio.Event()
+
+    async def on_line(line: str) -> None:
+        if line.isdigit():
+            pids.append(int(line))
+            return
+        stuck.set()
+        try:
+            await asyncio.Event().wait()
+        finally:  # like rolling back a progress write on a connection that hangs
+            await release.wait()
+
+    task = asyncio.create_task(proc.run(["sh", "-c", GRANDCHILD], timeout=60, on_line=on_line))
+    await asyncio.wait_for(stuck.wait(), 20)
+    task.cancel()
+    try:
+        assert await _gone(pids[0])  # killed while on_line is still cleaning up
+        assert not task.done()
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 # Cleans up on SIGINT (as Terraform saves its state and releases its lock), ignores SIGTERM.
@@ -205,3 +278,187 @@ async def test_a_file_that_is_not_executable_is_refused(tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\necho hi\n")
     with pytest.raises(PermanentError, match=r"tool\.sh: permission denied"):
         await proc.run([str(script)], timeout=5)
+
+
+# --------------------------------------------------------------------------- a bot that dies
+
+# A bot in miniature: runs `sh` under `proc.run` and prints what `sh` prints; the test kills it.
+BOT = (
+    "import asyncio, sys\n"
+    "from bot import proc\n"
+    "async def main():\n"
+    "    async def show(line):\n"
+    "        print(line, flush=True)\n"
+    "    await proc.run(sys.argv[1:], timeout=120, on_line=show, kill_grace=2,\n"
+    "                   interrupt_first=sys.argv[1] != 'sh')\n"
+    "asyncio.run(main())\n"
+)
+# Starts a grandchild in its group and one that leaves it (setsid), reports their pids and its
+# own, says it is up, and waits.
+FAMILY = ("sleep 60 >/dev/null 2>&1 & echo $!; setsid sleep 61 >/dev/null 2>&1 & echo $!; "
+          "echo $$; echo up; wait")
+
+
+async def _start_bot(*args: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    bot = await asyncio.create_subprocess_exec(sys.executable, "-c", BOT, *args,
+                                               stdout=asyncio.subprocess.PIPE)
+    assert bot.stdout is not None
+    lines: list[str] = []
+    async with asyncio.timeout(20):
+        while (line := (await bot.stdout.readline()).decode().strip()) != "up":
+            assert line, f"the bot ended early after {lines}"
+            lines.append(line)
+    return bot, lines
+
+
+async def test_a_killed_bot_leaves_nothing_of_its_tool_running() -> None:
+    bot, pids = await _start_bot("sh", "-c", FAMILY)
+    assert len(pids) == 3 and all(await asyncio.gather(*(_alive(int(p)) for p in pids)))
+    bot.send_signal(signal.SIGKILL)
+    await bot.wait()
+    for pid in pids:  # the tool, its grandchild, and the one that left the group
+        assert await _gone(int(pid)), f"process {pid} outlived the bot"
+
+
+async def test_a_killed_bot_interrupts_first_when_asked(tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    bot, _ = await _start_bot(sys.executable, "-c", POLITE, str(saved))
+    bot.send_signal(signal.SIGKILL)
+    await bot.wait()
+    async with asyncio.timeout(20):  # only turns a hang into a failure
+        while not (saved.exists() and saved.read_text()):  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.02)
+    assert saved.read_text() == "state saved"
+
+
+async def _alive(pid: int) -> bool:
+    return _state(pid) not in (None, "Z", "X")
+
+
+# --------------------------------------------------------------------------- the fence
+
+# Appends "start <t>" and "end <t>" (wall clock) to a file around a sleep.
+RECORDED = ("import sys, time\n"
+            "log = open(sys.argv[1], 'a', buffering=1)\n"
+            "log.write(f'start {time.time()}\\n')\n"
+            "print('up', flush=True)\n"
+            "time.sleep(float(sys.argv[2]))\n"
+            "log.write(f'end {time.time()}\\n')\n")
+
+
+def _intervals(path: Path) -> list[tuple[float, float]]:
+    marks = [line.split() for line in path.read_text().splitlines()]
+    starts = [float(t) for kind, t in marks if kind == "start"]
+    ends = [float(t) for kind, t in marks if kind == "end"]
+    return list(zip(starts, ends, strict=True))
+
+
+@pytest.fixture
+def fence(pg_admin_url: str, db_prefix: str) -> proc.Fence:
+    return proc.Fence(url=pg_admin_url, name=f"{db_prefix}test:{secrets.token_hex(4)}",
+                      what="the test tool")
+
+
+async def test_a_fenced_run_waits_for_the_earlier_one_and_says_so(
+        fence: proc.Fence, tmp_path: Path) -> None:
+    log = tmp_path / "runs"
+    first_up = asyncio.Event()
+    waits: list[str] = []
+
+    async def up(_: str) -> None:
+        first_up.set()
+
+    async def waiting() -> None:
+        waits.append(fence.waiting_text())
+
+    first = asyncio.create_task(proc.run([sys.executable, "-c", RECORDED, str(log), "1"],
+                                         timeout=60, fence=fence, on_line=up))
+    await asyncio.wait_for(first_up.wait(), 20)
+    second = await proc.run([sys.executable, "-c", RECORDED, str(log), "0"], timeout=60,
+                            fence=fence, on_wait=waiting)
+    assert (await first).returncode == 0 and second.returncode == 0
+    assert waits == ["waiting for an earlier run of the test tool to finish"]
+    (_, first_end), (second_start, _) = _intervals(log)
+    assert first_end <= second_start
+
+
+async def test_a_fence_held_on_another_host_keeps_the_tool_from_starting(
+        fence: proc.Fence, tmp_path: Path) -> None:
+    log = tmp_path / "runs"
+    other = await asyncpg.connect(asyncpg_dsn(fence.url))  # an earlier run's supervisor
+    try:
+        await other.execute("SELECT pg_advisory_lock($1)", fence.key)
+        waiting = asyncio.Event()
+
+        async def on_wait() -> None:
+            waiting.set()
+
+        run = asyncio.create_task(proc.run([sys.executable, "-c", RECORDED, str(log), "0"],
+                                           timeout=60, fence=fence, on_wait=on_wait))
+        await asyncio.wait_for(waiting.wait(), 20)
+        # The supervisor's session is queued behind ours on the lock.
+        async with asyncio.timeout(20):
+            while not await other.fetchval(  # noqa: ASYNC110 - another session's state
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND NOT granted AND (classid::bigint << 32 | objid::bigint) = $1",
+                    fence.key):
+                await asyncio.sleep(0.02)
+        assert not log.exists()
+        released_at = time.time()
+        await other.execute("SELECT pg_advisory_unlock($1)", fence.key)
+        assert (await run).returncode == 0
+    finally:
+        await other.close()
+    [(started, _)] = _intervals(log)
+    assert started >= released_at
+
+
+async def test_losing_the_fence_stops_the_tool(fence: proc.Fence, tmp_path: Path) -> None:
+    pids: list[int] = []
+    up = asyncio.Event()
+
+    async def on_line(line: str) -> None:
+        if line.isdigit():
+            pids.append(int(line))
+        else:
+            up.set()
+
+    run = asyncio.create_task(proc.run(["sh", "-c", "echo $$; echo up; sleep 60"], timeout=60,
+                                       fence=fence, on_line=on_line))
+    await asyncio.wait_for(up.wait(), 20)
+    admin = await asyncpg.connect(asyncpg_dsn(fence.url))
+    try:  # the fence's server ends its session (a restart, a database dropped WITH (FORCE))
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND granted AND (classid::bigint << 32 | objid::bigint) = $1",
+            fence.key)
+    finally:
+        await admin.close()
+    with pytest.raises(TemporaryError, match="the lock on the test tool was lost"):
+        await run
+    assert await _gone(pids[0])
+
+
+async def test_giving_up_while_waiting_for_the_fence_says_so(fence: proc.Fence) -> None:
+    other = await asyncpg.connect(asyncpg_dsn(fence.url))
+    try:
+        await other.execute("SELECT pg_advisory_lock($1)", fence.key)
+        with pytest.raises(proc.ProcTimeoutError) as caught:
+            await proc.run(["true"], timeout=1, fence=fence)
+    finally:
+        await other.close()
+    assert caught.value.reason == (
+        "true gave up after 1 s waiting for an earlier run of the test tool to finish")
+
+
+async def test_an_unreachable_fence_is_a_temporary_error_and_nothing_runs(
+        tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    nowhere = proc.Fence(url="postgresql://ephem:pw-of-nowhere@127.0.0.1:9/x", name="n",
+                         what="nothing")
+    with pytest.raises(TemporaryError) as caught:
+        await proc.run(["touch", str(marker)], timeout=30, fence=nowhere)
+    assert caught.value.reason.startswith(
+        "cannot run touch: the lock on nothing could not be taken on "
+        "postgresql://ephem:***@127.0.0.1:9/x")
+    assert not marker.exists()

@@ -17,11 +17,18 @@ from bot.errors import ConfigError, EphemError
 
 
 def _setup_logging(level: str) -> None:
+    """Log to stderr, every line scrubbed of every secret `bot.redaction` knows (the filter
+    sits on the handlers, so records from every library's logger pass through it)."""
+    from bot.redaction import ScrubFilter
+
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+            handler.addFilter(ScrubFilter())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -139,14 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except EphemError as exc:
-        from bot.pg import scrub
+        from bot.redaction import scrub
 
         print(f"ephem: {scrub(str(exc))}", file=sys.stderr)
         return 1
     except Exception as exc:
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             logging.exception("unexpected error")
-        from bot.pg import scrub
+        from bot.redaction import scrub
 
         print(f"ephem: unexpected error: {type(exc).__name__}: {scrub(str(exc))}\n"
               "Run again with EPHEM_LOG_LEVEL=DEBUG for details.", file=sys.stderr)

@@ -3,9 +3,18 @@
 Why: handlers only write a job row; something must pick it up, run it exactly once, survive a
 restart and drain on shutdown. One dispatcher task claims jobs while a worker slot is free (woken
 by LISTEN `ephem_jobs`, by a job finishing, or every `poll_seconds`); each claimed job runs in
-its own task next to a lease keeper that renews the lease every third of its length and cancels
-the work if the lease is lost. `stop()` has SIGTERM semantics: claim nothing more, give running
-jobs `grace_seconds` to finish, then cancel them and hand their jobs back to the queue at once.
+its own task next to a lease keeper that renews the lease every third of its length.
+
+The keeper stops the work *before* anyone else may claim it: each renewal is time-boxed (a
+connection that hangs must not hang the keeper), and when the lease has not been renewed for
+`lease - margin` seconds (the margin is a third of the lease) the work is cancelled, which ends
+the phase's tool and everything it started (`bot.proc`), while the lease still holds. Times are
+measured from just before the claim or renewal was sent, so the database's expiry is never
+earlier than the keeper thinks. What a frozen process cannot do for itself, the tool's fence
+does (`bot.proc.Fence`): a successor waits for it.
+
+`stop()` has SIGTERM semantics: claim nothing more, give running jobs `grace_seconds` to
+finish, then cancel them and hand their jobs back to the queue at once.
 
 Neighbours: `claims` holds the SQL; the work itself is a `bot.ports.JobWork` (the pipeline
 runner, plugged in by `bot.cli.app`).
@@ -124,11 +133,14 @@ class Executor:
 
     async def _fill(self) -> None:
         """Claim jobs while a worker slot is free and something is claimable."""
+        loop = asyncio.get_running_loop()
         while len(self._running) < self._workers and not self._stopping:
+            asked = loop.time()  # the lease runs from no earlier than this
             job = await self._claim()
             if job is None:
                 return
-            self._running[job.id] = asyncio.create_task(self._run(job), name=f"ephem-job-{job.id}")
+            self._running[job.id] = asyncio.create_task(self._run(job, held_since=asked),
+                                                        name=f"ephem-job-{job.id}")
 
     async def _claim(self) -> ClaimedJob | None:
         try:
@@ -183,10 +195,11 @@ class Executor:
 
     # ------------------------------------------------------------------ running one job
 
-    async def _run(self, job: ClaimedJob) -> None:
+    async def _run(self, job: ClaimedJob, *, held_since: float) -> None:
         me = asyncio.current_task()
         assert me is not None
-        keeper = asyncio.create_task(self._keep_lease(job, me), name=f"ephem-lease-{job.id}")
+        keeper = asyncio.create_task(self._keep_lease(job, me, held_since=held_since),
+                                     name=f"ephem-lease-{job.id}")
         metrics.JOBS_RUNNING.inc()
         try:
             outcome = await self._guarded(job)
@@ -241,27 +254,59 @@ class Executor:
             log.info("job %s: released back to the queue", job.id)
             metrics.JOBS.labels(kind=str(job.kind), outcome="released").inc()
 
-    async def _keep_lease(self, job: ClaimedJob, work: asyncio.Task[None]) -> None:
-        """Renew every third of the lease; cancel the work once the lease is surely lost."""
+    async def _keep_lease(self, job: ClaimedJob, work: asyncio.Task[None], *,
+                          held_since: float) -> None:
+        """Renew every third of the lease; cancel the work once the lease is lost, or when it
+        has not been renewed for `lease - margin` seconds — while it still holds, so the
+        work (and the tool it runs) has stopped before another executor may claim the job."""
         loop = asyncio.get_running_loop()
-        renewed_at = loop.time()
+        every, margin = self._lease / 3, self._lease / 3
+        renewed = held_since  # the lease holds until at least renewed + lease
+        next_try = renewed + every
         while True:
-            await asyncio.sleep(self._lease / 3)
-            held: bool | None
-            try:
-                held = await claims.renew(self._store, job, owner=self._owner,
-                                          lease_seconds=self._lease)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("job %s: renewing its lease failed (%s)", job.id, type(exc).__name__)
-                held = None
+            stop_at = renewed + self._lease - margin
+            await asyncio.sleep(max(0.0, min(next_try, stop_at) - loop.time()))
+            if loop.time() >= stop_at:
+                log.warning("job %s: lease not renewed for %.1fs; stopping its work before "
+                            "the lease expires", job.id, loop.time() - renewed)
+                break
+            sent = loop.time()
+            held = await self._renew(job, within=min(every, stop_at - sent))
             if held:
-                renewed_at = loop.time()
+                renewed, next_try = sent, sent + every
                 continue
-            if held is False or loop.time() - renewed_at >= self._lease:
+            if held is False:
                 log.warning("job %s: lease lost; cancelling its work", job.id)
-                self._lease_lost.add(job.id)
-                work.cancel()
-                return
+                break
+            next_try = loop.time() + min(every, margin) / 4  # failed or timed out: again soon
+        self._lease_lost.add(job.id)
+        work.cancel()
 
+    async def _renew(self, job: ClaimedJob, *, within: float) -> bool | None:
+        """Renew the lease; True/False as `claims.renew` says, None if it failed or did not
+        answer within `within` seconds (it is then left to finish or fail in the background,
+        bounded by the store's own timeouts)."""
+        attempt = asyncio.ensure_future(
+            claims.renew(self._store, job, owner=self._owner, lease_seconds=self._lease))
+        try:
+            done, _ = await asyncio.wait({attempt}, timeout=max(within, 0.0))
+        except asyncio.CancelledError:  # the job ended meanwhile: the renewal is moot
+            attempt.add_done_callback(_retrieve)
+            attempt.cancel()
+            raise
+        if not done:
+            attempt.add_done_callback(_retrieve)
+            attempt.cancel()
+            log.warning("job %s: renewing its lease took more than %.1fs", job.id, within)
+            return None
+        if attempt.exception() is not None:
+            log.warning("job %s: renewing its lease failed (%s)", job.id,
+                        type(attempt.exception()).__name__)
+            return None
+        return attempt.result()
+
+
+def _retrieve(task: asyncio.Future[bool]) -> None:
+    """Done callback: fetch an abandoned renewal's outcome so asyncio does not warn."""
+    if not task.cancelled():
+        task.exception()

@@ -21,7 +21,9 @@ order, every time, so every environment (and a re-run after a crash) ends up ali
 - Seeds are a second set of files with their own history table (`SEED_HISTORY`).
 - The `command` kind instead runs the project's own tool (`run_command`) with the database's
   URL in `DATABASE_URL` and the libpq `PG*` variables; its output tail, passwords scrubbed, is
-  the failure reason.
+  the failure reason. The tool holds a fence on the database while it runs (`bot.proc.Fence`,
+  `migrations_fence`): the advisory lock above only protects runs in this process's sessions,
+  while a tool's run must also keep out a successor when the bot that started it is gone.
 
 Neighbours: the data phase (`postgres.py` creates the database) calls `discover`, `migrate` and
 `run_command`; `bot.proc` runs the command. The runner retries `TemporaryError`s only.
@@ -43,7 +45,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import asyncpg
 
-from bot import proc
+from bot import proc, redaction
 from bot.errors import PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident, scrub
 from pipelines.data import pgconn, sqlscript
@@ -432,6 +434,16 @@ def command_environment(dsn: str) -> dict[str, str]:
     return env
 
 
+def migrations_fence(dsn: str, environment: str) -> proc.Fence:
+    """The lock a migration command of `environment` holds on its database while it runs
+    (see `bot.proc.Fence`): a second run — a retry, another replica taking the job over, an
+    orphan of a killed bot on another host — waits for the first instead of running beside it.
+    """
+    database = command_environment(dsn)["PGDATABASE"]
+    return proc.Fence(url=dsn, name=f"migrations:{database}",
+                      what=f"the migrations of {environment}")
+
+
 async def run_command(
     command: Sequence[str],
     *,
@@ -439,21 +451,32 @@ async def run_command(
     timeout: float,
     emit: Emit | None = None,
     cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    pass_env: Sequence[str] = (),
+    environment: str | None = None,
 ) -> str:
     """Run the project's migration tool against `dsn`; its output tail (scrubbed) on success.
 
+    The tool's environment: the allow-list of `bot.proc`, the variables named in `pass_env`
+    and set in `env` (the blueprint's), then `DATABASE_URL` and the libpq variables, which win.
+    With `environment` (its name), the run holds `migrations_fence` on the database, waiting —
+    and saying so through `emit` — while an earlier run holds it.
+
     Raises `CommandFailed` (a PermanentError) on a non-zero exit, its reason naming the command
     and exit code and holding the last TAIL_LINES lines of output, passwords scrubbed;
-    PermanentError when it times out or cannot be started.
+    PermanentError when it times out or cannot be started; TemporaryError when its fence could
+    not be taken or was lost while it ran.
     """
     if not command:
         raise PermanentError("the migration command is empty")
     name = Path(command[0]).name
     try:
-        env = command_environment(dsn)
+        phase_env = command_environment(dsn)
     except ValueError:
         raise PermanentError("the database URL is not a postgresql:// URL") from None
-    password = env["PGPASSWORD"]
+    password = phase_env["PGPASSWORD"]
+    redaction.register(password, quote(password, safe=""))
+    fence = migrations_fence(dsn, environment) if environment else None
 
     def clean(text: str) -> str:
         return _hide(scrub(text), password)
@@ -466,10 +489,16 @@ async def run_command(
             last_emit = time.monotonic()
             await emit(clean(line)[:200])
 
+    async def on_wait() -> None:
+        if emit is not None and fence is not None:
+            await emit(fence.waiting_text())
+
     if emit is not None:
         await emit(f"running {name}")
     try:
-        result = await proc.run(command, env=env, cwd=cwd, timeout=timeout, on_line=on_line)
+        result = await proc.run(command, env={**(env or {}), **phase_env}, pass_env=pass_env,
+                                cwd=cwd, timeout=timeout, on_line=on_line, fence=fence,
+                                on_wait=on_wait)
     except proc.ProcTimeoutError as exc:
         tail = clean("\n".join(exc.output[-TAIL_LINES:]))
         raise PermanentError(clean(exc.reason) + (f"; last lines:\n{tail}" if tail else "")

@@ -180,7 +180,8 @@ class DatabasePhase:
         if cfg.kind == "command":
             assert cfg.command is not None
             command = with_releases(cfg.command, ctx.release_set.versions)
-            await run_command(command, dsn=url, timeout=timeout, emit=ctx.emit)
+            await run_command(command, dsn=url, timeout=timeout, emit=ctx.emit,
+                              env=cfg.env, pass_env=cfg.pass_env, environment=ctx.name)
             steps["migrate"] = time.monotonic() - started
             return [" ".join(command)]
         result = await migrate(url, discover(cfg.locations), installed_by="ephem",
