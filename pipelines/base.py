@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from bot.config import Blueprint
@@ -35,6 +36,7 @@ class PhaseContext:
     secret_key: bytes = field(repr=False, default=b"")
     # `/ephem reset-data`: the data phase re-creates the database instead of keeping it.
     reset_data: bool = False
+    expires_at: datetime | None = None
 
     def derive_secret(self, purpose: str, length: int = 32) -> str:
         """A stable secret for this environment (e.g. its database password).

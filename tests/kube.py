@@ -40,8 +40,9 @@ What the fixture emulates, on top of kmock's storage and discovery:
 
 The emulator is served by aiohttp's low-level server on 127.0.0.1 (a free port), in a thread of
 its own with its own event loop, so blocking `kubernetes` client calls work from anywhere (a
-test's event loop, `asyncio.to_thread`, another process through `Cluster.kubeconfig`). The inspection and controller helpers of `Cluster` are plain
-blocking calls that run inside the server's loop.
+test's event loop, `asyncio.to_thread`, another process through `Cluster.kubeconfig`). The
+inspection and controller helpers of `Cluster` are plain blocking calls that run inside the
+server's loop.
 
 Use the fixture by importing `kube_fixture` into a test module (it registers as `kube`) and
 asking for a `kube` argument; or `with Cluster() as cluster:` anywhere.
