@@ -16,11 +16,13 @@ import secrets
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from bot.config import INFRA_OUTPUT, Blueprint, Settings
 from bot.domain import PhaseName
 from bot.errors import PermanentError
 from bot.executor import Executor
+from bot.pg import asyncpg_dsn
 from bot.ports import Invocation, Reply, Visibility
 from bot.redaction import register
 from bot.scheduler import Scheduler
@@ -35,6 +37,7 @@ from pipelines.data.clone import WarmPool
 from pipelines.data.keeper import SnapshotKeeper
 from pipelines.data.postgres import DatabasePhase
 from pipelines.infra.namespace import NamespaceProvider
+from pipelines.infra.orphans import DataServer, OrphanFinder
 from pipelines.infra.phase import InfraPhase
 from pipelines.infra.terraform import TerraformProvider
 from pipelines.runner import Runner
@@ -62,6 +65,20 @@ def infra_phase(settings: Settings, blueprint: Blueprint) -> InfraPhase | None:
                  if infra.terraform is not None else None)
     namespace = NamespaceProvider(infra.kubernetes) if infra.kubernetes is not None else None
     return InfraPhase(terraform=terraform, namespace=namespace)
+
+
+def orphan_finder(settings: Settings, blueprint: Blueprint, store: Store) -> OrphanFinder:
+    """What `ephem doctor --orphans` (and the reaper) looks through: the blueprint's
+    workspaces, namespaces and environment databases."""
+    infra = infra_phase(settings, blueprint)
+    data = blueprint.phases.data
+    server = None
+    if data is not None and not INFRA_OUTPUT.match(data.server or ""):
+        own = urlsplit(asyncpg_dsn(settings.database_url)).path.lstrip("/")
+        server = DataServer(data.server or settings.database_url, data.database_prefix,
+                            keep=frozenset({own}))
+    return OrphanFinder(store=store, terraform=infra.terraform if infra else None,
+                        namespace=infra.namespace if infra else None, data=server)
 
 
 class ServerFromInfra:

@@ -72,6 +72,7 @@ class Target:
     owner: str = ""
     expires_at: datetime | None = None
     releases: Mapping[str, str] = field(default_factory=dict)
+    lenient: bool = False  # a missing `{release.<c>}` renders empty (destroying an orphan)
 
     @classmethod
     def of(cls, ctx: PhaseContext) -> Target:
@@ -97,10 +98,10 @@ def render(value: object, target: Target) -> object:
         key = m.group(1)
         if key.startswith("release."):
             component = key.removeprefix("release.")
-            if component not in target.releases:
+            if component not in target.releases and not target.lenient:
                 raise PermanentError(f"variable needs {{{key}}} but the release set has no "
                                      f"`{component}`")
-            return target.releases[component]
+            return target.releases.get(component, "")
         return {"env.name": target.name, "env.owner": target.owner, "env.id": str(target.env_id),
                 "env.expires_at": target.expires_at.isoformat() if target.expires_at else ""
                 }[key]
