@@ -58,6 +58,7 @@ _LOCKED = "Error acquiring the state lock"
 _EMIT_EVERY = 1.0  # seconds between card updates from the stream
 _TICK = 5.0  # a long-running resource's clock is refreshed this often
 _QUICK = 120.0  # timeout of the small commands (workspace, output)
+_QUIET_LOCK = 5  # seconds an apply waits for a lock before saying it waits
 _BACKEND_OVERRIDE = '# Written by Ephem: state in PostgreSQL.\nterraform {\n  backend "pg" {}\n}\n'
 _OWN_FILES = ("ephem_backend_override.tf", "ephem.auto.tfvars.json", ".terraformrc")
 
@@ -249,6 +250,7 @@ class TerraformProvider:
         self.root = config.workdir or Path(tempfile.gettempdir()) / "ephem-terraform"
         self.binary = find_binary(config.binary)
         self._init_lock = asyncio.Lock()
+        self._create_lock = asyncio.Lock()
         self._schema_ready = False
 
     # ------------------------------------------------------------------ the phase's parts
@@ -366,10 +368,12 @@ class TerraformProvider:
         init = await self._init(workdir)
         if init.returncode != 0:
             raise PermanentError("terraform init failed", details=_init_hint(init.tail(30)))
-        if not create and target.workspace not in await self.workspaces():
+        exists = target.workspace in await self.workspaces()
+        if not exists and not create:
             return None
-        select = await self._command(["workspace select", "-or-create=true",
-                                      target.workspace], workdir=workdir)
+        if not exists and await self._new_workspace(target, workdir):
+            return workdir
+        select = await self._command(["workspace select", target.workspace], workdir=workdir)
         if select.returncode != 0:
             raise TemporaryError(f"could not select workspace {target.workspace}",
                                  details=scrub(select.tail(20)))
@@ -396,6 +400,29 @@ class TerraformProvider:
                 await conn.close()
             self._schema_ready = result.returncode == 0
             return result
+
+    async def _new_workspace(self, target: Target, workdir: Path) -> bool:
+        """Make the workspace (selecting it); False when it turned out to exist already.
+
+        The pg backend creates workspaces under one global lock and fails at once when another
+        creation holds it ("Already locked for workspace creation"), whatever -lock-timeout
+        says: creations in this process take turns, and a busy lock is tried again until
+        `lock_wait` has passed."""
+        deadline = time.monotonic() + self.config.lock_wait.total_seconds()
+        delay = 0.1
+        while True:
+            async with self._create_lock:
+                made = await self._command(["workspace new", target.workspace], workdir=workdir)
+            if made.returncode == 0:
+                return True
+            text = made.tail(20)
+            if "already exists" in text:
+                return False
+            if "locked for workspace creation" not in text or time.monotonic() > deadline:
+                raise TemporaryError(f"could not create workspace {target.workspace}",
+                                     details=scrub(text))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _write_workdir(self, workdir: Path, target: Target) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -469,8 +496,11 @@ class TerraformProvider:
         """Run an apply or destroy; when the state is locked elsewhere, say so and wait for up
         to `lock_wait`; a lock still held then is a TemporaryError naming the holder."""
         timeout = self.config.timeout.total_seconds()
-        stream = await self._streamed([*args, "-lock-timeout=0s"], workdir=workdir, emit=emit,
-                                      verb=verb, timeout=timeout)
+        # A few seconds first, quietly: the pg backend also refuses every lock while any
+        # workspace is being created, which passes at once.
+        quiet = min(_QUIET_LOCK, _seconds(self.config.lock_wait))
+        stream = await self._streamed([*args, f"-lock-timeout={quiet}s"], workdir=workdir,
+                                      emit=emit, verb=verb, timeout=timeout + quiet)
         if not stream.locked():
             return stream
         holder = await self.lock_holder(target.workspace) or "another process"
