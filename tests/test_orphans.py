@@ -78,6 +78,7 @@ async def test_orphans_are_listed_then_fixed_one_line_each(
     store: Store, kube: Cluster, bot_db_url: str, pg_admin_url: str, db_prefix: str,
     schema: str, tmp_path: Path,
 ) -> None:
+    db_prefix = f"{db_prefix}o{uuid.uuid4().hex[:4]}_"  # other tests' leftovers are not ours
     module = tmp_path / "module"
     module.mkdir()
     (module / "main.tf").write_text(MODULE)
@@ -127,8 +128,7 @@ async def test_orphans_are_listed_then_fixed_one_line_each(
     assert len([line for line in fixed.splitlines() if line.startswith("fixed   destroyed")]) == 4
 
     finder = OrphanFinder(store=store, terraform=terraform, namespace=namespaces,
-                          data=DataServer(pg_admin_url, db_prefix,
-                                          keep=frozenset({f"{db_prefix}bot"})))
+                          data=DataServer(pg_admin_url, db_prefix))
     assert await finder.find() == []
     assert workspace_name(live, "alive") in await terraform.workspaces()
     assert kube.get("v1/namespaces", None, "ephem-alive") is not None
