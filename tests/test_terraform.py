@@ -23,6 +23,7 @@ from bot.config import Blueprint, TerraformBackend, TerraformConfig, TerraformOu
 from bot.domain import DataMode, DataRequest, ReleaseSet
 from bot.errors import PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident
+from bot.redaction import scrub
 from pipelines.base import PhaseContext
 from pipelines.infra.terraform import TerraformProvider, find_binary, workspace_name
 
@@ -89,16 +90,17 @@ class Setup:
     workdir: Path
     marker: Path
 
-    def provider(self, *, delay: float = 0, lock_wait: float = 1.0) -> TerraformProvider:
+    def provider(self, *, delay: float = 0, lock_wait: float = 1.0,
+                 conn_str: str | None = None) -> TerraformProvider:
         config = TerraformConfig(
             module=self.module, workdir=self.workdir,
-            backend=TerraformBackend(schema_name=self.schema),
+            backend=TerraformBackend(schema_name=self.schema, conn_str=conn_str),
             variables={"env_name": "{env.name}", "delay": delay,
                        "fail_marker": str(self.marker)},
             outputs=TerraformOutputs(secret=["token"]),
             timeout=timedelta(minutes=2), parallelism=4,
             lock_wait=timedelta(seconds=lock_wait))
-        return TerraformProvider(config, state_url=self.state_url)
+        return TerraformProvider(config, state_url=self.state_url, quiet_lock=0)
 
 
 @pytest.fixture
@@ -157,13 +159,18 @@ async def test_apply_outputs_reapply_destroy_and_destroy_again(tf: Setup) -> Non
 
 
 async def test_failing_halfway_then_retry_converges_and_destroy_cleans_up(tf: Setup) -> None:
-    provider = tf.provider()
+    # A password in the backend's URL (trust authentication ignores it) is never shown.
+    password = "pg-secret-4711"
+    provider = tf.provider(conn_str=tf.state_url.replace("postgres@", f"postgres:{password}@"))
     tf.marker.touch()
     broken = Env(102, "half")
     with pytest.raises(PermanentError) as failed:
         await provider.apply(broken.ctx())
     assert "terraform_data.fragile" in failed.value.reason
     assert failed.value.details and "error:" in failed.value.details
+    assert "local-exec provisioner error" in failed.value.details
+    seen = " ".join([failed.value.reason, failed.value.details, *broken.said])
+    assert password not in seen and password not in scrub(f"PG_CONN_STR={provider._conn_str}")
     state = await state_of(tf, workspace_name(102, "half"))
     assert addresses(state) == ["terraform_data.first", "terraform_data.fragile",
                                 "terraform_data.slow"]
@@ -262,11 +269,12 @@ async def test_bot_killed_mid_apply_then_another_process_converges(tf: Setup) ->
     assert child.returncode == -signal.SIGKILL
     provider = tf.provider(delay=0, lock_wait=60)
     env = Env(108, "killed")
+    held = await provider.lock_holder(workspace_name(108, "killed"))
     public, _, _ = await provider.apply(env.ctx())  # waits for the lock if held, converges
     assert public["domain"] == "killed.test.example"
-    for said in env.said:
-        if "locked by" in said:
-            assert "ephem:" in said  # the orphaned terraform, tagged by the killed bot
+    waited = [s for s in env.said if "locked by" in s]
+    if held is not None:  # the killed bot's terraform was still applying: waited, said so
+        assert waited and "locked by ephem:" in waited[0] and "waiting" in waited[0], env.said
     state = await state_of(tf, workspace_name(108, "killed"))
     assert len(addresses(state)) == 4  # every resource exactly once
     _, _, again = await provider.apply(env.ctx())

@@ -236,8 +236,9 @@ class TerraformProvider:
     label = "terraform"
 
     def __init__(self, config: TerraformConfig, *, state_url: str,
-                 holder: str | None = None) -> None:
+                 holder: str | None = None, quiet_lock: float = _QUIET_LOCK) -> None:
         self.config = config
+        self.quiet_lock = quiet_lock  # seconds a held lock is waited for before saying so
         conn = config.backend.conn_str or state_url
         if not conn:
             raise PermanentError("terraform needs a state database: set EPHEM_DATABASE_URL or "
@@ -498,7 +499,7 @@ class TerraformProvider:
         timeout = self.config.timeout.total_seconds()
         # A few seconds first, quietly: the pg backend also refuses every lock while any
         # workspace is being created, which passes at once.
-        quiet = min(_QUIET_LOCK, _seconds(self.config.lock_wait))
+        quiet = int(min(self.quiet_lock, _seconds(self.config.lock_wait)))
         stream = await self._streamed([*args, f"-lock-timeout={quiet}s"], workdir=workdir,
                                       emit=emit, verb=verb, timeout=timeout + quiet)
         if not stream.locked():
