@@ -280,3 +280,22 @@ async def test_bot_killed_mid_apply_then_another_process_converges(tf: Setup) ->
     _, _, again = await provider.apply(env.ctx())
     assert "0 added, 0 changed, 0 destroyed" in again
     await provider.destroy(env.ctx())
+
+
+async def test_providers_come_only_from_the_mirror(tf: Setup, tmp_path: Path) -> None:
+    module = tmp_path / "needs-null"
+    module.mkdir()
+    (module / "main.tf").write_text(
+        'terraform {\n  required_providers {\n    null = { source = "hashicorp/null" }\n  }\n}\n'
+        'resource "null_resource" "x" {}\n')
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    config = TerraformConfig(module=module, workdir=tmp_path / "w",
+                             backend=TerraformBackend(schema_name=tf.schema),
+                             provider_mirror=mirror, timeout=timedelta(minutes=1))
+    with pytest.raises(PermanentError) as refused:
+        await TerraformProvider(config, state_url=tf.state_url).apply(Env(109, "mirror").ctx())
+    assert refused.value.reason == "terraform init failed"
+    assert refused.value.details is not None
+    assert "hashicorp/null" in refused.value.details and str(mirror) in refused.value.details
+    assert "provider_mirror" in refused.value.details  # what to do about it
