@@ -437,6 +437,45 @@ class DataPhaseConfig(_Strict):
     @field_validator("server")
     @classmethod
     def _pg_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")) \
+                and not INFRA_OUTPUT.match(v):
+            raise ValueError("expected a postgresql:// URL or `{infra.<output>}`")
+        return v
+
+
+# `{env.name}`, `{env.owner}`, `{env.expires_at}`, `{env.id}`, `{release.<component>}`: filled in
+# per environment when the phase runs (`pipelines.infra.variables`).
+PLACEHOLDER = re.compile(r"\{(env\.(?:name|owner|expires_at|id)|release\.[A-Za-z0-9_.-]+)\}")
+_BRACED = re.compile(r"(?<!\$)\{([^{}]*)\}")
+# `phases.data.server: "{infra.<output>}"`: the data phase's server is an infrastructure output.
+INFRA_OUTPUT = re.compile(r"^\{infra\.([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def _placeholders(value: object) -> object:
+    """`${VAR}` is expanded now; `{…}` must be one of the placeholders filled in per run."""
+    value = _expand(value)
+    if isinstance(value, str):
+        for m in _BRACED.finditer(value):
+            if not PLACEHOLDER.fullmatch(m.group(0)):
+                raise ValueError(f"unknown placeholder `{m.group(0)}`: use {{env.name}}, "
+                                 "{env.owner}, {env.expires_at}, {env.id} or "
+                                 "{release.<component>}")
+    return value
+
+
+Variable = Annotated[str | int | float | bool, BeforeValidator(_placeholders)]
+
+
+class TerraformBackend(_Strict):
+    """Where the state lives: the `pg` backend, one workspace per environment."""
+
+    # None: Ephem's own database (EPHEM_DATABASE_URL). A secret: never logged or shown.
+    conn_str: Expanded | None = None
+    schema_name: str = Field(default="ephem_tf", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    @field_validator("conn_str")
+    @classmethod
+    def _pg_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected a postgresql:// URL")
         register_url_password(v)
@@ -524,10 +563,103 @@ class CodePhaseConfig(_Strict):
         return self
 
 
+class TerraformOutputs(_Strict):
+    """Which outputs the thread shows (None: every one that is not sensitive) and which are
+    secret (to the owner only; never persisted)."""
+
+    show: list[str] | None = None
+    secret: list[str] = Field(default_factory=list)
+
+
+class TerraformConfig(_Strict):
+    """`phases.infra.terraform`: one Terraform/OpenTofu apply per environment."""
+
+    module: ResolvedPath
+    binary: str | None = None  # `tofu`, `terraform` or a path; None: the first found on PATH
+    variables: dict[str, Variable] = Field(default_factory=dict)
+    backend: TerraformBackend = TerraformBackend()
+    outputs: TerraformOutputs = TerraformOutputs()
+    timeout: Duration = timedelta(minutes=30)
+    parallelism: int = Field(default=10, ge=1, le=256)
+    plugin_cache: ResolvedPath | None = None  # TF_PLUGIN_CACHE_DIR, filled beforehand
+    provider_mirror: ResolvedPath | None = None  # a filesystem mirror; the only source used
+    workdir: ResolvedPath | None = None  # root of the per-environment working directories
+    lock_wait: Duration = timedelta(minutes=5)  # how long one attempt waits for a held lock
+
+    @field_validator("module")
+    @classmethod
+    def _module_exists(cls, v: Path) -> Path:
+        if not v.is_dir():
+            raise ValueError(f"module directory {v} does not exist")
+        return v
+
+
+class LimitsConfig(_Strict):
+    """The namespace's LimitRange for containers (`default` is the default limit)."""
+
+    default: dict[str, str] = Field(default_factory=dict)
+    default_request: dict[str, str] = Field(default_factory=dict)
+    max: dict[str, str] = Field(default_factory=dict)
+
+
+class KubernetesConfig(_Strict):
+    """`phases.infra.kubernetes`: a namespace per environment."""
+
+    kubeconfig: ResolvedPath | None = None  # None: $KUBECONFIG or ~/.kube/config
+    context: str | None = None
+    in_cluster: bool = False  # the service account of the pod Ephem runs in
+    namespace: str = Field(default="ephem-{name}")
+    labels: dict[str, str] = Field(default_factory=dict)
+    quota: dict[str, str] = Field(default_factory=dict)  # ResourceQuota spec.hard
+    limits: LimitsConfig = LimitsConfig()
+    network_policy: bool = True
+    ingress_namespace: str | None = "ingress-nginx"
+    destroy_timeout: Duration = timedelta(minutes=3)
+
+    @field_validator("namespace")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if "{name}" not in v:
+            raise ValueError("the namespace pattern needs `{name}` (like `ephem-{name}`)")
+        sample = v.replace("{name}", "x")
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", sample) or len(sample) > 22:
+            raise ValueError("the namespace pattern must make DNS labels: lowercase letters, "
+                             "digits and hyphens, at most 22 characters besides the name")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KubernetesConfig:
+        if self.in_cluster and (self.kubeconfig or self.context):
+            raise ValueError("`in_cluster` takes no `kubeconfig` or `context`")
+        return self
+
+
+class InfraPhaseConfig(_Strict):
+    """Either provider or both; Terraform runs first, then the namespace."""
+
+    terraform: TerraformConfig | None = None
+    kubernetes: KubernetesConfig | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> InfraPhaseConfig:
+        if self.terraform is None and self.kubernetes is None:
+            raise ValueError("configure `terraform`, `kubernetes` or both (or leave out "
+                             "`phases.infra`)")
+        return self
+
+
 class Phases(_Strict):
-    infra: dict[str, Any] | None = None
+    infra: InfraPhaseConfig | None = None
     code: CodePhaseConfig | None = None
     data: DataPhaseConfig | None = None
+
+    @model_validator(mode="after")
+    def _server_from_infra(self) -> Phases:
+        server = self.data.server if self.data is not None else None
+        if server is not None and INFRA_OUTPUT.match(server) and self.infra is None:
+            raise ValueError(f"phases.data.server is `{server}` but `phases.infra` is not "
+                             "configured")
+        return self
 
 
 class Timeouts(_Strict):

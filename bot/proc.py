@@ -125,6 +125,7 @@ async def run(
     interrupt_first: bool = False,
     fence: Fence | None = None,
     on_wait: Callable[[], Awaitable[None]] | None = None,
+    raw_output: bool = False,
 ) -> ProcResult:
     """Run `args` (no shell) to completion; stream each output line to `on_line`.
 
@@ -133,7 +134,10 @@ async def run(
     TF_VAR_*) on top.
     stdout and stderr go through one pipe, so their lines keep the order they were written in;
     each line is scrubbed of every secret `bot.redaction` knows before `on_line` or the tail
-    sees it. The run ends when the command has exited and its output is closed — a helper it
+    sees it — except with `raw_output`, for a tool whose output *is* data that may hold a
+    secret (`terraform output -json`): `on_line` then gets the lines as written (the caller
+    must keep them out of logs and messages), while the tail stays scrubbed.
+    The run ends when the command has exited and its output is closed — a helper it
     left running with that output still open counts as part of it; whatever else it left
     running is ended then. A non-zero exit is not an error here: the caller decides.
 
@@ -158,7 +162,7 @@ async def run(
     tool = await _Tool.start(args, name=name, env=full_env, cwd=cwd, grace=kill_grace,
                              interrupt_first=interrupt_first, fence=fence)
     tail: deque[str] = deque(maxlen=max(keep_lines, 1))
-    reader = asyncio.ensure_future(_pump(tool.output, tail, on_line))
+    reader = asyncio.ensure_future(_pump(tool.output, tail, on_line, raw=raw_output))
     deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
@@ -367,25 +371,27 @@ def _settle(future: asyncio.Future[Any], *, result: Any = None,
 
 
 async def _pump(stream: asyncio.StreamReader, tail: deque[str],
-                 on_line: Callable[[str], Awaitable[None]] | None) -> None:
+                 on_line: Callable[[str], Awaitable[None]] | None, *,
+                 raw: bool = False) -> None:
     """Read to EOF, splitting on newlines ourselves: `readline()` fails on very long lines."""
     pending = b""
     skipping = False  # inside an over-long line whose start was already delivered
 
-    async def deliver(raw: bytes) -> None:
-        line = scrub(raw.decode("utf-8", errors="replace").rstrip("\r"))[:MAX_LINE]
+    async def deliver(data: bytes) -> None:
+        text = data.decode("utf-8", errors="replace").rstrip("\r")[:MAX_LINE]
+        line = scrub(text)
         tail.append(line)
         if on_line is not None:
-            await on_line(line)
+            await on_line(text if raw else line)
 
     while chunk := await stream.read(_CHUNK):
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        for raw in lines:
+        for one in lines:
             if skipping:
                 skipping = False
                 continue
-            await deliver(raw)
+            await deliver(one)
         if skipping:
             pending = b""
         elif len(pending) > MAX_LINE * 4:  # keep the start of a line without end

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from bot import redaction
@@ -42,6 +43,7 @@ class PhaseContext:
     # by each (`HasSecrets`) for this context only: the code phase hands the data phase's
     # connection to the components. Never persisted, never shown.
     secrets: Mapping[PhaseName, Mapping[str, str]] = field(repr=False, default_factory=dict)
+    expires_at: datetime | None = None
 
     def derive_secret(self, purpose: str, length: int = 32) -> str:
         """A stable secret for this environment (e.g. its database password).

@@ -79,9 +79,12 @@ class Runner:
         blueprint: Blueprint,
         events: Events,
         secret_key: bytes,
+        skipped: Mapping[PhaseName, str] | None = None,
     ) -> None:
         self.store = store
         self.phases = dict(phases)
+        # Why a phase without an implementation is skipped (default: not configured).
+        self.skipped = dict(skipped or {})
         self.blueprint = blueprint
         self.events = events
         self._secret_key = secret_key
@@ -207,6 +210,7 @@ class Runner:
             secret_key=self._secret_key,
             reset_data=reset,
             reference=env.reference,
+            expires_at=env.expires_at,
         )
         if before is None:
             return ctx
@@ -220,7 +224,7 @@ class Runner:
         return replace(ctx, secrets=earlier)
 
     async def _skip(self, job: ClaimedJob, name: PhaseName, action: PhaseAction) -> None:
-        detail = "not configured in the blueprint"
+        detail = self.skipped.get(name, "not configured in the blueprint")
         async with self.store.transaction() as s:
             run = await repo.start_phase_run(s, env_id=job.env_id, job_id=job.id, phase=name,
                                              action=action, status=PhaseStatus.SKIPPED,

@@ -42,6 +42,8 @@ def blueprint_file(tmp_path: Path, db_prefix: str) -> Path:
     for snap in data["snapshots"].values():
         snap["rules"] = str(example.parent / snap["rules"])
     raw["phases"]["code"]["local"]["workdir"] = str(example.parent)
+    terraform = raw["phases"]["infra"]["terraform"]
+    terraform["module"] = str(example.parent / terraform["module"])
     path = tmp_path / "ephem.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -70,6 +72,10 @@ def test_demo_on_an_existing_server(bot_db_url: str, pg_admin_url: str, db_prefi
     assert '"component": "api", "version": "2.8.0-rc1", "table": "customers"' in out
     assert "component processes all stopped (api, web, worker)" in out
     assert not list(state.glob("local/*"))
+    # The infra phase: a real apply with progress, its outputs in the thread, a real destroy.
+    assert "running: applying" in out and "Resources: 10 added" in out
+    assert "  | ingress_domain: demo-" in out and "admin_token:" in out
+    assert "terraform workspace ephem-" in out and "is STILL THERE" not in out
     # Nothing left behind: no golden database, pool member or stand-in production.
     left = asyncio.run(_databases(pg_admin_url, db_prefix))
     assert not [d for d in left if "snap_" in d or "pool_" in d or "production" in d], left
@@ -92,6 +98,25 @@ def test_demo_with_nothing_configured_starts_its_own_postgres(tmp_path: Path) ->
     assert "private PostgreSQL" in done.stdout
     assert "nothing left behind" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_demo_without_terraform_says_so_and_skips_the_infra_phase(
+        bot_db_url: str, blueprint_file: Path) -> None:
+    raw = yaml.safe_load(blueprint_file.read_text())
+    data = raw["phases"]["data"]
+    data.pop("snapshots"), data.pop("default_snapshot")  # no snapshot story: quicker
+    raw["phases"]["infra"]["terraform"]["binary"] = "no-such-terraform"
+    blueprint = blueprint_file.with_name("no-terraform.yaml")
+    blueprint.write_text(yaml.safe_dump(raw))
+    done = run(["demo"], {"EPHEM_DATABASE_URL": bot_db_url, "EPHEM_CONFIG": str(blueprint)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = [line for line in done.stdout.splitlines() if line.startswith("terraform:")]
+    assert said == ["terraform: skipped: no no-such-terraform binary on PATH, so the example "
+                    "Terraform module is not applied"]
+    status = [line for line in done.stdout.splitlines() if line.startswith("• infra:")]
+    assert len(status) == 1 and "skipped" in status[0], done.stdout
+    assert status[0].endswith("— skipped: no no-such-terraform binary on PATH, so the example "
+                              "Terraform module is not applied")
 
 
 def test_bad_blueprint_names_file_and_key(tmp_path: Path) -> None:

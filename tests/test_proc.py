@@ -11,6 +11,7 @@ import secrets
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -462,3 +463,18 @@ async def test_an_unreachable_fence_is_a_temporary_error_and_nothing_runs(
         "cannot run touch: the lock on nothing could not be taken on "
         "postgresql://ephem:***@127.0.0.1:9/x")
     assert not marker.exists()
+
+
+async def test_raw_output_reaches_on_line_as_written_and_the_tail_scrubbed() -> None:
+    """A tool whose output is data (`terraform output -json`) reads its secrets back."""
+    secret = f"s3cr3t-{uuid.uuid4().hex[:12]}"
+    redaction.register(secret)
+    seen: list[str] = []
+
+    async def on_line(line: str) -> None:
+        seen.append(line)
+
+    result = await proc.run(["sh", "-c", f"echo token={secret}"], timeout=30,
+                            on_line=on_line, raw_output=True)
+    assert seen == [f"token={secret}"]
+    assert result.output == ("token=***",)

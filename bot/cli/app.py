@@ -14,13 +14,18 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
-from bot.config import Blueprint, Settings, state_directory
+from bot.config import INFRA_OUTPUT, Blueprint, Settings, state_directory
 from bot.domain import PhaseName
+from bot.errors import PermanentError
 from bot.executor import Executor
+from bot.pg import asyncpg_dsn
 from bot.ports import Invocation, Reply, Visibility
+from bot.redaction import register
 from bot.scheduler import Scheduler
 from bot.slack import messages
 from bot.slack.blocks import reminder_blocks
@@ -29,7 +34,7 @@ from bot.slack.writer import SlackWriter, WebApiWriter, make_web_client
 from bot.store import Store, repo
 from bot.tasks import InFlight
 from handlers.commands import Commands
-from pipelines.base import Phase
+from pipelines.base import Phase, PhaseContext, PhaseResult
 from pipelines.code.kubernetes import KubernetesDeployer
 from pipelines.code.local import LocalDeployer
 from pipelines.code.phase import CodePhase
@@ -37,6 +42,10 @@ from pipelines.code.sources import Resolver
 from pipelines.data.clone import WarmPool
 from pipelines.data.keeper import SnapshotKeeper
 from pipelines.data.postgres import DatabasePhase
+from pipelines.infra.namespace import NamespaceProvider
+from pipelines.infra.orphans import DataServer, OrphanFinder
+from pipelines.infra.phase import InfraPhase
+from pipelines.infra.terraform import TerraformProvider
 from pipelines.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -53,12 +62,83 @@ def masking_key(settings: Settings) -> bytes:
     return b""
 
 
-def data_parts(settings: Settings, blueprint: Blueprint
-               ) -> tuple[DatabasePhase | None, SnapshotKeeper | None]:
+def infra_phase(settings: Settings, blueprint: Blueprint) -> InfraPhase | None:
+    """The infra phase from `phases.infra`: Terraform and/or a Kubernetes namespace."""
+    infra = blueprint.phases.infra
+    if infra is None:
+        return None
+    terraform = (TerraformProvider(infra.terraform, state_url=settings.database_url)
+                 if infra.terraform is not None else None)
+    namespace = NamespaceProvider(infra.kubernetes) if infra.kubernetes is not None else None
+    return InfraPhase(terraform=terraform, namespace=namespace)
+
+
+def orphan_finder(settings: Settings, blueprint: Blueprint, store: Store) -> OrphanFinder:
+    """What `ephem doctor --orphans` (and the reaper) looks through: the blueprint's
+    workspaces, namespaces and environment databases."""
+    infra = infra_phase(settings, blueprint)
+    data = blueprint.phases.data
+    server = None
+    if data is not None and not INFRA_OUTPUT.match(data.server or ""):
+        own = urlsplit(asyncpg_dsn(settings.database_url)).path.lstrip("/")
+        server = DataServer(data.server or settings.database_url, data.database_prefix,
+                            keep=frozenset({own}))
+    return OrphanFinder(store=store, terraform=infra.terraform if infra else None,
+                        namespace=infra.namespace if infra else None, data=server)
+
+
+class ServerFromInfra:
+    """The data phase when `phases.data.server` is `{infra.<output>}`: the server is an
+    infrastructure output (a PostgreSQL per environment in place of a managed service), read
+    from the environment's infra outputs — or from the infra phase's secret outputs when the
+    URL carries a password — each time the phase runs."""
+
+    name = PhaseName.DATA
+
+    def __init__(self, *, output: str, infra: InfraPhase,
+                 make: Callable[[str], DatabasePhase]) -> None:
+        self.output = output
+        self.infra = infra
+        self.make = make
+
+    async def _phase(self, ctx: PhaseContext) -> DatabasePhase:
+        url = (ctx.outputs.get(PhaseName.INFRA) or {}).get(self.output)
+        if url is None:
+            url = (await self.infra.secrets(ctx)).get(self.output)
+        if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+            raise PermanentError(f"phases.data.server is {{infra.{self.output}}} but the infra "
+                                 f"phase has no postgresql:// output `{self.output}`")
+        register(url)
+        return self.make(url)
+
+    async def describe(self, ctx: PhaseContext) -> str:
+        return await (await self._phase(ctx)).describe(ctx)
+
+    async def apply(self, ctx: PhaseContext) -> PhaseResult:
+        return await (await self._phase(ctx)).apply(ctx)
+
+    async def destroy(self, ctx: PhaseContext) -> None:
+        await (await self._phase(ctx)).destroy(ctx)
+
+    async def secrets(self, ctx: PhaseContext) -> Mapping[str, str]:
+        return await (await self._phase(ctx)).secrets(ctx)
+
+
+def data_parts(settings: Settings, blueprint: Blueprint, infra: InfraPhase | None = None
+               ) -> tuple[Phase | None, SnapshotKeeper | None]:
     """The data phase and, when snapshots are configured, the keeper of their pools."""
     data = blueprint.phases.data
     if data is None:
         return None, None
+    from_infra = INFRA_OUTPUT.match(data.server or "")
+    if from_infra is not None and infra is not None:
+        # Per-environment servers: no shared pool or keeper (snapshots live on one server).
+        def make(url: str) -> DatabasePhase:
+            return DatabasePhase(admin_url=url, prefix=data.database_prefix,
+                                 migrations=data.migrations, snapshots=data.snapshots,
+                                 pool=None)
+
+        return ServerFromInfra(output=from_infra.group(1), infra=infra, make=make), None
     admin_url = data.server or settings.database_url
     pooled = any(s.pool > 0 for s in data.snapshots.values())
     pool = WarmPool(admin_url, prefix=data.database_prefix) if pooled else None
@@ -139,18 +219,22 @@ class Ephem:
 
 
 def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None,
-          coalesce_seconds: float = 0.5) -> Ephem:
+          coalesce_seconds: float = 0.5,
+          skipped: Mapping[PhaseName, str] | None = None) -> Ephem:
     store = open_store(settings)
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
     notifier = Notifier(store, writer, coalesce_seconds=coalesce_seconds)
-    data_phase, keeper = data_parts(settings, blueprint)
+    infra = infra_phase(settings, blueprint)
+    data_phase, keeper = data_parts(settings, blueprint, infra)
     phases: dict[PhaseName, Phase] = {PhaseName.DATA: data_phase} if data_phase else {}
+    if infra is not None:
+        phases[PhaseName.INFRA] = infra
     code = code_phase(settings, blueprint)
     if code is not None:
         phases[PhaseName.CODE] = code
     runner = Runner(store=store, phases=phases, blueprint=blueprint, events=notifier,
-                    secret_key=secret_key(settings))
+                    secret_key=secret_key(settings), skipped=skipped)
     commands = Commands(store=store, blueprint=blueprint, credentials=runner,
                         releases=Resolver(blueprint.references))
     executor = Executor(

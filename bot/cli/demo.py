@@ -31,7 +31,7 @@ from bot.cli.app import Ephem, build
 from bot.cli.bootstrap import state_database
 from bot.cli.sample_data import make_production
 from bot.config import Blueprint, Settings, load_blueprint
-from bot.domain import EnvStatus, JobStatus
+from bot.domain import EnvStatus, JobStatus, PhaseName
 from bot.errors import PhaseError
 from bot.pg import asyncpg_dsn, quote_ident, redact
 from bot.ports import Invocation
@@ -42,6 +42,7 @@ from pipelines.data import golden
 from pipelines.data.clone import WarmPool
 from pipelines.data.detect import lint
 from pipelines.data.rules import load_rules
+from pipelines.infra.terraform import TerraformProvider, find_binary, workspace_name
 
 USER, CHANNEL = "U_DEMO", "C_DEMO"
 _URL = re.compile(r"postgres(?:ql)?://\S+?(?=[\s`>|]|$)")
@@ -146,8 +147,9 @@ async def run_demo(settings: Settings, *, keep: bool = False) -> int:
         production = None
         if data is not None and data.snapshots:
             production, blueprint = await _production(cfg, blueprint)
+        blueprint, skipped = _infra_or_skip(blueprint)
         transcript = Transcript()
-        app = build(cfg, blueprint, writer=ConsoleWriter(transcript))
+        app = build(cfg, blueprint, writer=ConsoleWriter(transcript), skipped=skipped)
         await app.start(scheduler=False)
         try:
             if production is not None and not await _snapshot(app, cfg):
@@ -157,6 +159,33 @@ async def run_demo(settings: Settings, *, keep: bool = False) -> int:
             await app.stop()
             if production is not None and not keep:
                 await _clean_snapshots(app, production)
+
+
+def _infra_or_skip(blueprint: Blueprint) -> tuple[Blueprint, dict[PhaseName, str]]:
+    """Without a terraform binary the infra phase cannot run here: say so in one line and
+    report the phase as skipped with that reason."""
+    infra = blueprint.phases.infra
+    if infra is None or infra.terraform is None or find_binary(infra.terraform.binary):
+        return blueprint, {}
+    reason = (f"skipped: no {infra.terraform.binary or 'tofu or terraform'} binary on PATH, "
+              "so the example Terraform module is not applied")
+    print(f"terraform: {reason}", flush=True)
+    kept = infra.model_copy(update={"terraform": None}) if infra.kubernetes else None
+    phases = blueprint.phases.model_copy(update={"infra": kept})
+    return blueprint.model_copy(update={"phases": phases}), {} if kept else {
+        PhaseName.INFRA: reason}
+
+
+async def _workspace_gone(app: Ephem, env_id: int, name: str) -> bool:
+    """After destroy: the environment's Terraform workspace is gone (True without one)."""
+    infra = app.runner.phases.get(PhaseName.INFRA)
+    terraform = getattr(infra, "terraform", None)
+    if not isinstance(terraform, TerraformProvider):
+        return True
+    workspace = workspace_name(env_id, name)
+    gone = workspace not in await terraform.workspaces()
+    banner(f"terraform workspace {workspace} " + ("is gone" if gone else "is STILL THERE"))
+    return gone
 
 
 async def _production(settings: Settings, blueprint: Blueprint) -> tuple[str, Blueprint]:
@@ -280,13 +309,16 @@ async def _scenario(app: Ephem, transcript: Transcript, *, production: str | Non
                f"`ephem shell`, then `destroy {name}`")
         return 0
 
+    async with app.store.transaction() as s:
+        live = await repo.find_live_environment(s, name)
+    env_id = live.id if live is not None else 0
     banner(f"/ephem destroy {name}")
     await app.invoke(Invocation(user_id=USER, channel_id=CHANNEL, text=f"destroy {name}"))
     status = await wait_for(app, name, (EnvStatus.DESTROYED, EnvStatus.FAILED))
     await app.notifier.flush()
     if status is not EnvStatus.DESTROYED:
         return 1
-    if not _code_gone(workload):
+    if not _code_gone(workload) or not await _workspace_gone(app, env_id, name):
         return 1
     data = app.blueprint.phases.data
     if data is not None:

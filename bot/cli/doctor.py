@@ -27,6 +27,7 @@ from bot.pg import asyncpg_dsn, redact, scrub
 from bot.store import Store
 from bot.store.migrate import alembic_config
 from pipelines.data.rules import load_rules
+from pipelines.infra.terraform import find_binary
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,51 @@ async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -
     checks.append(Check("secret key", bool(settings.secret_key.get_secret_value()),
                         "EPHEM_SECRET_KEY is set" if settings.secret_key.get_secret_value()
                         else "EPHEM_SECRET_KEY is not set: passwords change on every restart"))
-    if blueprint.phases.infra is not None:
-        tf = shutil.which("tofu") or shutil.which("terraform")
+    infra = blueprint.phases.infra
+    if infra is not None and infra.terraform is not None:
+        tf = find_binary(infra.terraform.binary)
         checks.append(Check("terraform", tf is not None,
-                            tf or "neither tofu nor terraform is on PATH"))
+                            tf or f"{infra.terraform.binary or 'neither tofu nor terraform'} "
+                                  "is not on PATH"))
     return checks
+
+
+async def orphans(settings: Settings, blueprint: Blueprint, *, fix: bool) -> int:
+    """`ephem doctor --orphans [--fix]`: one line per object with Ephem's marks and no live
+    environment; with `--fix`, one line per object destroyed. Exit 0 when nothing is left."""
+    from bot.cli.app import orphan_finder
+
+    if not settings.database_url:
+        print(Check("state database", False, "EPHEM_DATABASE_URL is not set").line())
+        return 1
+    store = Store(settings.database_url, pool_size=1, max_overflow=0)
+    finder = orphan_finder(settings, blueprint, store)
+    try:
+        try:
+            found = await finder.find()
+        except Exception as exc:  # an unreachable server is a line, never a trace
+            print(Check("orphans", False, f"{type(exc).__name__}: {scrub(str(exc))}").line())
+            return 1
+        if not found:
+            print(Check("orphans", True, "none: everything Ephem made belongs to a live "
+                                         "environment").line())
+            return 0
+        left = 0
+        for orphan in found:
+            if not fix:
+                print(f"orphan  {orphan.line()}")
+                left += 1
+                continue
+            try:
+                print(f"fixed   {await finder.remove(orphan)}")
+            except Exception as exc:
+                reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+                print(f"FAIL    {orphan.line()}: {scrub(str(reason))}")
+                left += 1
+        if left and not fix:
+            print(f"{left} orphan(s); `ephem doctor --orphans --fix` destroys them")
+        return 1 if left else 0
+    finally:
+        if finder.namespace is not None:
+            finder.namespace.close()
+        await store.close()

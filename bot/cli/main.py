@@ -62,6 +62,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(Check("blueprint", False, str(exc)).line())
         return 1
+    if args.orphans or args.fix:
+        from bot.cli.doctor import orphans
+
+        return asyncio.run(orphans(settings, blueprint, fix=args.fix))
     source = str(settings.config or "the example blueprint")
     checks = asyncio.run(run_checks(settings, blueprint, source=source))
     for check in checks:
@@ -124,8 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = db.add_subparsers(dest="db_command", required=True)
     dbsub.add_parser("upgrade", help="migrate Ephem's own schema to the newest version"
                      ).set_defaults(func=cmd_db_upgrade)
-    sub.add_parser("doctor", help="validate the configuration and check every connection"
-                   ).set_defaults(func=cmd_doctor)
+    doctor = sub.add_parser("doctor", help="validate the configuration and check every "
+                                           "connection")
+    doctor.add_argument("--orphans", action="store_true",
+                        help="list workspaces, namespaces, databases and roles with Ephem's "
+                             "marks and no live environment")
+    doctor.add_argument("--fix", action="store_true", help="with --orphans: destroy them")
+    doctor.set_defaults(func=cmd_doctor)
     snap = sub.add_parser("snapshot", help="masked snapshots of production data")
     snapsub = snap.add_subparsers(dest="snapshot_command", required=True)
     for verb, text in (("build", "lint, build the golden database, fill the warm pool"),
