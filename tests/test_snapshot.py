@@ -257,9 +257,11 @@ async def test_refuses_to_build_when_a_flagged_column_has_no_rule(
 
 async def test_leak_check_catches_a_kept_copy_and_drops_the_database(
         source: str, pg_admin_url: str, db_prefix: str, rules_dir: Path) -> None:
-    # `contact: keep` passes the lint (a rule is written out), but every third contact is
-    # the customer's email, which is masked in `email`: only the leak check can see that.
-    rules = write_rules(rules_dir / "leaky.yaml", contact="keep")
+    # `contact` kept knowingly passes the lint (its e-mails and phones are acknowledged), but
+    # every third contact is the customer's email, which is masked in `email`: only the leak
+    # check can see that.
+    rules = write_rules(rules_dir / "leaky.yaml",
+                        contact="{keep: {allow: [email, phone]}}")
     with pytest.raises(PermanentError, match="leak check") as err:
         await build_snapshot(name="leaky", config=_config(source, rules),
                              target_admin_url=pg_admin_url, prefix=db_prefix, key=KEY)
