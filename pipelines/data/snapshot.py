@@ -15,7 +15,8 @@ server can copy (`pipelines.data.clone`). This module is that once:
    is loaded, build its keys, checks and indexes and ANALYZE it while others still load;
 4. leak check (`leaks`), then foreign keys (validated), views, triggers, sequence positions;
 5. record the metadata as the database's comment, make it a template nobody may connect to,
-   and drop all but the newest `config.keep` snapshots of this name (`golden`).
+   and drop all but the newest `config.keep` snapshots of this name (`golden`) together with
+   their warm pools (`clone.WarmPool`) — wherever the build runs: `serve`, the CLI, the demo.
 
 Any failure, cancellation included, drops the half-built database. One build per name runs at a
 time (an advisory lock on the target server). The masking key and the source's password never
@@ -44,6 +45,7 @@ from bot.errors import ConfigError, PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident, quote_literal, scrub, with_database
 from pipelines.data import golden, leaks, pgconn, schema, subset
 from pipelines.data.catalog import Catalog, Table, read_catalog
+from pipelines.data.clone import WarmPool
 from pipelines.data.copy import (
     ColumnMaskingError,
     CopyStats,
@@ -105,7 +107,8 @@ async def build_snapshot(*, name: str, config: SnapshotConfig, target_admin_url:
     if not report.ok:
         raise PermanentError(f"snapshot {name} needs rules first:\n{report.render()}")
     build = _Build(name=name, config=config, rules=rules, key=key, prefix=prefix,
-                   target_admin_url=target_admin_url, progress=progress)
+                   target_admin_url=target_admin_url, progress=progress,
+                   flagged={(f.table, f.column) for f in report.findings})
     try:
         return await build.run(started=started, clock=clock)
     except (PermanentError, TemporaryError):
@@ -175,8 +178,10 @@ class _Build:
     """One build's connections and state (see the module docstring for the steps)."""
 
     def __init__(self, *, name: str, config: SnapshotConfig, rules: Rules, key: bytes,
-                 prefix: str, target_admin_url: str, progress: Progress | None) -> None:
+                 prefix: str, target_admin_url: str, progress: Progress | None,
+                 flagged: set[tuple[str, str]]) -> None:
         self.name, self.config, self.rules, self.key = name, config, rules, key
+        self.flagged = flagged  # (table, column) the detector flagged
         self.prefix, self.admin_url, self.progress = prefix, target_admin_url, progress
         self.coordinator: Any = None
         self.readers: list[Any] = []
@@ -209,17 +214,28 @@ class _Build:
             except BaseException:
                 await self._abandon(admin)
                 raise
-            try:
-                dropped = await golden.retain(admin, prefix=self.prefix, name=self.name,
-                                              keep=self.config.keep)
-                if dropped:
-                    log.info("snapshot %s: dropped older %s", self.name, ", ".join(dropped))
-            except asyncpg.PostgresError as exc:
-                log.warning("snapshot %s: retention failed, retried after the next build: %s",
-                            self.name, scrub(str(exc)))
+            await self._retain(admin)
             return info
         finally:
             await _close([admin])
+
+    async def _retain(self, admin: Any) -> None:
+        """Drop all but the newest `keep` snapshots of this name, each with its warm pool, and
+        any pool whose golden database is gone (left by an earlier build or a crash)."""
+        try:
+            dropped = await golden.retain(admin, prefix=self.prefix, name=self.name,
+                                          keep=self.config.keep)
+            pool = WarmPool(self.admin_url, prefix=self.prefix)
+            clones = 0
+            for database in dropped:
+                clones += await pool.drain(database)
+            clones += await pool.drain()
+            if dropped or clones:
+                log.info("snapshot %s: dropped older %s and %d pooled clone(s)", self.name,
+                         ", ".join(dropped) or "snapshots: none", clones)
+        except (asyncpg.PostgresError, PermanentError, TemporaryError) as exc:
+            log.warning("snapshot %s: retention failed, retried after the next build: %s",
+                        self.name, scrub(str(exc)))
 
     async def _abandon(self, admin: Any) -> None:
         """Cut every connection and drop the half-built database (also when cancelled)."""
@@ -384,7 +400,8 @@ class _Build:
         limit = self.config.leak_sample
         if limit <= 0:
             return values, unchanged
-        for table, column, rule in leaks.sampled_columns(catalog, self.rules):
+        for table, column, rule in leaks.sampled_columns(catalog, self.rules,
+                                                          flagged=self.flagged):
             if kept.rows(table.key) == 0:
                 continue
             keep_filter = None if kept.everything else (
@@ -408,8 +425,10 @@ class _Build:
                        if kept.rows(t.key) != 0]
 
             async def job(conn: Any, item: tuple[Table, str]) -> None:
-                found.extend(await leaks.search_column(conn, item[0], column=item[1],
-                                                      haystack=haystack))
+                table, column = item
+                found.extend(await leaks.search_column(
+                    conn, table, column=column, haystack=haystack,
+                    rule=self.rules.rule_for(table.display, column)))
 
             await _parallel(self.writers, columns, job=job)
         if found:
