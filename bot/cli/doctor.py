@@ -20,6 +20,7 @@ from bot.config import Blueprint, Settings
 from bot.pg import asyncpg_dsn, redact, scrub
 from bot.store import Store
 from bot.store.migrate import alembic_config
+from pipelines.data.clone import clone_method
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -
             return f"{redact(server)} (may create databases and roles)"
 
         checks.append(await _guard("data server", data_server))
+
+        async def clone_method_line() -> str:
+            return str(await clone_method(server))
+
+        checks.append(await _guard("clone method", clone_method_line))
 
     if settings.slack_bot_token.get_secret_value():
         async def slack() -> str:
