@@ -104,11 +104,12 @@ async def build_snapshot(*, name: str, config: SnapshotConfig, target_admin_url:
     except ConfigError as exc:
         raise PermanentError(str(exc)) from None
     report = await lint(asyncpg_dsn(config.source), rules)
+    linted = time.monotonic() - clock
     if not report.ok:
         raise PermanentError(f"snapshot {name} needs rules first:\n{report.render()}")
     build = _Build(name=name, config=config, rules=rules, key=key, prefix=prefix,
                    target_admin_url=target_admin_url, progress=progress,
-                   flagged={(f.table, f.column) for f in report.findings})
+                   flagged={(f.table, f.column) for f in report.findings}, linted=linted)
     try:
         return await build.run(started=started, clock=clock)
     except (PermanentError, TemporaryError):
@@ -163,14 +164,16 @@ async def _parallel(workers: Sequence[W], items: Iterable[T], *,
 
 
 class _Steps:
-    """Logs how long each step of a build took."""
+    """Logs how long each step of a build took, and keeps it for `SnapshotInfo.steps`."""
 
     def __init__(self, name: str) -> None:
         self.name, self.last = name, time.monotonic()
+        self.seconds: dict[str, float] = {}
 
-    def done(self, what: str) -> None:
+    def done(self, step: str, what: str = "") -> None:
         now = time.monotonic()
-        log.info("snapshot %s: %s took %.2f s", self.name, what, now - self.last)
+        self.seconds[step] = round(now - self.last, 3)
+        log.info("snapshot %s: %s took %.2f s", self.name, what or step, now - self.last)
         self.last = now
 
 
@@ -179,8 +182,9 @@ class _Build:
 
     def __init__(self, *, name: str, config: SnapshotConfig, rules: Rules, key: bytes,
                  prefix: str, target_admin_url: str, progress: Progress | None,
-                 flagged: set[tuple[str, str]]) -> None:
+                 flagged: set[tuple[str, str]], linted: float = 0.0) -> None:
         self.name, self.config, self.rules, self.key = name, config, rules, key
+        self.linted = linted
         self.flagged = flagged  # (table, column) the detector flagged
         self.prefix, self.admin_url, self.progress = prefix, target_admin_url, progress
         self.coordinator: Any = None
@@ -254,8 +258,9 @@ class _Build:
 
     async def _build(self, admin: Any, *, started: datetime, clock: float) -> SnapshotInfo:
         step = _Steps(self.name)
+        step.seconds["lint"] = round(self.linted, 3)
         catalog, kept = await self._open_source()
-        step.done("source schema and subset")
+        step.done("source", "source schema and subset")
         self.database = await golden.free_name(admin, prefix=self.prefix, name=self.name,
                                                at=started)
         await self._create_database(admin, catalog)
@@ -264,23 +269,23 @@ class _Build:
         for conn in self.writers:
             await schema.prepare_session(conn)
         await schema.apply_in_order(self.writers[0], schema.pre_data(catalog))
-        step.done("database and tables")
+        step.done("tables", "database and tables")
         rows = await self._copy(catalog, kept)
-        step.done(f"copy, keys and indexes ({rows} rows)")
+        step.done("copy", f"copy, keys and indexes ({rows} rows)")
         samples = await self._sample(catalog, kept)
         await _close([self.coordinator, *self.readers])
         self.coordinator, self.readers = None, []
         await self._leak_check(catalog, kept=kept, samples=samples)
         step.done("leak check")
         await self._post_data(catalog)
-        step.done("foreign keys, views, triggers, sequences")
+        step.done("constraints", "foreign keys, views, triggers, sequences")
         await _close(self.writers)
         self.writers = []
         info = SnapshotInfo(
             name=self.name, database=self.database, built_at=started,
             tables=len(catalog.tables), rows=rows,
             bytes=await admin.fetchval("SELECT pg_database_size($1)", self.database),
-            seconds=round(time.monotonic() - clock, 3))
+            seconds=round(time.monotonic() - clock, 3), steps=step.seconds)
         await golden.finish(admin, info, source=pgconn.location(self.config.source),
                             rules_sha256=hashlib.sha256(self.config.rules.read_bytes()
                                                         ).hexdigest())
