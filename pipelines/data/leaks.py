@@ -35,7 +35,7 @@ Values are never logged or put in an error: a `Leak` names columns and a count."
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,7 +202,8 @@ class Haystack:
 
 
 class Search:
-    """Feeds one column's COPY stream (one value per line) through a `Haystack`."""
+    """Feeds a COPY stream of searched columns (one row per line, tab between columns) through
+    a `Haystack`."""
 
     def __init__(self, haystack: Haystack) -> None:
         self._haystack = haystack
@@ -225,7 +226,7 @@ class Search:
 
     def _search(self, block: bytes) -> None:
         hay = self._haystack
-        for value in hay.whole.keys() & set(block.split(b"\n")):
+        for value in hay.whole.keys() & set(block.replace(b"\t", b"\n").split(b"\n")):
             for source in hay.whole[value]:
                 self.hits.setdefault(source, set()).add(value)
         for anchor in hay.anchors.keys() & set(_words(block)):
@@ -251,3 +252,29 @@ async def search_column(conn: Any, table: Table, *, column: str, haystack: Hayst
     found_in = f"{table.display}.{column}"
     return [Leak(column=source, found_in=found_in, values=len(values))
             for source, values in sorted(search.hits.items())]
+
+
+async def search_table(conn: Any, table: Table, *,
+                       columns: Sequence[tuple[str, ColumnRule | None]],
+                       haystack: Haystack) -> list[Leak]:
+    """Stream a table's searched columns in one pass and report which sampled values they
+    contain; only when something is found is each column searched again, to name it."""
+    if len(columns) == 1:
+        column, rule = columns[0]
+        return await search_column(conn, table, column=column, haystack=haystack, rule=rule)
+    jsonb = {c.name for c in table.columns if c.type == "jsonb"}
+    search = Search(haystack)
+
+    async def output(chunk: bytes) -> None:
+        search.feed(bytes(chunk))
+
+    exprs = ", ".join(searched_expression(c, r, jsonb=c in jsonb) for c, r in columns)
+    await conn.copy_from_query(f"SELECT {exprs} FROM ONLY {table.ident} t", output=output)
+    search.close()
+    if not search.hits:
+        return []
+    found: list[Leak] = []
+    for column, rule in columns:
+        found.extend(await search_column(conn, table, column=column, haystack=haystack,
+                                         rule=rule))
+    return found

@@ -57,7 +57,7 @@ from pipelines.data.copy import (
 from pipelines.data.detect import lint
 from pipelines.data.golden import SnapshotInfo, latest_snapshot, list_snapshots
 from pipelines.data.masking import make_masker
-from pipelines.data.rules import Rules, load_rules
+from pipelines.data.rules import ColumnRule, Rules, load_rules
 
 __all__ = ["BuildProgress", "SnapshotInfo", "build_snapshot", "latest_snapshot",
            "list_snapshots"]
@@ -426,16 +426,21 @@ class _Build:
         values, found = samples
         if any(values.values()):
             haystack = leaks.Haystack.build(values)
-            columns = [(t, c) for t, c in leaks.searched_columns(catalog, self.rules)
-                       if kept.rows(t.key) != 0]
+            by_table: dict[str, tuple[Table, list[tuple[str, ColumnRule | None]]]] = {}
+            for table, column in leaks.searched_columns(catalog, self.rules):
+                if kept.rows(table.key) != 0:
+                    by_table.setdefault(table.key, (table, []))[1].append(
+                        (column, self.rules.rule_for(table.display, column)))
 
-            async def job(conn: Any, item: tuple[Table, str]) -> None:
-                table, column = item
-                found.extend(await leaks.search_column(
-                    conn, table, column=column, haystack=haystack,
-                    rule=self.rules.rule_for(table.display, column)))
+            async def job(conn: Any, item: tuple[Table, list[tuple[str, ColumnRule | None]]]
+                          ) -> None:
+                table, columns = item
+                found.extend(await leaks.search_table(conn, table, columns=columns,
+                                                      haystack=haystack))
 
-            await _parallel(self.writers, columns, job=job)
+            # Biggest tables first, so the workers finish together.
+            await _parallel(self.writers, sorted(by_table.values(), key=lambda i: -i[0].size),
+                            job=job)
         if found:
             raise PermanentError(f"leak check failed, the snapshot was discarded: "
                                  f"{leaks.describe(sorted(found, key=str))}")
