@@ -503,7 +503,8 @@ def pg18_url() -> Iterator[str]:
     with embedded_postgres() as url:
         version = asyncio.run(_fetchval(url, "SHOW server_version_num"))
         if int(str(version)) < 180000:
-            pytest.skip("the embedded PostgreSQL is older than 18")
+            pytest.fail("the embedded PostgreSQL is older than 18 (embedded-postgres>=18 is a "
+                        "dependency): file_copy_method needs 18")
         yield url
 
 
