@@ -424,3 +424,41 @@ def test_every_problem_in_a_file_is_listed(tmp_path: Path) -> None:
 def test_a_missing_rules_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"rules\.yaml: no such rules file"):
         load_rules(tmp_path / "rules.yaml")
+
+
+def test_json_masking_by_shape_agrees_with_parsing_every_document() -> None:
+    """Documents are masked by replacing strings in place, planned per shape; the result must
+    be what parsing, masking and writing each document gives — escapes, numbers, wildcards,
+    indexes, rules that reach a number or an object, and text that is not JSON included."""
+    from pipelines.data.masking import _JsonMasker
+
+    rule = ColumnRule("json", {"paths": {
+        "$.contact.email": ColumnRule("email"), "$.items[*].who": ColumnRule("full_name"),
+        "$.list[1]": ColumnRule("hash", {"length": 8}), "$.*.phone": ColumnRule("phone"),
+        "$['odd \"key\"']": ColumnRule("redact"),
+    }})
+    masker = make_masker(rule, key=KEY, cache_size=0)
+    slow = _JsonMasker([(p, make_masker(r, key=KEY)) for p, r in [
+        (("contact", "email"), ColumnRule("email")), (("items", None, "who"),
+                                                       ColumnRule("full_name")),
+        (("list", 1), ColumnRule("hash", {"length": 8})), ((None, "phone"), ColumnRule("phone")),
+        (('odd "key"',), ColumnRule("redact"))]])._slow
+    docs = [
+        {"contact": {"email": "ann@corp.example", "phone": "+44 20 7946 0958"}, "n": 1.50},
+        {"contact": {"email": "q\"uote\\d@x.example\n", "phone": None}, "n": -2e-3, "t": True},
+        {"items": [{"who": "Ann Lee", "q": 1}, {"who": "Bo ✓ Li"}, {}], "list": ["a", "b", 3]},
+        {"items": [], "list": [], "contact": {}, 'odd "key"': "x", "other": {"phone": "0201"}},
+        {"list": [1, {"deep": ["x"]}], "contact": {"email": 12}},  # a rule reaches a number
+        {"items": [{"who": {"first": "Ann"}}]},  # a rule reaches an object
+        [1, "two", {"contact": {"email": "c@d.example"}}],
+        "just a string", 42, None,
+    ]
+    for doc in docs:
+        text = json.dumps(doc, ensure_ascii=False)
+        for variant in (text, text.replace(", ", ",").replace(": ", ":")):
+            fast = masker(variant)
+            assert fast is not None
+            assert json.loads(fast, parse_float=Decimal) == json.loads(
+                slow(variant), parse_float=Decimal), variant
+    assert masker("{not json") == '"[redacted]"'
+    assert masker('{"contact": {"email": "a@b.example"}') == '"[redacted]"'  # unterminated

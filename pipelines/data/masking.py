@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -576,6 +577,16 @@ def _walk_shape(shape: str) -> tuple[list[_Slot], list[int]] | None:
     return slots, keys
 
 
+def _picker(indices: list[int]) -> Callable[[list[str]], tuple[str, ...]]:
+    """A function from a split document to the strings at `indices`, as a tuple (C speed)."""
+    if not indices:
+        return lambda parts: ()
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda parts: (parts[index],)
+    return operator.itemgetter(*indices)
+
+
 def _matches(rule: JsonPath, path: tuple[str | int, ...]) -> bool:
     return len(rule) == len(path) and all(
         r is WILDCARD or (type(r) is type(p) and r == p) for r, p in zip(rule, path, strict=True))
@@ -590,7 +601,8 @@ class _JsonMasker:
 
     def __init__(self, paths: list[tuple[JsonPath, Masker]]) -> None:
         self._paths = paths
-        self._shapes: dict[str, tuple[list[_Slot], list[int]] | None] = {}
+        self._shapes: dict[str, tuple[list[_Slot], list[int], Callable[[list[str]], Any]]
+                           | None] = {}
         self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[int, list[Masker]]] | None] = {}
 
     def __call__(self, value: str) -> str:
@@ -601,12 +613,14 @@ class _JsonMasker:
             if len(self._shapes) >= SHAPE_CACHE:
                 self._shapes.clear()
                 self._plans.clear()
-            self._shapes[shape] = _walk_shape(shape)
-        walked = self._shapes[shape]
-        if walked is None:
+            found = _walk_shape(shape)
+            self._shapes[shape] = None if found is None else (
+                found[0], found[1], _picker([2 * k + 1 for k in found[1]]))
+        known = self._shapes[shape]
+        if known is None:
             return self._slow(value)
-        slots, key_strings = walked
-        keys = tuple(parts[2 * k + 1] for k in key_strings)
+        slots, key_strings, pick_keys = known
+        keys = pick_keys(parts)
         if (shape, keys) not in self._plans:
             self._plans[(shape, keys)] = self._plan(slots, key_strings, keys)
         plan = self._plans[(shape, keys)]
