@@ -241,7 +241,7 @@ SELECT i, lower(f) || '.' || lower(l) || i || '@' || (ARRAY['gmail.com', 'yahoo.
                   WHEN 1 THEN '+1-202-555-' || lpad((i % 10000)::text, 4, '0')
                   WHEN 2 THEN '07' || lpad((i * 7919 % 1000000000)::text, 9, '0')
                   ELSE '(415) 555-' || lpad((i % 10000)::text, 4, '0') END,
-       date '1940-01-01' + (i * 7919) % 25000,
+       date '1940-01-01' + ((i * 7919) % 25000)::int,
        CASE WHEN i % 10 = 0 OR (i - 1) / 3 * 3 + 3 > $3::int THEN NULL
             ELSE (i - 1) / 3 * 3 + 1 + i % 3 END,
        CASE WHEN i % 5 = 0 THEN (ARRAY['Prefers a call on ', 'Second number: ',
@@ -252,7 +252,8 @@ SELECT i, lower(f) || '.' || lower(l) || i || '@' || (ARRAY['gmail.com', 'yahoo.
                         'Likes the blue range', 'Moved from the old shop',
                         'Asked about bulk prices'])[1 + i % 6] END,
        timestamptz '2019-01-01' + (i % 2000) * interval '1 day'
-FROM (SELECT i, ($1::text[])[1 + i % 500] AS f, ($2::text[])[1 + (i / 500) % 500] AS l
+FROM (SELECT i::bigint AS i, ($1::text[])[1 + i % 500] AS f,
+             ($2::text[])[1 + (i / 500) % 500] AS l
       FROM generate_series(1, $3::int) i) s
 """
 HEAVY_ORDERS = """
