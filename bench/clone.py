@@ -3,6 +3,7 @@
     python bench/clone.py                      # 200 MB golden database on 127.0.0.1:5432
     python bench/clone.py --embedded --mb 200  # the same on the embedded PostgreSQL 18
     python bench/clone.py --sweep 8,64,256     # WAL_LOG vs FILE_COPY by size (the threshold)
+    python bench/clone.py --reflink            # PostgreSQL 18 on btrfs: 40 MB vs 1 GB clones
 
 For one generated golden database (a table of orders with two indexes, ANALYZEd, checkpointed,
 then marked IS_TEMPLATE / ALLOW_CONNECTIONS false as a snapshot build leaves it) it measures, each
@@ -10,6 +11,11 @@ the median of `--repeat` runs: `pg_dump -Fc | pg_restore` into a new database (t
 `clone_database` with WAL_LOG, FILE_COPY and — on PostgreSQL 18 — FILE_COPY with
 file_copy_method = clone, the automatic choice, and the warm pool's take (a rename) plus adopt.
 Everything it creates starts with `bench_clone_` and is dropped at the end.
+
+`--reflink` (root, loop devices and btrfs-progs needed) puts the embedded PostgreSQL 18's data
+directory on a loop-mounted btrfs image, as a production target server on Btrfs, XFS or ZFS
+would be, and prints the time of a clone (`clone_database`, method chosen by `clone_method`) of a
+40 MB and of a 1 GB golden database. Goal: the 1 GB clone under 1.5x the 40 MB one, and under 1 s.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from bot.embedded import embedded_postgres
 from bot.pg import asyncpg_dsn, quote_ident, with_database
 from pipelines.data import clone as cl
+from pipelines.data import pgconn
 
 PREFIX = "bench_clone_"
 BYTES_PER_ROW = 163  # heap + two indexes, measured for the table below
@@ -191,7 +198,7 @@ async def run(url: str, *, mb: int, repeat: int) -> None:
     await measure("WAL_LOG", "WAL_LOG")
     if version >= 18:
         # The server marked as refusing clone: FILE_COPY with file_copy_method = copy.
-        cl._CLONE_REFUSED.add(cl._where(url))
+        cl._CLONE_REFUSED.add(pgconn.where(url))
         await measure("FILE_COPY, copy", "FILE_COPY")
         cl._CLONE_REFUSED.clear()
         await measure("FILE_COPY, clone", "FILE_COPY")
@@ -242,7 +249,7 @@ async def sweep(url: str, sizes: list[int], *, repeat: int) -> None:
                 return await cl.clone_database(url, template=golden, target=target,
                                                strategy=strategy)
             if version >= 18 and strategy == "FILE_COPY" and not clone:
-                cl._CLONE_REFUSED.add(cl._where(url))
+                cl._CLONE_REFUSED.add(pgconn.where(url))
             seconds, result = await timed(repeat, make, url)
             cl._CLONE_REFUSED.clear()
             used = result.strategy if isinstance(result, cl.CloneResult) else "?"
@@ -251,6 +258,64 @@ async def sweep(url: str, sizes: list[int], *, repeat: int) -> None:
         await execute(url, f"ALTER DATABASE {quote_ident(golden)} IS_TEMPLATE false")
         await drop(url, golden)
     await drop(url, DIRTY)
+
+
+@contextlib.contextmanager
+def btrfs_server(gigabytes: int) -> Iterator[str]:
+    """The embedded PostgreSQL 18 with its data directory on a loop-mounted btrfs image."""
+    import tempfile
+    import warnings
+
+    work = Path(tempfile.mkdtemp(prefix="bench-btrfs-"))
+    image, mount = work / "fs.img", work / "mnt"
+    mount.mkdir()
+    with image.open("wb") as f:
+        f.truncate(gigabytes * 2**30)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import PostgresServer
+
+            (mount / "pgdata").mkdir()
+            server = PostgresServer(mount / "pgdata", cleanup_mode="delete")
+        try:
+            yield str(server.get_uri("postgres"))
+        finally:
+            server._cleanup()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def reflink(url: str, sizes: list[int], *, repeat: int) -> None:
+    method = await cl.clone_method(url)
+    print(f"clone method: {method}")
+    times: dict[int, float] = {}
+    for mb in sizes:
+        golden = f"{PREFIX}golden_{mb}"
+        await drop(url, golden)
+        started = time.monotonic()
+        size = await make_source(url, golden, mb)
+        await mark_golden(url, golden)
+        print(f"  golden database {size / 2**20:6.0f} MB made in "
+              f"{time.monotonic() - started:.0f} s", flush=True)
+
+        async def make(target: str, golden: str = golden) -> object:
+            return await cl.clone_database(url, template=golden, target=target)
+
+        seconds, result = await timed(repeat, make, url)
+        used = result.strategy if isinstance(result, cl.CloneResult) else "?"
+        times[mb] = seconds
+        print(f"  clone of {size / 2**20:6.0f} MB: {seconds:6.3f} s (median of {repeat}, "
+              f"{used})", flush=True)
+        await execute(url, f"ALTER DATABASE {quote_ident(golden)} IS_TEMPLATE false")
+        await drop(url, golden)
+    small, large = times[min(times)], times[max(times)]
+    met = large < 1.5 * small and large < 1
+    print(f"  {max(times)} MB / {min(times)} MB: {large / small:.2f}x "
+          f"(goal: under 1.5x, and under 1 s: {'met' if met else 'not met'})")
 
 
 @contextlib.contextmanager
@@ -270,11 +335,19 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200, help="golden database size")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sweep", help="comma-separated sizes in MB: WAL_LOG vs FILE_COPY")
+    parser.add_argument("--reflink", nargs="?", const="40,1024", metavar="SIZES",
+                        help="PostgreSQL 18 on a loop-mounted btrfs image: clone times at "
+                             "these sizes in MB (default 40,1024)")
     parser.add_argument("--dirty", type=int, default=0,
                         help="with --sweep: MB of other data updated before each copy")
     args = parser.parse_args()
     global dirty_mb  # noqa: PLW0603 - a setting of this one-shot script
     dirty_mb = args.dirty
+    if args.reflink:
+        sizes = [int(s) for s in args.reflink.split(",")]
+        with btrfs_server(max(4, 3 * max(sizes) // 1024 + 2)) as url:
+            asyncio.run(reflink(url, sizes, repeat=args.repeat))
+        return
     with server(args) as url:
         if args.sweep:
             asyncio.run(sweep(url, [int(s) for s in args.sweep.split(",")], repeat=args.repeat))

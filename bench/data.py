@@ -2,6 +2,7 @@
 
     python bench/data.py                      # ~1 GB source (about 640k customers)
     python bench/data.py --customers 60000    # a quick run (~100 MB)
+    python bench/data.py --profile masking-heavy [--sizes 180,1024] [--repeat 3]
 
 Needs PostgreSQL on 127.0.0.1:5432 (or EPHEM_TEST_DATABASE_URL), the `pg_dump`, `psql` and
 `pg_restore` binaries of that server's version (or newer) on PATH, and `pganonymize`
@@ -14,6 +15,13 @@ end. Prints, side by side with the baselines measured in the same run:
 - peak RSS of the build process (each build runs in a child process, measured by wait4);
 - time from request to a ready database with the warm pool, at two source sizes (a job through
   the real command handler, executor, runner and data phase).
+
+`--profile masking-heavy` is shaped like the outside check of the data phase rather than like
+friendly data: a jsonb contact (e-mail, phone, name) on every order, e-mails and phone numbers in
+a fifth of the free-text rows, a unique e-mail that orders reference as a foreign key, customers
+referring customers in cycles, Luhn-valid card numbers, phones written four ways (one digits
+only). At each size it prints the build against plain `pg_dump | psql` (the ratio; goal: at most
+1.5x) and the time of each part of the build, as the median of `--repeat` runs.
 """
 
 from __future__ import annotations
@@ -102,10 +110,11 @@ import asyncio, json, sys, time
 from pathlib import Path
 from bot.config import SnapshotConfig
 from pipelines.data.snapshot import build_snapshot
-cfg = SnapshotConfig(source=sys.argv[1], rules=Path(sys.argv[2]), pool=0, workers=2, keep=5)
+cfg = SnapshotConfig(source=sys.argv[1], rules=Path(sys.argv[2]), pool=0, workers=2, keep=1)
 info = asyncio.run(build_snapshot(name=sys.argv[3], config=cfg, target_admin_url=sys.argv[4],
                                   prefix=sys.argv[5], key=sys.argv[6].encode()))
-print(json.dumps({"database": info.database, "rows": info.rows, "bytes": info.bytes}))
+print(json.dumps({"database": info.database, "rows": info.rows, "bytes": info.bytes,
+                  "steps": dict(info.steps)}))
 """
 
 
@@ -205,6 +214,181 @@ async def request_to_ready(admin: str, source_url: str, tmp: Path, label: str) -
             await app.stop()
 
 
+# --------------------------------------------------------------------------- masking-heavy
+
+HEAVY_SCHEMA = """
+CREATE TABLE customers (
+    id bigint PRIMARY KEY, email text NOT NULL UNIQUE, full_name text NOT NULL, phone text,
+    birth_date date, referred_by bigint, notes text, created_at timestamptz NOT NULL);
+CREATE TABLE orders (
+    id bigint PRIMARY KEY, customer_email text NOT NULL, placed_at timestamptz NOT NULL,
+    status text NOT NULL, total numeric(12, 2) NOT NULL, meta jsonb NOT NULL, note text);
+CREATE TABLE payments (
+    id bigint PRIMARY KEY, order_id bigint NOT NULL, pan text NOT NULL, cardholder text NOT NULL,
+    amount numeric(12, 2) NOT NULL);
+CREATE FUNCTION pg_temp.luhn(payload text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT payload || ((10 - sum(CASE WHEN (length(payload) - i) % 2 = 0
+                                   THEN (d * 2) / 10 + (d * 2) % 10 ELSE d END) % 10) % 10)::text
+  FROM (SELECT i, substr(payload, i, 1)::int AS d FROM generate_series(1, length(payload)) i) s
+$$;
+"""
+HEAVY_CUSTOMERS = """
+INSERT INTO customers
+SELECT i, lower(f) || '.' || lower(l) || i || '@' || (ARRAY['gmail.com', 'yahoo.co.uk',
+         'outlook.com', 'web.de', 'proton.me', 'icloud.com'])[1 + i % 6],
+       f || ' ' || l,
+       CASE i % 4 WHEN 0 THEN '+44 20 7946 ' || lpad((i % 10000)::text, 4, '0')
+                  WHEN 1 THEN '+1-202-555-' || lpad((i % 10000)::text, 4, '0')
+                  WHEN 2 THEN '07' || lpad((i * 7919 % 1000000000)::text, 9, '0')
+                  ELSE '(415) 555-' || lpad((i % 10000)::text, 4, '0') END,
+       date '1940-01-01' + ((i * 7919) % 25000)::int,
+       CASE WHEN i % 10 = 0 OR (i - 1) / 3 * 3 + 3 > $3::int THEN NULL
+            ELSE (i - 1) / 3 * 3 + 1 + i % 3 END,
+       CASE WHEN i % 5 = 0 THEN (ARRAY['Prefers a call on ', 'Second number: ',
+                                       'Ask for the manager, '])[1 + i % 3]
+                                || '+44 7700 ' || lpad((i % 1000000)::text, 6, '0')
+            WHEN i % 10 = 6 THEN 'Also reachable at ' || lower(l) || '.' || i || '@work.example.org'
+            ELSE (ARRAY['VIP since 2019', 'No marketing, please', 'Pays by invoice',
+                        'Likes the blue range', 'Moved from the old shop',
+                        'Asked about bulk prices'])[1 + i % 6] END,
+       timestamptz '2019-01-01' + (i % 2000) * interval '1 day'
+FROM (SELECT i::bigint AS i, ($1::text[])[1 + i % 500] AS f,
+             ($2::text[])[1 + (i / 500) % 500] AS l
+      FROM generate_series(1, $3::int) i) s
+"""
+HEAVY_ORDERS = """
+INSERT INTO orders
+SELECT o, c.email,
+       timestamptz '2023-01-01' + (o % 900) * interval '1 day' + (o % 86400) * interval '1 s',
+       (ARRAY['new', 'paid', 'shipped', 'cancelled'])[1 + o % 4], (o % 90000) / 100.0 + 1,
+       jsonb_strip_nulls(jsonb_build_object(
+         'contact', jsonb_build_object('email', c.email, 'phone', c.phone, 'name', c.full_name),
+         'channel', (ARRAY['web', 'app', 'phone', 'store'])[1 + o % 4],
+         'ip', '198.51.' || (o % 250) || '.' || (o * 7 % 250),
+         'items', CASE WHEN o % 3 = 0
+                       THEN jsonb_build_array(jsonb_build_object('sku', 'SKU-' || o % 997,
+                                                                 'qty', 1 + o % 3))
+                       ELSE jsonb_build_array(jsonb_build_object('sku', 'SKU-' || o % 997,
+                                                                 'qty', 1 + o % 3),
+                                              jsonb_build_object('sku', 'SKU-' || o % 991,
+                                                                 'qty', 1)) END,
+         'gift', CASE WHEN o % 7 = 0 THEN true END,
+         'coupon', CASE WHEN o % 11 = 0 THEN 'SPRING' || o % 100 END)),
+       CASE WHEN o % 5 = 0 THEN 'Call ' || c.phone || ' before delivery'
+            WHEN o % 10 = 6 THEN 'Send the receipt to ' || c.email
+            ELSE (ARRAY['Leave at the door', 'Ring twice', 'Gift wrap please',
+                        'Deliver after 5pm', 'Fragile', 'Side entrance'])[1 + o % 6] END
+FROM generate_series(1, $1::int * 3) o JOIN customers c ON c.id = 1 + (o - 1) / 3
+"""
+HEAVY_PAYMENTS = """
+INSERT INTO payments
+SELECT p, p * 2, pg_temp.luhn('4' || lpad(((p::bigint * 2654435761) % 100000000000000)::text,
+                                          14, '0')),
+       c.full_name, (p % 50000) / 100.0 + 1
+FROM generate_series(1, $1::int * 3 / 2) p JOIN orders o ON o.id = p * 2
+JOIN customers c ON c.email = o.customer_email
+"""
+HEAVY_KEYS = """
+ALTER TABLE customers ADD FOREIGN KEY (referred_by) REFERENCES customers (id);
+ALTER TABLE orders ADD FOREIGN KEY (customer_email) REFERENCES customers (email)
+    ON UPDATE CASCADE;
+CREATE INDEX orders_placed_at ON orders (placed_at);
+ALTER TABLE payments ADD FOREIGN KEY (order_id) REFERENCES orders (id);
+ANALYZE;
+"""
+CONTACT = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|\+?\(?\d[\d ()-]{7,}\d"
+HEAVY_RULES = {"tables": {
+    "customers": {"email": "email", "full_name": "full_name", "phone": "phone",
+                  "birth_date": {"date_shift": {"days": 180}},
+                  "notes": {"regex": {"pattern": CONTACT, "replace": "[contact removed]"}}},
+    "orders": {"customer_email": "email",
+               "meta": {"json": {"paths": {
+                   "$.contact.email": "email", "$.contact.phone": "phone",
+                   "$.contact.name": "full_name",
+                   "$.ip": {"template": {"format": "192.0.2.{digits:2}"}}}}},
+               "note": {"regex": {"pattern": CONTACT, "replace": "[contact removed]"}}},
+    "payments": {"pan": {"template": {"format": "4000{digits:12}"}},
+                 "cardholder": "full_name"},
+}}
+HEAVY_BYTES_PER_CUSTOMER = 1_700  # measured: 100k customers make 170 MB
+
+
+async def make_heavy(admin: str, database: str, *, customers: int) -> tuple[str, int]:
+    """The masking-heavy source; its URL and size in bytes."""
+    from faker import Faker
+
+    from bot.cli.sample_data import create_database
+
+    url = await create_database(admin, database)
+    fake = Faker("en_US")
+    Faker.seed(3)
+    firsts = [fake.first_name() for _ in range(500)]
+    lasts = [fake.last_name() for _ in range(500)]
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute(HEAVY_SCHEMA)
+        await conn.execute(HEAVY_CUSTOMERS, firsts, lasts, customers)
+        await conn.execute(HEAVY_ORDERS, customers)
+        await conn.execute(HEAVY_PAYMENTS, customers)
+        await conn.execute(HEAVY_KEYS)
+        return url, int(await conn.fetchval("SELECT pg_database_size(current_database())"))
+    finally:
+        await conn.close()
+
+
+async def plain_copy(admin: str, source: str, target: str) -> float:
+    """Seconds of `pg_dump | psql` of `source` into a new database `target`."""
+    await sql(admin, f"CREATE DATABASE {quote_ident(target)}")
+    started = time.perf_counter()
+    dump = subprocess.Popen(["pg_dump", "--no-owner", "-d", source], stdout=subprocess.PIPE,
+                            env=libpq(admin))
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", with_database(admin, target)],
+                   stdin=dump.stdout, stdout=subprocess.DEVNULL, env=libpq(admin), check=True)
+    if dump.wait():
+        raise SystemExit("pg_dump failed")
+    return time.perf_counter() - started
+
+
+async def heavy(args: argparse.Namespace) -> int:
+    import statistics
+
+    admin = admin_url()
+    await drop_all(admin)
+    rules = Path(tempfile.mkdtemp()) / "heavy.yaml"
+    rules.write_text(yaml.safe_dump(HEAVY_RULES))
+    lines = []
+    try:
+        for mb in (int(x) for x in args.sizes.split(",")):
+            customers = mb * 1_000_000 // HEAVY_BYTES_PER_CUSTOMER
+            t = time.perf_counter()
+            source, size = await make_heavy(admin, f"{PREFIX}heavy", customers=customers)
+            print(f"masking-heavy source: {size / 1e6:.0f} MB, {customers} customers "
+                  f"(made in {time.perf_counter() - t:.0f}s)", flush=True)
+            plains, builds, steps = [], [], []
+            for run in range(args.repeat):
+                plain = f"{PREFIX}plain"
+                plains.append(await plain_copy(admin, source, plain))
+                await sql(admin, f"DROP DATABASE {quote_ident(plain)} WITH (FORCE)")
+                seconds, _, info = build_in_child(source, rules, "heavy", admin)
+                builds.append(seconds)
+                steps.append(info["steps"])
+                print(f"  run {run + 1}: pg_dump | psql {plains[-1]:.1f}s, build "
+                      f"{seconds:.1f}s ({seconds / plains[-1]:.2f}x); "
+                      + ", ".join(f"{k} {v:.1f}s" for k, v in info["steps"].items()),
+                      flush=True)
+            plain_s, build_s = statistics.median(plains), statistics.median(builds)
+            parts = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
+            lines.append(f"{size / 1e6:6.0f} MB  pg_dump|psql {plain_s:6.1f}s  build "
+                         f"{build_s:6.1f}s  {build_s / plain_s:5.2f}x   "
+                         + "  ".join(f"{k} {v:.1f}s" for k, v in parts.items()))
+            await drop_all(admin)
+    finally:
+        await drop_all(admin)
+    print(f"\nmasking-heavy, median of {args.repeat} (goal: build at most 1.5x pg_dump | psql)")
+    print("\n".join(lines))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -300,4 +484,10 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=640_000)
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    parser.add_argument("--profile", choices=("shop", "masking-heavy"), default="shop")
+    parser.add_argument("--sizes", default="180,1024",
+                        help="masking-heavy: source sizes in MB")
+    parser.add_argument("--repeat", type=int, default=3, help="masking-heavy: runs per size")
+    arguments = parser.parse_args()
+    sys.exit(asyncio.run(heavy(arguments) if arguments.profile == "masking-heavy"
+                         else main(arguments)))

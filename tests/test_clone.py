@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
 from typing import TypeVar, cast
 
 import asyncpg
 import pytest
+import yaml
 
 from bot.embedded import embedded_postgres
 from bot.errors import PermanentError
@@ -28,6 +35,8 @@ from pipelines.data.clone import (
     WarmPool,
     adopt,
     clone_database,
+    clone_method,
+    filesystem_of,
     reset_database,
 )
 
@@ -494,7 +503,8 @@ def pg18_url() -> Iterator[str]:
     with embedded_postgres() as url:
         version = asyncio.run(_fetchval(url, "SHOW server_version_num"))
         if int(str(version)) < 180000:
-            pytest.skip("the embedded PostgreSQL is older than 18")
+            pytest.fail("the embedded PostgreSQL is older than 18 (embedded-postgres>=18 is a "
+                        "dependency): file_copy_method needs 18")
         yield url
 
 
@@ -517,6 +527,98 @@ async def test_file_copy_uses_clone_on_postgresql_18(pg18_url: str, prefix: str)
     assert await _not_owned_by(pg18_url, target, role) == []
     small = await clone_database(pg18_url, template=golden, target=_name(prefix, "env"))
     assert small.strategy == WAL_LOG
+
+
+# --- reflink clones on a copy-on-write filesystem ------------------------------------------
+
+
+def _root(*args: str) -> None:
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"`{' '.join(args)}` failed: {(done.stderr or done.stdout).strip()[:300]}. "
+                    "The reflink clone test makes a loop-mounted btrfs image: it needs root, "
+                    "loop devices (/dev/loop*) and btrfs-progs (`apt-get install -y "
+                    "btrfs-progs`; .ci/run installs it).")
+
+
+@pytest.fixture(scope="module")
+def btrfs_pg18(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded PostgreSQL 18 with its data directory on a loop-mounted btrfs image, as a
+    production target server would be on Btrfs, XFS (reflink) or ZFS."""
+    if shutil.which("mkfs.btrfs") is None:
+        pytest.fail("mkfs.btrfs is not installed: the reflink clone test needs btrfs-progs "
+                    "(`apt-get install -y btrfs-progs`; .ci/run installs it)")
+    work = tmp_path_factory.mktemp("btrfs")
+    image, mount = work / "fs.img", work / "mnt"
+    mount.mkdir()
+    with image.open("wb") as f:
+        f.truncate(512 * 2**20)
+    _root("mkfs.btrfs", "-q", str(image))
+    _root("mount", "-o", "loop", str(image), str(mount))
+    try:
+        pgdata = mount / "pgdata"
+        pgdata.mkdir()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs, about XDG_RUNTIME_DIR
+            from embedded_postgres.postgres_server import PostgresServer
+
+            server = PostgresServer(pgdata, cleanup_mode="delete")
+        try:
+            yield str(server.get_uri("postgres"))
+        finally:
+            server._cleanup()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        image.unlink(missing_ok=True)
+
+
+async def test_on_btrfs_postgresql_18_clones_by_reflink_at_every_size(
+        btrfs_pg18: str, pg_admin_url: str, prefix: str, tmp_path: Path) -> None:
+    method = await clone_method(btrfs_pg18)
+    assert method.reflink and method.filesystem == "btrfs"
+    assert "PostgreSQL 18, data directory " in method.reason and " on btrfs " in method.reason
+    builder = f"{prefix}builder"
+    await _execute(btrfs_pg18, f"CREATE ROLE {quote_ident(builder)}")
+    golden = f"{prefix}snap_btrfs"
+    await _make_golden(btrfs_pg18, golden, builder=builder)
+    target = _name(prefix, "env")
+
+    # A small golden database would be copied with WAL_LOG anywhere else; here it is cloned.
+    result = await clone_database(btrfs_pg18, template=golden, target=target)
+
+    assert result.strategy == FILE_COPY_CLONE
+    assert await _counts(btrfs_pg18, target) == ROWS
+    await _execute(with_database(btrfs_pg18, target), "DELETE FROM public.orders")
+    again = _name(prefix, "env")
+    await clone_database(btrfs_pg18, template=golden, target=again)
+    assert await _counts(btrfs_pg18, again) == ROWS  # the clone shares nothing it changes
+
+    # Elsewhere the method says why not: the version, or the filesystem.
+    here = await clone_method(pg_admin_url)
+    version = int(str(await _fetchval(pg_admin_url, "SHOW server_version_num"))) // 10000
+    assert not here.reflink or version >= 18
+    if version < 18:
+        assert f"PostgreSQL {version} has no file_copy_method" in here.reason
+
+    # `ephem doctor` shows the method and why, one line.
+    blueprint = tmp_path / "ephem.yaml"
+    blueprint.write_text(yaml.safe_dump({"phases": {"data": {"server": btrfs_pg18}}}))
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "bot.cli", "doctor"], capture_output=True,
+        text=True, env={**os.environ, "EPHEM_CONFIG": str(blueprint)}, check=False, timeout=120)
+    (line,) = [x for x in done.stdout.splitlines() if "clone method" in x]
+    assert line.startswith("ok") and "file_copy_method = clone: a reflink copy" in line
+    assert " on btrfs " in line
+
+
+def test_filesystem_of_a_path_is_its_longest_mount() -> None:
+    mounts = ("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+              "40 22 0:39 / /srv/pg rw,relatime - btrfs /dev/loop0 rw\n"
+              "41 22 0:40 / /srv/pg\\040old rw - xfs /dev/sdb rw\n")
+    assert filesystem_of("/srv/pg/18/main", mounts) == ("btrfs", "/srv/pg")
+    assert filesystem_of("/srv/pg old/main", mounts) == ("xfs", "/srv/pg old")
+    assert filesystem_of("/srv/pgx", mounts) == ("ext4", "/")
+    assert filesystem_of("/var/lib", "") == (None, "")
 
 
 def test_a_pool_prefix_too_long_for_postgresql_names_is_refused(pg_admin_url: str) -> None:

@@ -130,3 +130,19 @@ async def test_snapshot_mode_takes_a_pooled_clone_and_migrates_on_top(
     made.append(c2)
     second = await phase.apply(c2)
     assert "clone" in second.outputs["seconds"]
+
+
+def test_the_card_shows_a_step_time_to_a_tenth_of_a_second_under_ten_seconds() -> None:
+    """A data step from the warm pool takes a fraction of a second: `done in 0s` said nothing."""
+    from datetime import timedelta
+
+    from bot.domain import PhaseName
+    from bot.slack.messages import phase_done
+
+    assert phase_done(PhaseName.DATA, timedelta(seconds=0.34), destroying=False).endswith(
+        "done in 0.3s")
+    assert phase_done(PhaseName.DATA, timedelta(seconds=9.96), destroying=True).endswith(
+        "removed in 10.0s")
+    assert phase_done(PhaseName.DATA, timedelta(seconds=75), destroying=False).endswith(
+        "done in 1m")
+    assert phase_done(PhaseName.DATA, None, destroying=False) == "*data* — done"

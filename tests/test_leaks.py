@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipelines.data.leaks import needles
+from pipelines.data.leaks import needles, searched_expression
 from pipelines.data.masking import last_names, make_masker
 from pipelines.data.rules import ColumnRule
 
@@ -28,3 +28,29 @@ def test_an_email_left_unchanged_is_always_a_leak() -> None:
     _, unchanged = needles(rule, ["ann@corp.example", "bo@corp.example"],
                            masker=lambda v: v if v and v.startswith("ann") else "x@example.com")
     assert unchanged == 1
+
+
+def test_the_personal_data_inside_a_value_is_looked_for_on_its_own() -> None:
+    note = "Call me at +44 20 7946 0958 or write to ann@corp.example, thanks"
+    redact = ColumnRule("redact")
+    found, _ = needles(redact, [note], masker=make_masker(redact, key=KEY))
+    assert set(found) == {note, "+44 20 7946 0958", "ann@corp.example"}
+    # A regex rule's own matches, and what the detector sees that the regex missed.
+    emails = ColumnRule("regex", {"pattern": r"\S+@\S+", "replace": "[email]"})
+    found, _ = needles(emails, [note], masker=make_masker(emails, key=KEY))
+    assert set(found) == {"ann@corp.example,", "+44 20 7946 0958", "ann@corp.example"}
+    # Inside JSON: the personal values, not the whole document.
+    doc = '{"contact": {"email": "bo@corp.example", "phone": "07700900123"}, "n": 1}'
+    by_path = ColumnRule("json", {"paths": {"$.contact.email": ColumnRule("email")}})
+    found, _ = needles(by_path, [doc], masker=make_masker(by_path, key=KEY))
+    assert set(found) == {"bo@corp.example", "07700900123"}
+
+
+def test_values_a_json_rule_generates_are_left_out_of_the_search() -> None:
+    rule = ColumnRule("json", {"paths": {"$.contact.name": ColumnRule("full_name"),
+                                         "$.items[*].who": ColumnRule("full_name"),
+                                         "$.note": ColumnRule("keep")}})
+    expr = searched_expression("meta", rule, jsonb=True)
+    assert "#- '{\"contact\",\"name\"}'" in expr
+    assert "items" not in expr and "note" not in expr  # wildcards and kept values stay
+    assert "#-" not in searched_expression("meta", rule, jsonb=False)  # json text: as it is

@@ -145,13 +145,46 @@ def test_phone_keeps_every_non_digit_and_the_digit_count(value: str) -> None:
             assert a == b
 
 
+@pytest.mark.parametrize(("value", "kept"), [
+    ("+44 20 7946 0958", "+44 20 "),  # country code and area code
+    ("+1-202-555-0143", "+1-202-"),
+    ("+1 (555) 010-2345", "+1 (555) "),
+    ("020 7946 0958", "020 "),  # trunk prefix 0 and area code
+    ("0044 20 7946 0958", "0044 20 "),  # international prefix 00
+    ("(415) 555-0123", "(415) "),
+    ("07000000001", "070"),  # no groups: the first two national digits
+    ("+447700900123", "+4477"),
+    ("+33 1 42 68 53 00", "+33 1 "),
+    ("+49-30-1234567 ext. 12", "+49-30-"),
+])
+def test_phone_keeps_country_code_trunk_prefix_and_area_code(value: str, kept: str) -> None:
+    out = mask(ColumnRule("phone"), value)
+    assert out is not None and out.startswith(kept)
+    assert out[len(kept):] != value[len(kept):]
+    changed = sum(a != b for a, b in zip(out, value, strict=True))
+    assert changed >= 2  # (four digits are drawn anew; some may come out the same)
+
+
+def test_phone_north_american_numbers_stay_valid() -> None:
+    """An exchange code (the first subscriber digit) is 2-9 in North America."""
+    for i in range(300):
+        out = mask(ColumnRule("phone"), f"+1-202-{i:03d}-{i:04d}")
+        assert out is not None and re.fullmatch(r"\+1-202-[2-9]\d\d-\d{4}", out), out
+
+
 def test_phone_keep_prefix_and_formatting_independence() -> None:
-    out = mask(ColumnRule("phone", {"keep_prefix": 2}), "+44 20 7946 0958")
-    assert out is not None and out.startswith("+44 ") and out[4:] != "20 7946 0958"
-    # The HMAC is of the digits, so one number written two ways masks to the same digits.
-    a = mask(ColumnRule("phone"), "+1 555 010 2345")
-    b = mask(ColumnRule("phone"), "15550102345")
-    assert a is not None and b is not None and re.sub(r"\D", "", a) == b
+    out = mask(ColumnRule("phone", {"keep_prefix": 4}), "+44 20 7946 0958")
+    assert out is not None and out.startswith("+44 20 79") and out[9:] != "46 0958"
+    # keep_prefix counts national digits: the country code is kept whatever it says.
+    zero = mask(ColumnRule("phone", {"keep_prefix": 0}), "+44 20 7946 0958")
+    assert zero is not None and zero.startswith("+44 ")
+    # The HMAC is of the national number, so one number written three ways masks alike.
+    outs = [mask(ColumnRule("phone"), v) for v in
+            ("+44 20 7946 0958", "0044 20 7946 0958", "020 7946 0958")]
+    assert {re.sub(r"\D", "", o or "")[-10:] for o in outs} == {
+        re.sub(r"\D", "", outs[0] or "")[-10:]}
+    # Very short numbers still change (at least four digits are drawn).
+    assert mask(ColumnRule("phone"), "+44 20 12") != "+44 20 12"
 
 
 def _shift(before: str, after: str) -> int:
@@ -391,3 +424,41 @@ def test_every_problem_in_a_file_is_listed(tmp_path: Path) -> None:
 def test_a_missing_rules_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"rules\.yaml: no such rules file"):
         load_rules(tmp_path / "rules.yaml")
+
+
+def test_json_masking_by_shape_agrees_with_parsing_every_document() -> None:
+    """Documents are masked by replacing strings in place, planned per shape; the result must
+    be what parsing, masking and writing each document gives — escapes, numbers, wildcards,
+    indexes, rules that reach a number or an object, and text that is not JSON included."""
+    from pipelines.data.masking import _JsonMasker
+
+    rule = ColumnRule("json", {"paths": {
+        "$.contact.email": ColumnRule("email"), "$.items[*].who": ColumnRule("full_name"),
+        "$.list[1]": ColumnRule("hash", {"length": 8}), "$.*.phone": ColumnRule("phone"),
+        "$['odd \"key\"']": ColumnRule("redact"),
+    }})
+    masker = make_masker(rule, key=KEY, cache_size=0)
+    slow = _JsonMasker([(p, make_masker(r, key=KEY)) for p, r in [
+        (("contact", "email"), ColumnRule("email")), (("items", None, "who"),
+                                                       ColumnRule("full_name")),
+        (("list", 1), ColumnRule("hash", {"length": 8})), ((None, "phone"), ColumnRule("phone")),
+        (('odd "key"',), ColumnRule("redact"))]])._slow
+    docs = [
+        {"contact": {"email": "ann@corp.example", "phone": "+44 20 7946 0958"}, "n": 1.50},
+        {"contact": {"email": "q\"uote\\d@x.example\n", "phone": None}, "n": -2e-3, "t": True},
+        {"items": [{"who": "Ann Lee", "q": 1}, {"who": "Bo ✓ Li"}, {}], "list": ["a", "b", 3]},
+        {"items": [], "list": [], "contact": {}, 'odd "key"': "x", "other": {"phone": "0201"}},
+        {"list": [1, {"deep": ["x"]}], "contact": {"email": 12}},  # a rule reaches a number
+        {"items": [{"who": {"first": "Ann"}}]},  # a rule reaches an object
+        [1, "two", {"contact": {"email": "c@d.example"}}],
+        "just a string", 42, None,
+    ]
+    for doc in docs:
+        text = json.dumps(doc, ensure_ascii=False)
+        for variant in (text, text.replace(", ", ",").replace(": ", ":")):
+            fast = masker(variant)
+            assert fast is not None
+            assert json.loads(fast, parse_float=Decimal) == json.loads(
+                slow(variant), parse_float=Decimal), variant
+    assert masker("{not json") == '"[redacted]"'
+    assert masker('{"contact": {"email": "a@b.example"}') == '"[redacted]"'  # unterminated

@@ -22,6 +22,7 @@ from bot.config import SnapshotConfig
 from bot.errors import PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident, with_database
 from pipelines.data import golden
+from pipelines.data.clone import WarmPool
 from pipelines.data.snapshot import (
     BuildProgress,
     SnapshotInfo,
@@ -257,9 +258,11 @@ async def test_refuses_to_build_when_a_flagged_column_has_no_rule(
 
 async def test_leak_check_catches_a_kept_copy_and_drops_the_database(
         source: str, pg_admin_url: str, db_prefix: str, rules_dir: Path) -> None:
-    # `contact: keep` passes the lint (a rule is written out), but every third contact is
-    # the customer's email, which is masked in `email`: only the leak check can see that.
-    rules = write_rules(rules_dir / "leaky.yaml", contact="keep")
+    # `contact` kept knowingly passes the lint (its e-mails and phones are acknowledged), but
+    # every third contact is the customer's email, which is masked in `email`: only the leak
+    # check can see that.
+    rules = write_rules(rules_dir / "leaky.yaml",
+                        contact="{keep: {allow: [email, phone]}}")
     with pytest.raises(PermanentError, match="leak check") as err:
         await build_snapshot(name="leaky", config=_config(source, rules),
                              target_admin_url=pg_admin_url, prefix=db_prefix, key=KEY)
@@ -291,13 +294,22 @@ async def test_masked_data_breaking_a_constraint_fails_the_build_cleanly(
 async def test_retention_keeps_the_newest(source: str, pg_admin_url: str, db_prefix: str,
                                           rules_dir: Path) -> None:
     rules = write_rules(rules_dir / "kept.yaml", roots="{employees: \"id < 4\"}")
-    built = [await build_snapshot(name="kept", config=_config(source, rules, keep=2),
-                                  target_admin_url=pg_admin_url, prefix=db_prefix, key=KEY)
-             for _ in range(3)]
+    pool = WarmPool(pg_admin_url, prefix=db_prefix)
+    built = []
+    for _ in range(3):
+        built.append(await build_snapshot(
+            name="kept", config=_config(source, rules, keep=2), target_admin_url=pg_admin_url,
+            prefix=db_prefix, key=KEY))
+        assert await pool.fill(built[-1].database, 2) == 2
     listed = await list_snapshots(pg_admin_url, prefix=db_prefix, name="kept")
     assert [i.database for i in listed] == [built[2].database, built[1].database]
     assert await _fetch(pg_admin_url, "SELECT 1 FROM pg_database WHERE datname = $1",
                         built[0].database) == []
+    # The dropped snapshot's pool went with it (the build dropped it, not a keeper).
+    assert await _fetch(pg_admin_url, "SELECT datname FROM pg_database "
+                                      "WHERE starts_with(datname, $1)",
+                        pool.member_prefix(built[0].database)) == []
+    assert await pool.ready(built[1].database) == 2
 
 
 async def test_names_are_checked_before_anything_happens(

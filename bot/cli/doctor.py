@@ -26,6 +26,7 @@ from bot.errors import EphemError
 from bot.pg import asyncpg_dsn, redact, scrub
 from bot.store import Store
 from bot.store.migrate import alembic_config
+from pipelines.data.clone import clone_method
 from pipelines.data.rules import load_rules
 from pipelines.infra.terraform import find_binary
 
@@ -192,6 +193,13 @@ async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -
 
         checks.append(await _guard("data server", data_server, url=server or None))
         checks += await snapshot_checks(settings, blueprint)
+
+        async def clone_method_line() -> str:
+            return str(await clone_method(server))
+
+        if next(c for c in checks if c.name == "data server").ok:
+            # An unreachable server is said once, on its own line.
+            checks.append(await _guard("clone method", clone_method_line))
 
     if settings.slack_bot_token.get_secret_value():
         async def slack() -> str:

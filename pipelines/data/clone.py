@@ -19,6 +19,12 @@ makes `FILE_COPY` use `copy_file_range()` — a reflink (copy-on-write, near-ins
 and ZFS, an in-kernel copy elsewhere (on ext4 no faster than a plain copy) — and when the
 filesystem refuses, we fall back to a plain copy and remember that for the server.
 
+`clone_method` finds out once per server which it is: PostgreSQL 18 or later, the setting
+accepted, and a data directory on a filesystem that reflinks (read from the server's own
+`/proc/self/mountinfo`). Where all three hold, every clone is a reflink `FILE_COPY`, whose time
+does not grow with the size of the database; elsewhere the strategy follows the size as above.
+`ephem doctor` prints the method and the reason.
+
 Neighbours: `pipelines.data.postgres` creates the environment's role (the owner passed to
 `adopt`); `pipelines.data.snapshot` builds the golden databases; the scheduler refills and drains
 pools. Failures are `TemporaryError` / `PermanentError` with password-free reasons, like the rest
@@ -138,7 +144,9 @@ async def _clone(conn: Any, *, template: str, target: str, strategy: str | None,
         raise PermanentError(f"golden database {template} does not exist on {where}")
     size = await _size(conn, template)
     version = conn.get_server_version().major
-    chosen = strategy or choose_strategy(size, server_version=version)
+    method = await _method(conn, where)
+    chosen = strategy or (FILE_COPY if method.reflink else
+                          choose_strategy(size, server_version=version))
     sql = f"CREATE DATABASE {quote_ident(target)} TEMPLATE {quote_ident(template)}"
     if version >= 15:
         sql += f" STRATEGY = {chosen}"
@@ -171,6 +179,95 @@ async def _clone(conn: Any, *, template: str, target: str, strategy: str | None,
     log.info("cloned %s into %s: %s, %d bytes, %.2f s", template, target, used, size or 0,
              seconds)
     return CloneResult(seconds=seconds, strategy=used, bytes=size or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which way this server copies: reflink (constant time), or by size
+
+
+# Filesystems whose copy_file_range() shares extents instead of copying them: Btrfs always, XFS
+# when made with reflink=1 (mkfs.xfs's default since xfsprogs 5.1), ZFS with block cloning
+# (OpenZFS 2.2 and later), bcachefs.
+REFLINK_FILESYSTEMS = frozenset({"btrfs", "xfs", "zfs", "bcachefs"})
+
+
+@dataclass(frozen=True)
+class CloneMethod:
+    """How `clone_database` copies on a server, and why (for `ephem doctor` and the log)."""
+
+    reflink: bool  # FILE_COPY with file_copy_method = clone for every size
+    filesystem: str | None  # of the data directory, when the server lets us read it
+    reason: str
+
+    def __str__(self) -> str:
+        how = ("FILE_COPY with file_copy_method = clone: a reflink copy, constant time at any "
+               "size" if self.reflink else
+               f"WAL_LOG below {FILE_COPY_THRESHOLD // 2**20} MB, FILE_COPY from there on "
+               "(time grows with size; the warm pool hides it)")
+        return f"{how} — {self.reason}"
+
+
+_METHODS: dict[str, CloneMethod] = {}  # per server (host:port), found once per process
+
+
+async def clone_method(admin_url: str) -> CloneMethod:
+    """How this server's clones are made, and why: PostgreSQL 18 or later, `file_copy_method
+    = clone` accepted, and a data directory on a filesystem that reflinks (read from the
+    server's own `/proc/self/mountinfo`, which needs superuser or pg_read_server_files)."""
+    async with pgconn.connect(admin_url) as conn:
+        return await _method(conn, pgconn.where(admin_url), fresh=True)
+
+
+async def _method(conn: Any, where: str, *, fresh: bool = False) -> CloneMethod:
+    if not fresh and where in _METHODS:
+        return _METHODS[where]
+    method = await _detect_method(conn)
+    _METHODS[where] = method
+    return method
+
+
+async def _detect_method(conn: Any) -> CloneMethod:
+    version = conn.get_server_version()
+    if version.major < 18:
+        return CloneMethod(False, None, f"PostgreSQL {version.major} has no "
+                                        "file_copy_method (PostgreSQL 18 and later)")
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL file_copy_method = clone")
+    except asyncpg.PostgresError as exc:
+        return CloneMethod(False, None, f"this server refuses file_copy_method = clone "
+                                        f"({_first_line(exc)})")
+    try:
+        directory = str(await conn.fetchval("SELECT current_setting('data_directory')"))
+        mounts = str(await conn.fetchval("SELECT pg_read_file('/proc/self/mountinfo')"))
+    except asyncpg.PostgresError as exc:
+        return CloneMethod(False, None, "cannot tell whether the data directory's filesystem "
+                                        f"reflinks ({_first_line(exc)}; it takes superuser or "
+                                        "pg_read_server_files)")
+    filesystem, mount_point = filesystem_of(directory, mounts)
+    if filesystem is None:
+        return CloneMethod(False, None, f"no mount found for the data directory {directory}")
+    where = f"data directory {directory} on {filesystem} ({mount_point})"
+    if filesystem in REFLINK_FILESYSTEMS:
+        return CloneMethod(True, filesystem, f"PostgreSQL {version.major}, {where}")
+    return CloneMethod(False, filesystem, f"{where}, which cannot reflink (Btrfs, XFS with "
+                                          "reflink, ZFS and bcachefs can)")
+
+
+def filesystem_of(path: str, mountinfo: str) -> tuple[str | None, str]:
+    """(filesystem type, mount point) of the mount holding `path`, from /proc/self/mountinfo
+    text: the longest mount point that is `path` or one of its parents."""
+    best: tuple[str | None, str] = (None, "")
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        fstype = fields[fields.index("-") + 1]
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[1]):
+            best = (fstype, point)
+    return best
 
 
 async def _exists(conn: Any, database: str) -> bool:

@@ -106,7 +106,9 @@ class MaskPlan:
     def row_masker(self) -> RowMasker:
         from pipelines.data.masking import make_masker
 
-        maskers = {i: make_masker(rule, key=self.key) for i, rule in self.rules}
+        # RowMasker caches each column's raw field → masked field itself; a second cache in
+        # the masker would only cost a lookup per miss.
+        maskers = {i: make_masker(rule, key=self.key, cache_size=0) for i, rule in self.rules}
         return RowMasker(maskers, columns=self.columns, plan=self)
 
 

@@ -3,18 +3,29 @@ file says nothing about.
 
 Why: masking rules are written by people, and a column nobody thought of (a `notes` field with
 customers' emails in it, a `meta` JSON with a phone number) leaks as it is. Before a snapshot is
-built, every column of the source is judged by its name and, for text and JSON, by a sample of
-its values; every flagged column must have a rule — `keep` written out counts, since that is how
-a person says "I looked, this is fine". `lint` also reports rules naming tables or columns the
-source does not have (a typo there would otherwise silently mask nothing).
+built, every column of the source is judged by its name and, for text and JSON (and dates and
+numbers whose name hints at something personal), by a sample of its values; every flagged
+column must have a rule — `keep` written out counts, since that is how a person says "I looked,
+this is fine". Inside a JSON column the same holds per path: every path whose values look
+personal must be reached by one of the column's `json` rules (`keep` at a path written out
+counts too). `lint` then masks the sampled values of every rule that passes text through or
+writes only part of it and refuses what is left (`unmasked`): a rule is not enough if the data
+comes out as it went in. It also reports rules naming tables or columns the source does not
+have (a typo there would otherwise silently mask nothing).
+
+By value it recognises e-mail addresses, phone numbers (also digits only, as `07000000001`),
+payment card numbers (Luhn), IBANs, US social security and UK national insurance numbers,
+postal codes, IP addresses, street addresses, people's names (a known first name, or surnames
+when there are many different ones) and dates of birth (dates over decades of people's lives,
+in a column whose name says it is a date); `patterns` holds what the checks share.
 
 The source is only read: the session is `default_transaction_read_only`, samples are small
 (`ORDER BY random()` on small tables, `TABLESAMPLE SYSTEM` on large ones) and values are cut at
 4 kB. Values are never logged or put in a finding; findings say what was seen and how often.
 
-Neighbours: `rules.py` (what a rule is), `masking.py` (Faker's first names), the snapshot builder
-and `ephem snapshot` commands, which refuse to build while `LintReport.ok` is false.
-"""
+Neighbours: `rules.py` (what a rule is), `masking.py` (Faker's names), `unmasked.py` (the
+post-mask check), the snapshot builder and `ephem snapshot` commands, which refuse to build while
+`LintReport.ok` is false."""
 
 from __future__ import annotations
 
@@ -26,6 +37,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -33,9 +45,10 @@ import asyncpg
 
 from bot.errors import PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident
-from pipelines.data import pgconn
-from pipelines.data.masking import first_names
-from pipelines.data.rules import Rules, split_table, table_key
+from pipelines.data import patterns, pgconn, unmasked
+from pipelines.data.masking import first_names, last_names
+from pipelines.data.rules import Rules, json_rules_at, parse_json_path, split_table, table_key
+from pipelines.data.unmasked import Unmasked
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +63,22 @@ MAX_VALUE_CHARS = 4096
 
 @dataclass(frozen=True)
 class Finding:
-    """A column that looks like it holds personal data. `table` is bare for `public`.
+    """A column (or a path inside a JSON column) that looks like it holds personal data.
+    `table` is bare for `public`.
 
-    `suggestion` lists the transformers that fit (for `LintReport.render`)."""
+    `suggestion` lists the transformers that fit (for `LintReport.render`); `paths` are the
+    JSON paths whose own values look personal (each a Finding with `path` set)."""
 
     table: str
     column: str
     reason: str
     suggestion: str = field(default="", compare=False)
+    path: str = ""
+    paths: tuple[Finding, ...] = field(default=(), compare=False)
 
     def __str__(self) -> str:
-        return f"{self.table}.{self.column} — {self.reason}"
+        where = f"{self.table}.{self.column}" + (f" at {self.path}" if self.path else "")
+        return f"{where} — {self.reason}"
 
 
 # --------------------------------------------------------------------------- column kinds
@@ -137,7 +155,7 @@ _NAME_PATTERNS: list[tuple[str, str]] = [
     ("name", r"(first|last|full|middle|maiden|given|family|sur|fore|nick|display|legal|real"
              r"|contact|customer|client|person|owner|employee|patient|member|holder"
              r"|cardholder|recipient|sender|billing|shipping|user|account)_?names?"
-             r"|f_?name|l_?name|login"),
+             r"|f_?name|l_?name|login|(card_?|account_?)?holder"),
     ("address", r"(street|home|postal|mailing|billing|shipping|delivery)?_?addr(ess)?(_?line)?"
                 r"_?\d?|street|city|town|zip(_?code)?|postal(_?code)?|post_?code"
                 r"|house_?(number|no)|apartment|apt"),
@@ -148,7 +166,9 @@ _NAME_PATTERNS: list[tuple[str, str]] = [
              r"|sort_?code|bank_?account"),
     ("card", r"(credit_?|debit_?)?card(_?(number|no|num))?|cc(_?(number|num|no))?|pan"
              r"|cvv|cvc|card_?last_?4|last_?4"),
-    ("birth", r"dob|birth(_?date|_?day|_?place)?|birthday|date_?of_?birth|born(_?on)?"),
+    ("birth", r"dob|birth(_?date|_?day|_?place)?|birthday|date_?of_?birth|born(_?on)?"
+              r"|geburtsdatum|geburtstag|fecha_(de_)?nacimiento|date_(de_)?naissance"
+              r"|data_(di_)?nascita|nascimento"),
     ("secret", r"password(_?hash)?|passwd|pwd|pass_?hash|(access|refresh|api|auth|reset"
                r"|session|bearer)?_?tokens?|secrets?|secret_?key|api_?key|private_?key"
                r"|access_?key|salt|otp|totp(_?secret)?|credentials?"),
@@ -213,39 +233,50 @@ def judge_name(column: str, kind: str) -> list[str]:
             continue
         if category == "address" and any(c in found for c in ("email", "ip", "mac")):
             continue
+        if category == "card" and "name" in found:  # card_holder: the holder's name
+            continue
         found.append(category)
     return found
 
 
+# A name that says "a date" without saying whose (`bdate`, `d`, `date`): such a column is a date
+# of birth when its values also say so (`_Counts.birth_range`).
+_DATE_HINT = re.compile(r"(?:^|_)(?:date|dt|day|d|bdate|bday|bd|dte|fecha|datum|data)(?:_|$)")
+
+
+def date_hint(column: str) -> bool:
+    norm = _normalise(column)
+    m = _DATE_HINT.search(norm)
+    if m is None:
+        return False
+    return not _QUALIFIERS.intersection((norm[:m.start()] + "_" + norm[m.end():]).split("_"))
+
+
 # --------------------------------------------------------------------------- values
 
-_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}")
-_CARD = re.compile(r"\d(?:[ -]?\d){12,18}")
-_CARD_IN_TEXT = re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d.])")
-_IBAN = re.compile(r"[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}")
-_IBAN_IN_TEXT = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_PHONE = re.compile(r"\+?(?:\(\d{1,4}\)|\d{1,4})(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}"
-                    r"(?: ?(?:x|ext\.?) ?\d{1,5})?")
-_PHONE_IN_TEXT = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(?\d{1,4}\)?[ .-]?){2,5}\d{2,4}"
-                            r"|\(\d{3}\) ?\d{3}-\d{4}|\d{3}-\d{3}-\d{4})(?!\w)")
-_DATE_LIKE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}.*|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
-_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)")
-_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 _NAME_WORD = re.compile(r"[^\W\d_]+(?:['\u2019.-][^\W\d_]+)*\.?")  # Anne-Marie, O'Neil, J.
 
 _POSTAL_CODE = re.compile(r"\d{5}-\d{4}|[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2}")  # US ZIP+4, UK
 _HOUSE_NUMBER = re.compile(r"\d{1,6}[A-Za-z]?,?")
 _STREET_ENDINGS = ("straße", "strasse", "str.", "weg", "gasse", "platz", "allee", "laan",
                    "straat", "gatan", "vägen")
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+_ISO_DATE = re.compile(r"(\d{4})-(\d\d)-(\d\d)(?:[ T]00:00:00(?:\.0+)?(?:[+-]\d\d(?::?\d\d)?|Z)?)?")
 
 _NAME_LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "pt_BR",
                  "sv_SE", "pl_PL")
+SURNAMES_NEEDED = 10  # distinct surnames before single words are taken for people's names
+BIRTH_YEARS = (12, 110)  # a date of birth is this many years ago
 
 
 @cache
 def _first_name_set() -> frozenset[str]:
     return frozenset(n.lower() for loc in _NAME_LOCALES for n in first_names(loc) if len(n) > 1)
+
+
+@cache
+def _last_name_set() -> frozenset[str]:
+    return frozenset(n.lower() for loc in _NAME_LOCALES for n in last_names(loc) if len(n) > 1)
 
 
 @cache
@@ -266,38 +297,8 @@ def _is_street_address(value: str) -> bool:
     return any(w in _street_words() or w.endswith(_STREET_ENDINGS) for w in words)
 
 
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def iban_ok(text: str) -> bool:
-    compact = text.replace(" ", "")
-    if not 15 <= len(compact) <= 34:
-        return False
-    moved = compact[4:] + compact[:4]
-    return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
-
-
-def _is_phone(value: str) -> bool:
-    if not _PHONE.fullmatch(value) or _DATE_LIKE.fullmatch(value) or _IPV4.fullmatch(value):
-        return False
-    digits = sum(ch.isdigit() for ch in value)
-    if not 7 <= digits <= 15:
-        return False
-    separators = [ch for ch in value if ch in " .-()"]
-    if value.startswith("+") or "(" in value:
-        return True
-    return bool(separators) and separators != ["."]  # one dot: a decimal number
-
-
 def _is_ip(value: str) -> bool:
-    if _IPV4.fullmatch(value):
+    if patterns.IPV4.fullmatch(value):
         return True
     if ":" in value and _IPV6_CHARS.fullmatch(value):
         try:
@@ -308,18 +309,27 @@ def _is_ip(value: str) -> bool:
     return False
 
 
-def _first_name_of(value: str) -> str | None:
-    """The first name a value starts with, when it reads like a person's name."""
-    tokens = value.split()
+def _person(value: str) -> tuple[str | None, str | None]:
+    """(first name, surname) a value is made of, when it reads like a person's name: a first
+    name first (`Ann Lee`), a surname alone (`Lee`), or both in another order (`Lee, Ann`)."""
+    tokens = value.replace(",", " ").split()
     if not 1 <= len(tokens) <= 4 or not all(_NAME_WORD.fullmatch(t) for t in tokens):
-        return None
-    first = tokens[0].lower()
-    return first if first in _first_name_set() else None
+        return None, None
+    lower = [t.lower().rstrip(".") for t in tokens]
+    firsts, lasts = _first_name_set(), _last_name_set()
+    if lower[0] in firsts:
+        return lower[0], next((t for t in lower[1:] if t in lasts), None)
+    if len(lower) == 1:
+        return None, lower[0] if lower[0] in lasts else None
+    first = next((t for t in lower if t in firsts), None)
+    last = next((t for t in lower if t in lasts), None)
+    return (first, last) if first and last else (None, None)
 
 
 @dataclass
-class _Tally:
-    """What a column's sampled values looked like. Counts only, never the values."""
+class _Counts:
+    """What the sampled values of a column (or of one JSON path) looked like. Counts and the
+    words that told, never the values."""
 
     sampled: int = 0
     distinct: set[str] = field(default_factory=set)
@@ -328,108 +338,173 @@ class _Tally:
     card_candidates: int = 0
     card_valid: int = 0
     names: set[str] = field(default_factory=set)
-    json_paths: dict[str, Counter[str]] = field(default_factory=dict)
+    surnames: set[str] = field(default_factory=set)
+    years: list[float] = field(default_factory=list)  # of values that are dates
 
-    def add(self, value: str, *, json_path: str | None = None) -> None:
-        text = value.strip()
-        if json_path is None:  # a column value (JSON leaves are counted by add_json)
-            self.sampled += 1
-            if len(self.distinct) < 10_000:
-                self.distinct.add(text)
+    def add(self, text: str) -> None:
+        self.sampled += 1
+        if len(self.distinct) < 10_000:
+            self.distinct.add(text)
         category = self._whole(text)
         if category is not None:
-            if json_path is not None:
-                self.json_paths.setdefault(category, Counter())[json_path] += 1
             self.whole[category] += 1
             return
         for category in self._inside(text):
             self.inside[category] += 1
 
     def _whole(self, text: str) -> str | None:
-        if "@" in text and _EMAIL.fullmatch(text):
+        if "@" in text and patterns.EMAIL.fullmatch(text):
             return "email"
-        if _CARD.fullmatch(text):
-            digits = text.replace(" ", "").replace("-", "")
+        if patterns.CARD.fullmatch(text):
             self.card_candidates += 1
-            if luhn_ok(digits):
+            if patterns.luhn_ok(text.replace(" ", "").replace("-", "")):
                 self.card_valid += 1
                 return "card"
-        if _IBAN.fullmatch(text) and iban_ok(text):
+        if patterns.IBAN.fullmatch(text) and patterns.iban_ok(text):
             return "bank"
+        if patterns.is_national_id(text):
+            return "national_id"
         if _POSTAL_CODE.fullmatch(text):
             return "postal_code"
-        if _is_phone(text):
+        date = _ISO_DATE.fullmatch(text)
+        if date is not None:
+            self.years.append(int(date.group(1)) + (int(date.group(2)) - 1) / 12)
+            return None
+        if patterns.is_phone(text):
             return "phone"
         if _is_ip(text):
             return "ip"
         if _is_street_address(text):
             return "address"
-        first = _first_name_of(text)
-        if first is not None:
-            self.names.add(first)
+        first, last = _person(text)
+        if first is not None or last is not None:
+            if first is not None:
+                self.names.add(first)
+            if last is not None:
+                self.surnames.add(last)
             return "name"
         return None
 
     def _inside(self, text: str) -> set[str]:
         found: set[str] = set()
-        if "@" in text and _EMAIL.search(text):
-            found.add("email")
-        for m in _CARD_IN_TEXT.finditer(text):
-            self.card_candidates += 1
-            if luhn_ok(m.group().replace(" ", "").replace("-", "")):
+        for hit in patterns.find(text):
+            if hit.kind in (patterns.CARD_KIND, patterns.CARD_CANDIDATE):
+                self.card_candidates += 1
+                if hit.kind == patterns.CARD_CANDIDATE:
+                    continue
                 self.card_valid += 1
-                found.add("card")
-        if any(iban_ok(m.group()) for m in _IBAN_IN_TEXT.finditer(text)):
-            found.add("bank")
-        if _PHONE_IN_TEXT.search(text):
-            found.add("phone")
+            found.add(_CATEGORY_OF_KIND[hit.kind])
         return found
 
-    def add_json(self, text: str) -> None:
-        """A JSON value: judge each string (and number) inside it at its path."""
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            self.add(text)
-            return
-        self.sampled += 1
-        if len(self.distinct) < 10_000:
-            self.distinct.add(text)
-        for path, leaf in _leaves(doc, "$"):
-            self.add(leaf, json_path=path)
+    def birth_range(self) -> tuple[int, int] | None:
+        """(first, last) year when the values are dates spread over decades of people's lives
+        (at least 90 % dates, 80 % of those 12 to 110 years ago, 15 years apart or more)."""
+        if not self.years or len(self.years) * 10 < self.sampled * 9:
+            return None
+        now = datetime.now(UTC).year
+        inside = [y for y in self.years if now - BIRTH_YEARS[1] <= y <= now - BIRTH_YEARS[0]]
+        if len(inside) * 5 < len(self.years) * 4 or max(inside) - min(inside) < 15:
+            return None
+        return int(min(inside)), int(max(inside))
 
-    def reasons(self) -> list[tuple[str, str]]:
-        """(category, reason) for what the sample shows, by category thresholds."""
+    def reasons(self, *, dated: bool = False) -> list[tuple[str, str]]:
+        """(category, reason) for what the sample shows, by category thresholds. `dated`: the
+        name hints at a date, so dates of birth count."""
         if not self.sampled:
             return []
         out: list[tuple[str, str]] = []
         cards_real = self.card_valid > 0 and self.card_valid * 2 >= self.card_candidates
         fifth = max(1, self.sampled // 5)
         thresholds = {"email": 1, "bank": 1, "card": 1 if cards_real else None,
-                      "phone": fifth, "ip": fifth, "address": fifth, "postal_code": fifth,
-                      "name": max(1, (self.sampled * 3 + 9) // 10)}
+                      "national_id": fifth, "phone": fifth, "ip": fifth, "address": fifth,
+                      "postal_code": fifth, "name": max(1, (self.sampled * 3 + 9) // 10)}
         counts = f"sampled {self.sampled} values, {{n}} matched"
         for category, needed in thresholds.items():
             n = self.whole[category]
             if needed is None or n < needed:
                 continue
-            if category == "name" and len(self.names) < min(5, len(self.distinct)):
+            if category == "name" and len(self.names) < min(5, len(self.distinct)) and len(
+                    self.surnames) < SURNAMES_NEEDED:
                 continue  # a handful of repeated words (colours, months), not people
-            label = _CATEGORIES[category][0]
-            where = self.json_paths.get(category)
-            if where:
-                paths = ", ".join(p for p, _ in where.most_common(3))
-                out.append((category, f"JSON holds {label} at {paths} "
-                                      f"({counts.format(n=n)})"))
-            else:
-                out.append((category, f"looks like {label} ({counts.format(n=n)})"))
+            out.append((category, f"looks like {_CATEGORIES[category][0]} "
+                                  f"({counts.format(n=n)})"))
+        years = self.birth_range() if dated else None
+        if years is not None:
+            out.append(("birth", f"looks like dates of birth (sampled {self.sampled} values, "
+                                 f"dates from {years[0]} to {years[1]})"))
         whole = {c for c, _ in out}
-        for category in ("email", "card", "bank", "phone"):
+        for category in ("email", "card", "bank", "national_id", "phone"):
             n = self.inside[category]
             if n and (category != "card" or cards_real) and category not in whole:
                 out.append(("free_text", f"free text containing {_CATEGORIES[category][0]} "
                                          f"({counts.format(n=n)})"))
         return out
+
+
+_CATEGORY_OF_KIND = {patterns.EMAIL_KIND: "email", patterns.PHONE_KIND: "phone",
+                     patterns.CARD_KIND: "card", patterns.IBAN_KIND: "bank",
+                     patterns.NATIONAL_ID_KIND: "national_id"}
+
+
+@dataclass
+class _Tally:
+    """A column's sample: counts for the column, and for a JSON column, per path."""
+
+    column: _Counts = field(default_factory=_Counts)
+    paths: dict[str, _Counts] = field(default_factory=dict)
+
+    def add(self, value: str) -> None:
+        self.column.add(value.strip())
+
+    def add_json(self, text: str) -> None:
+        """A JSON value: judge each string (and number) inside it, at its path; the column's
+        counts say how many documents held each kind."""
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            self.add(text)
+            return
+        column = self.column
+        column.sampled += 1
+        if len(column.distinct) < 10_000:
+            column.distinct.add(text)
+        held: set[tuple[str, str]] = set()
+        for path, leaf in _leaves(doc, "$"):
+            counts = self.paths.setdefault(path, _Counts())
+            before_whole, before_inside = Counter(counts.whole), Counter(counts.inside)
+            counts.add(leaf.strip())
+            held.update(("whole", c) for c in counts.whole - before_whole)
+            held.update(("inside", c) for c in counts.inside - before_inside)
+            column.names |= counts.names
+            column.surnames |= counts.surnames
+        for where, category in held:
+            (column.whole if where == "whole" else column.inside)[category] += 1
+        column.card_candidates = sum(c.card_candidates for c in self.paths.values())
+        column.card_valid = sum(c.card_valid for c in self.paths.values())
+
+    def reasons(self, *, dated: bool = False) -> list[tuple[str, str]]:
+        if not self.paths:
+            return self.column.reasons(dated=dated)
+        out = []
+        flagged = self.flagged_paths()
+        for category, reason in self.column.reasons():
+            where = [p for p, c, _ in flagged if c == category or (
+                category == "free_text" and c == "free_text")]
+            if where:
+                label = reason.split(" (", 1)
+                what = label[0].removeprefix("looks like ")
+                more = f" and {len(where) - 3} more" if len(where) > 3 else ""
+                counts = f" ({label[1]}" if len(label) > 1 else ""
+                out.append((category, f"JSON holds {what} at {', '.join(where[:3])}{more}"
+                                      f"{counts}"))
+            else:
+                out.append((category, reason))
+        return out
+
+    def flagged_paths(self) -> list[tuple[str, str, str]]:
+        """(path, category, reason) of every path whose own values look personal."""
+        return [(path, category, reason) for path, counts in sorted(self.paths.items())
+                for category, reason in counts.reasons()]
 
 
 def _leaves(node: object, path: str) -> Iterable[tuple[str, str]]:
@@ -446,15 +521,21 @@ def _leaves(node: object, path: str) -> Iterable[tuple[str, str]]:
         yield path, str(node)
 
 
-def judge_values(values: Iterable[str], *, kind: str = STRING) -> list[tuple[str, str]]:
-    """(category, reason) for what a sample of a column's values shows (pure)."""
+def _tally(values: Iterable[str], kind: str) -> _Tally:
     tally = _Tally()
     for value in values:
         if kind == JSON:
             tally.add_json(value)
         else:
             tally.add(value)
-    return tally.reasons()
+    return tally
+
+
+def judge_values(values: Iterable[str], *, kind: str = STRING,
+                 dated: bool = False) -> list[tuple[str, str]]:
+    """(category, reason) for what a sample of a column's values shows (pure). `dated`: the
+    column's name hints at a date (`date_hint`), so dates of birth are looked for."""
+    return _tally(values, kind).reasons(dated=dated)
 
 
 # --------------------------------------------------------------------------- the database
@@ -516,15 +597,37 @@ async def _sample(conn: Any, col: SourceColumn, n: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-async def _judge(conn: Any, columns: Sequence[SourceColumn], sample: int) -> list[Finding]:
-    findings: list[Finding] = []
+def _sampled(col: SourceColumn) -> bool:
+    """Text and JSON always; dates and numbers when their name hints at something personal
+    (a date of birth, a card or phone number kept in a bigint)."""
+    if col.kind in SAMPLED_KINDS:
+        return True
+    if col.kind == DATETIME:
+        return date_hint(col.name) or "birth" in judge_name(col.name, col.kind)
+    return col.kind == NUMERIC and bool(judge_name(col.name, col.kind))
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One source column: what it looks like, and the values sampled (kept for the post-mask
+    check of the same lint, never stored or logged)."""
+
+    column: SourceColumn
+    finding: Finding | None
+    values: list[str]
+
+
+async def _judge(conn: Any, columns: Sequence[SourceColumn], sample: int) -> list[Judged]:
+    judged: list[Judged] = []
     for col in columns:
         reasons: list[tuple[str, str]] = []
+        flagged_paths: list[Finding] = []
+        values: list[str] = []
         if col.kind == NETWORK:
             reasons.append(("ip", f"an {col.type} column: IP addresses"))
         elif col.kind == MAC:
             reasons.append(("mac", f"a {col.type} column: device (MAC) addresses"))
-        if col.kind in SAMPLED_KINDS and sample > 0:
+        if _sampled(col) and sample > 0:
             if not col.readable:
                 reasons.append(("free_text", "could not be sampled (no SELECT privilege); "
                                              "check it by hand"))
@@ -537,17 +640,25 @@ async def _judge(conn: Any, columns: Sequence[SourceColumn], sample: int) -> lis
                     reasons.append(("free_text", f"could not be sampled "
                                                  f"({type(exc).__name__}); check it by hand"))
                 else:
-                    reasons.extend(judge_values(values, kind=col.kind))
+                    tally = _tally(values, col.kind)
+                    reasons.extend(tally.reasons(dated=date_hint(col.name)))
+                    flagged_paths = [
+                        Finding(table=col.table_key, column=col.name, path=path, reason=reason,
+                                suggestion=_CATEGORIES[category][1])
+                        for path, category, reason in tally.flagged_paths()]
         seen = {c for c, _ in reasons}
         for category in judge_name(col.name, col.kind):
             if category not in seen:
                 reasons.append((category, f"name suggests {_CATEGORIES[category][0]}"))
                 seen.add(category)
+        finding = None
         if reasons:
-            findings.append(Finding(table=col.table_key, column=col.name,
-                                    reason="; ".join(r for _, r in reasons),
-                                    suggestion=_suggest(reasons[0][0], col.kind)))
-    return findings
+            finding = Finding(table=col.table_key, column=col.name,
+                              reason="; ".join(r for _, r in reasons),
+                              suggestion=_suggest(reasons[0][0], col.kind),
+                              paths=tuple(flagged_paths))
+        judged.append(Judged(column=col, finding=finding, values=values))
+    return judged
 
 
 def _suggest(category: str, kind: str) -> str:
@@ -574,7 +685,7 @@ async def _connect(dsn: str) -> AsyncIterator[Any]:
     try:
         conn = await asyncpg.connect(
             asyncpg_dsn(dsn), timeout=CONNECT_TIMEOUT,
-            server_settings={"default_transaction_read_only": "on",
+            server_settings={"default_transaction_read_only": "on", "DateStyle": "ISO",
                              "statement_timeout": str(STATEMENT_TIMEOUT_MS),
                              "application_name": "ephem-detect"})
     except (OSError, TimeoutError) as exc:
@@ -599,15 +710,24 @@ async def detect(dsn: str, *, sample: int = 200,
     `sample`: values read per text or JSON column (0: judge by name and type only)."""
     async with _connect(dsn) as conn:
         columns = await _columns(conn, schemas)
-        return await _judge(conn, columns, sample)
+        return [j.finding for j in await _judge(conn, columns, sample) if j.finding]
 
 
 # --------------------------------------------------------------------------- rules vs source
 
 
 def missing_rules(findings: Sequence[Finding], rules: Rules) -> list[Finding]:
-    """The flagged columns the rules say nothing about (`keep` written out is a rule)."""
-    return [f for f in findings if rules.rule_for(f.table, f.column) is None]
+    """The flagged columns the rules say nothing about (`keep` written out is a rule), and
+    inside JSON columns masked by path, the flagged paths no nested rule reaches."""
+    missing: list[Finding] = []
+    for finding in findings:
+        rule = rules.rule_for(finding.table, finding.column)
+        if rule is None:
+            missing.append(finding)
+        elif rule.transformer == "json":
+            missing.extend(f for f in finding.paths
+                           if not json_rules_at(rule, parse_json_path(f.path)))
+    return missing
 
 
 @dataclass(frozen=True)
@@ -618,21 +738,31 @@ class LintReport:
     missing: list[Finding]
     unknown: list[str]  # "key path: what the source lacks"
     sample: int = 200
+    unmasked: list[Unmasked] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.unknown
+        return not self.missing and not self.unknown and not self.unmasked
 
     def render(self) -> str:
         lines: list[str] = []
-        if self.missing:
-            lines.append(f"{len(self.missing)} column(s) look personal and have no rule:")
+        columns = [f for f in self.missing if not f.path]
+        paths = [f for f in self.missing if f.path]
+        if columns:
+            lines.append(f"{len(columns)} column(s) look personal and have no rule:")
             lines.extend(f"  {f}; add a rule ({f.suggestion or 'redact, null, or keep'})"
-                         for f in self.missing)
+                         for f in columns)
+        if paths:
+            lines.append(f"{len(paths)} JSON path(s) look personal and no rule reaches them:")
+            lines.extend(f"  {f}; add the path to the column's json rule "
+                         f"({f.suggestion or 'redact, null, or keep'})" for f in paths)
+        if self.unmasked:
+            lines.append(f"{len(self.unmasked)} rule(s) leave personal data in place:")
+            lines.extend(f"  {u}" for u in self.unmasked)
         if self.unknown:
             lines.append(f"{len(self.unknown)} rule(s) name what the source does not have:")
             lines.extend(f"  {u}" for u in self.unknown)
-        covered = len(self.findings) - len(self.missing)
+        covered = len(self.findings) - len(columns)
         if self.ok:
             lines.append(f"ok: all {len(self.findings)} column(s) that look personal have a rule")
         elif covered:
@@ -666,13 +796,26 @@ def _unknown(rules: Rules, columns: Sequence[SourceColumn]) -> list[str]:
 
 
 async def lint(source_dsn: str, rules: Rules, *, sample: int = 200) -> LintReport:
-    """Detect on the source (in every schema a snapshot would copy: all but the system's), then
-    check that each finding has a rule and that each rule names a real table and column."""
+    """Detect on the source (in every schema a snapshot would copy: all but the system's),
+    check that each finding has a rule and that each rule names a real table and column, and
+    mask the sampled values of every partial or pass-through rule to see what it leaves."""
     async with _connect(source_dsn) as conn:
         schemas = [r[0] for r in await conn.fetch(
             "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
             "AND nspname <> 'information_schema' ORDER BY nspname")]
         columns = await _columns(conn, schemas)
-        findings = await _judge(conn, columns, sample)
+        judged = await _judge(conn, columns, sample)
+        for col in columns:  # pass-through rules on columns the detector did not sample
+            rule = rules.rule_for(col.table_key, col.name)
+            if rule is not None and rule.transformer in unmasked.CHECKED and sample > 0 \
+                    and col.readable and not _sampled(col):
+                values = await _sample(conn, col, sample)
+                judged.append(Judged(column=col, finding=None, values=values))
+    findings = [j.finding for j in judged if j.finding]
+    left: list[Unmasked] = []
+    for j in judged:
+        rule = rules.rule_for(j.column.table_key, j.column.name)
+        if rule is not None:
+            left.extend(unmasked.check(j.column.table_key, j.column.name, rule, j.values))
     return LintReport(findings=findings, missing=missing_rules(findings, rules),
-                      unknown=_unknown(rules, columns), sample=sample)
+                      unknown=_unknown(rules, columns), sample=sample, unmasked=left)

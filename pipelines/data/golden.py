@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +41,8 @@ class SnapshotInfo:
     rows: int
     bytes: int
     seconds: float
+    # Seconds of each step of the build that made it (known to that build only).
+    steps: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 def stem(name: str) -> str:

@@ -1,18 +1,24 @@
-"""The leak check: no sampled value of a masked source column may appear in the snapshot.
+"""The leak check: no sampled personal value of the source may appear in the snapshot.
 
 Why: masking rules can be wrong in ways no linter sees — the same email also sits, unmasked, in
-a `contact` column someone marked `keep`; a regex rule misses a format; a JSON rule misses a
-path. So after the rows are loaded, values are sampled from every masked text column of the
-source (the kept rows, in the build's snapshot) and the golden database is searched for them:
+a `contact` column someone kept; a regex rule misses a format; a JSON rule misses a path. So
+before the snapshot is finished, values are sampled from the source (the kept rows, in the
+build's snapshot) of every masked text column and of every column the detector flagged (whatever
+its rule, but `keep`: a kept column's values are meant to be there), and the golden database is
+searched for them:
 
 - a column whose rule replaces the whole value (`email`, `hash`, `full_name`, …) must not
   return the value unchanged;
-- every other text, varchar, char, json and jsonb column (no rule, `keep`, `regex`, `json`) must
-  contain none of them: neither as its whole value (values of 3 characters or more) nor inside
-  it (values of 6 or more).
+- every other copied text, varchar, char, json and jsonb column (no rule, `keep`, `regex`,
+  `json`) must contain none of them: neither as its whole value (values of 3 characters or
+  more) nor inside it (values of 6 or more). In a json column, the values its rules generated
+  are left out of the search (a fake name picked from the same list as a real one is no leak).
 
-Values a partial rule leaves unchanged are not sampled (a note without a phone number in it is
-not sensitive to its `regex` rule); for `regex` rules the sensitive parts are the matches.
+What is looked for in a sampled value is the value itself, and the personal data inside it
+(`patterns.find`: e-mails, phone numbers, cards, IBANs, national ids), so an e-mail written in a
+redacted note is found where it was copied as it is. Values a partial rule leaves unchanged are
+not sampled (a note without a phone number in it is not sensitive to its `regex` rule); for
+`regex` rules the sensitive parts are the matches and the personal data the detector sees.
 
 How: searching N values with `strpos` costs N scans' worth of comparisons (measured: 200 values
 over 1M rows, 26 s; a regex alternation of them, minutes). Instead each searched column is
@@ -24,19 +30,19 @@ value inside text is thus found when it stands apart from its neighbours at its 
 as emails, names, phone numbers and addresses do. The cost is one pass over the text,
 whatever the number of values.
 
-Values are never logged or put in an error: a `Leak` names columns and a count.
-"""
+Values are never logged or put in an error: a `Leak` names columns and a count."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.pg import quote_ident
+from bot.pg import quote_ident, quote_literal
+from pipelines.data import patterns
 from pipelines.data.catalog import Catalog, Table
-from pipelines.data.rules import ColumnRule, Rules
+from pipelines.data.rules import WILDCARD, ColumnRule, Rules, parse_json_path
 
 Masker = Callable[[str | None], str | None]
 
@@ -49,7 +55,8 @@ REPLACING = frozenset({"null", "redact", "hash", "email", "first_name", "last_na
 # now and then by chance (a `last_name` masked to the same common name about once in a
 # thousand). That is no leak — which values did is keyed and unknowable — so for these only a
 # share beyond chance (the rule is not really applied) counts.
-BY_CHANCE = frozenset({"first_name", "last_name", "full_name", "address", "number_noise"})
+BY_CHANCE = frozenset({"first_name", "last_name", "full_name", "address", "number_noise",
+                       "phone"})
 CHANCE_SHARE = 0.05
 MIN_EQUAL = 3
 MIN_INSIDE = 6
@@ -90,14 +97,20 @@ def sample_query(table: Table, column: str, *, keep_filter: str | None, limit: i
             f"WHERE {where} LIMIT {limit * OVERSAMPLE}) s LIMIT {limit}")
 
 
-def sampled_columns(catalog: Catalog, rules: Rules) -> list[tuple[Table, str, ColumnRule]]:
-    """The masked text columns whose values are sampled."""
+def sampled_columns(catalog: Catalog, rules: Rules, *,
+                    flagged: Iterable[tuple[str, str]] = ()) -> list[tuple[Table, str, ColumnRule]]:
+    """The columns whose values are sampled: masked text columns, and every column the
+    detector flagged (`flagged`: (table as the rules name it, column)) unless it is kept."""
+    wanted = set(flagged)
     out = []
     for table in catalog.tables.values():
         textlike = {c.name for c in table.columns if c.textlike}
-        for column in rules.masked_columns(table.display):
+        copied = set(table.copy_columns)
+        for column in table.copy_columns:
             rule = rules.rule_for(table.display, column)
-            if column in textlike and rule is not None:
+            if rule is None or rule.transformer == "keep" or column not in copied:
+                continue
+            if column in textlike or (table.display, column) in wanted:
                 out.append((table, column, rule))
     return out
 
@@ -113,27 +126,48 @@ def searched_columns(catalog: Catalog, rules: Rules) -> list[tuple[Table, str]]:
     return out
 
 
+def searched_expression(column: str, rule: ColumnRule | None, *, jsonb: bool) -> str:
+    """SQL for the text searched in a column (alias `t`): a jsonb column masked by path leaves
+    out the keys whose values its rules generated (only paths of plain keys can be)."""
+    expr = f"t.{quote_ident(column)}"
+    if jsonb and rule is not None and rule.transformer == "json":
+        for written, nested in rule.params["paths"].items():
+            path = parse_json_path(written)
+            if nested.transformer in ("keep", "regex") or any(
+                    p is WILDCARD or isinstance(p, int) for p in path):
+                continue
+            keys = ",".join('"' + str(p).replace("\\", "\\\\").replace('"', '\\"') + '"'
+                            for p in path)
+            expr = f"({expr} #- {quote_literal('{' + keys + '}')})"
+    return _FLAT_SQL.format(expr)
+
+
 def needles(rule: ColumnRule, values: Iterable[str], *, masker: Masker) -> tuple[list[str], int]:
     """The sensitive strings in a column's sampled values, and how many values the (replacing)
-    rule passed through unchanged."""
+    rule passed through unchanged. Besides the value (or a regex rule's matches), the personal
+    data inside it counts: an e-mail in a note is looked for on its own."""
     found: list[str] = []
     unchanged = 0
     seen = 0
     pattern = re.compile(str(rule.params["pattern"])) if rule.transformer == "regex" else None
     for value in values:
         seen += 1
+        inside = [value[f.start:f.end] for f in patterns.find(value)
+                  if f.kind != patterns.CARD_CANDIDATE]
         if rule.transformer in REPLACING:
             if masker(value) == value:
                 unchanged += 1
             found.append(value)
-        elif masker(value) != value:
+            found.extend(v for v in inside if v != value)
+        elif masker(value) != value or inside:
             if pattern is not None:
                 found.extend(m.group(0) for m in pattern.finditer(value))
-            else:
+            elif rule.transformer != "json":
                 found.append(value)
+            found.extend(inside)
     if rule.transformer in BY_CHANCE and unchanged <= CHANCE_SHARE * seen:
         unchanged = 0
-    return [v for v in found if len(v) >= MIN_EQUAL], unchanged
+    return list(dict.fromkeys(v for v in found if len(v) >= MIN_EQUAL)), unchanged
 
 
 @dataclass
@@ -168,7 +202,8 @@ class Haystack:
 
 
 class Search:
-    """Feeds one column's COPY stream (one value per line) through a `Haystack`."""
+    """Feeds a COPY stream of searched columns (one row per line, tab between columns) through
+    a `Haystack`."""
 
     def __init__(self, haystack: Haystack) -> None:
         self._haystack = haystack
@@ -191,7 +226,7 @@ class Search:
 
     def _search(self, block: bytes) -> None:
         hay = self._haystack
-        for value in hay.whole.keys() & set(block.split(b"\n")):
+        for value in hay.whole.keys() & set(block.replace(b"\t", b"\n").split(b"\n")):
             for source in hay.whole[value]:
                 self.hits.setdefault(source, set()).add(value)
         for anchor in hay.anchors.keys() & set(_words(block)):
@@ -200,11 +235,12 @@ class Search:
                     self.hits.setdefault(source, set()).add(value)
 
 
-async def search_column(conn: Any, table: Table, *, column: str, haystack: Haystack
-                        ) -> list[Leak]:
+async def search_column(conn: Any, table: Table, *, column: str, haystack: Haystack,
+                        rule: ColumnRule | None = None) -> list[Leak]:
     """Stream one snapshot column and report which sampled values it contains."""
     search = Search(haystack)
-    col = _FLAT_SQL.format(f"t.{quote_ident(column)}")
+    jsonb = any(c.name == column and c.type == "jsonb" for c in table.columns)
+    col = searched_expression(column, rule, jsonb=jsonb)
 
     async def output(chunk: bytes) -> None:
         search.feed(bytes(chunk))
@@ -216,3 +252,29 @@ async def search_column(conn: Any, table: Table, *, column: str, haystack: Hayst
     found_in = f"{table.display}.{column}"
     return [Leak(column=source, found_in=found_in, values=len(values))
             for source, values in sorted(search.hits.items())]
+
+
+async def search_table(conn: Any, table: Table, *,
+                       columns: Sequence[tuple[str, ColumnRule | None]],
+                       haystack: Haystack) -> list[Leak]:
+    """Stream a table's searched columns in one pass and report which sampled values they
+    contain; only when something is found is each column searched again, to name it."""
+    if len(columns) == 1:
+        column, rule = columns[0]
+        return await search_column(conn, table, column=column, haystack=haystack, rule=rule)
+    jsonb = {c.name for c in table.columns if c.type == "jsonb"}
+    search = Search(haystack)
+
+    async def output(chunk: bytes) -> None:
+        search.feed(bytes(chunk))
+
+    exprs = ", ".join(searched_expression(c, r, jsonb=c in jsonb) for c, r in columns)
+    await conn.copy_from_query(f"SELECT {exprs} FROM ONLY {table.ident} t", output=output)
+    search.close()
+    if not search.hits:
+        return []
+    found: list[Leak] = []
+    for column, rule in columns:
+        found.extend(await search_column(conn, table, column=column, haystack=haystack,
+                                         rule=rule))
+    return found

@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from functools import cache, lru_cache
+from json.encoder import encode_basestring
 from typing import Any
 
 from pipelines.data.rules import (
@@ -236,26 +239,96 @@ def _address(params: Mapping[str, Any], key: bytes) -> Transform:
     return address
 
 
-_NOT_DIGIT = re.compile(r"[^0-9]")
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+# ITU-T E.164 country calling codes: 1 and 7 are one digit, these are two, every other is three.
+# The set is prefix-free, so a number's first digits say how long its code is.
+_TWO_DIGIT_CODES = frozenset({
+    "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46",
+    "47", "48", "49", "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63",
+    "64", "65", "66", "81", "82", "84", "86", "90", "91", "92", "93", "94", "95", "98",
+})
+MIN_CHANGED_DIGITS = 4  # fewer and a masked number is too easily guessed back
+
+
+def country_code_length(digits: str) -> int:
+    """How many leading digits of an international number are its country calling code."""
+    if digits[:1] in ("1", "7"):
+        return 1
+    return 2 if digits[:2] in _TWO_DIGIT_CODES else 3
+
+
+@dataclass(frozen=True)
+class PhoneParts:
+    """Where a phone number's parts are, counted in digits: the first `lead` are the country
+    code (with a `00` international prefix) or the trunk prefix `0`; the next `area` digits are
+    the area code (or the operator's prefix); the rest is the subscriber number."""
+
+    lead: int
+    area: int
+    nanp: bool  # North American numbering: the subscriber number starts with 2-9
+
+
+def phone_parts(value: str, *, keep_prefix: int | None = None) -> PhoneParts:
+    """Read a phone number's structure from how it is written (pure).
+
+    `+44 20 7946 0958`: country code 44, area code 20. `020 7946 0958`: trunk prefix 0, area
+    code 20. `(415) 555-0123`: area code 415. A number written without groups (`07000000001`,
+    `+447700900123`) keeps the first two digits of the national number (three in North
+    America). `keep_prefix` replaces that guess with a fixed count of national digits."""
+    runs = [m.end() - m.start() for m in _DIGIT_RUN.finditer(value)]
+    digits = "".join(_DIGIT_RUN.findall(value))
+    if value.lstrip().startswith("+"):
+        lead = country_code_length(digits)
+    elif digits.startswith("00") and len(digits) > 9:
+        lead = 2 + country_code_length(digits[2:])
+    elif digits.startswith("0"):
+        lead = 1
+    else:
+        lead = 0
+    nanp = (lead == 1 and digits[:1] == "1" and not digits.startswith("0")) or (
+        lead == 0 and len(digits) == 10 and digits[0] not in "01")
+    if keep_prefix is not None:
+        return PhoneParts(lead=lead, area=keep_prefix, nanp=False)
+    # The area code is the rest of the group the national number starts in, or the next group
+    # when the country code or trunk prefix is a group of its own.
+    end = 0
+    for length in runs:
+        end += length
+        if end > lead:
+            break
+    if end >= len(digits):  # no groups after the prefix: a guess
+        return PhoneParts(lead=lead, area=3 if nanp else 2, nanp=nanp)
+    return PhoneParts(lead=lead, area=end - lead, nanp=nanp)
 
 
 def _phone(params: Mapping[str, Any], key: bytes) -> Transform:
-    """Every non-digit stays where it is; digits are replaced (all but the first
-    `keep_prefix`). The HMAC is of the digits alone, so `+1 555 0100` and `15550100` agree."""
-    keyed, keep = _Keyed(key, "phone"), int(params.get("keep_prefix", 0))
+    """A number that stays valid: the country code, trunk prefix, area code and every non-digit
+    stay as written, and only the subscriber digits change (at least the last four). The HMAC
+    is of the national number's digits, so `+44 20 7946 0958`, `0044 20 7946 0958` and
+    `020 7946 0958` get the same new subscriber number."""
+    keyed = _Keyed(key, "phone")
+    keep_prefix = params.get("keep_prefix")
 
     def phone(value: str) -> str:
-        digits = _NOT_DIGIT.sub("", value)
-        if len(digits) <= keep:
+        digits = "".join(_DIGIT_RUN.findall(value))
+        count = len(digits)
+        if not count:
             return value
-        fresh = digits[:keep] + _digits(keyed.digest(digits), len(digits) - keep)
-        out, i = [], 0
-        for ch in value:
-            if "0" <= ch <= "9":
-                out.append(fresh[i])
-                i += 1
-            else:
-                out.append(ch)
+        parts = phone_parts(value, keep_prefix=keep_prefix)
+        kept = min(parts.lead + parts.area, max(0, count - MIN_CHANGED_DIGITS))
+        fresh = _digits(keyed.digest(digits[parts.lead:]), count - kept)
+        if parts.nanp and kept == parts.lead + parts.area and parts.area == 3:
+            fresh = "23456789"[int(fresh[0]) % 8] + fresh[1:]  # an exchange code is 2-9
+        new = digits[:kept] + fresh
+        out, pos, used = [], 0, 0
+        for m in _DIGIT_RUN.finditer(value):
+            out.append(value[pos:m.start()])
+            width = m.end() - m.start()
+            out.append(new[used:used + width])
+            used += width
+            pos = m.end()
+        out.append(value[pos:])
         return "".join(out)
 
     return phone
@@ -419,23 +492,178 @@ def _apply(node: object, path: JsonPath, masker: Masker) -> object:
     return node
 
 
-def _json(params: Mapping[str, Any], key: bytes) -> Transform:
-    """Parse, mask the values at each path with its nested rule, write back. Text that is not
-    JSON cannot be masked by path, so the whole value becomes the JSON string "[redacted]"."""
-    paths = [(parse_json_path(p), make_masker(rule, key=key))
-             for p, rule in params["paths"].items()]
-    redacted = json.dumps(REDACTED)
+# A JSON document as text: its strings (split out by `_JSON_STRING`) and its *shape* — the rest,
+# with every string replaced by `_STRING`, every number, true, false and null by `_SCALAR`, and
+# no whitespace. Documents in one column mostly share a few shapes and differ only in their
+# strings and numbers; so where the rules' paths land is worked out once per shape and set of
+# keys, and a document is masked by replacing a few of its strings, without parsing or
+# writing it whole.
+_JSON_STRING = re.compile(r'("[^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*")', re.DOTALL)
+_STRING, _SCALAR = "\x01", "0"
+_SCALAR_CHARS = str.maketrans({**dict.fromkeys("0123456789-+.eEtrufalsn", _SCALAR),
+                               **dict.fromkeys(" \t\n\r")})
+_SCALARS = re.compile(_SCALAR + "+")
+_MAX_DEPTH = 64
+SHAPE_CACHE = 4096
 
-    def mask(value: str) -> str:
+
+@dataclass(frozen=True)
+class _Slot:
+    """A value in a shape: where it is (keys as the index of their string), what it is, and
+    for a string value, the index of its string."""
+
+    path: tuple[tuple[bool, int], ...]  # (is_key, string index or array index)
+    kind: str  # "string", "scalar", "object" or "array"
+    string: int = -1
+
+
+def _walk_shape(shape: str) -> tuple[list[_Slot], list[int]] | None:
+    """The values of a shape and the indices of its strings that are keys; None when the
+    shape is not one JSON value."""
+    slots: list[_Slot] = []
+    keys: list[int] = []
+    strings = 0
+
+    def value(i: int, path: tuple[tuple[bool, int], ...]) -> int:
+        nonlocal strings
+        if len(path) > _MAX_DEPTH or i >= len(shape):
+            raise ValueError
+        c = shape[i]
+        if c == _STRING:
+            slots.append(_Slot(path, "string", strings))
+            strings += 1
+            return i + 1
+        if c == _SCALAR:
+            slots.append(_Slot(path, "scalar"))
+            return i + 1
+        if c == "{":
+            slots.append(_Slot(path, "object"))
+            i += 1
+            if shape[i:i + 1] == "}":
+                return i + 1
+            while True:
+                if shape[i:i + 2] != _STRING + ":":
+                    raise ValueError
+                keys.append(strings)
+                at = strings
+                strings += 1
+                i = value(i + 2, (*path, (True, at)))
+                if shape[i:i + 1] == "}":
+                    return i + 1
+                if shape[i:i + 1] != ",":
+                    raise ValueError
+                i += 1
+        if c == "[":
+            slots.append(_Slot(path, "array"))
+            i += 1
+            if shape[i:i + 1] == "]":
+                return i + 1
+            index = 0
+            while True:
+                i = value(i, (*path, (False, index)))
+                index += 1
+                if shape[i:i + 1] == "]":
+                    return i + 1
+                if shape[i:i + 1] != ",":
+                    raise ValueError
+                i += 1
+        raise ValueError
+
+    try:
+        if value(0, ()) != len(shape):
+            return None
+    except (ValueError, RecursionError):
+        return None
+    return slots, keys
+
+
+def _picker(indices: list[int]) -> Callable[[list[str]], tuple[str, ...]]:
+    """A function from a split document to the strings at `indices`, as a tuple (C speed)."""
+    if not indices:
+        return lambda parts: ()
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda parts: (parts[index],)
+    return operator.itemgetter(*indices)
+
+
+def _matches(rule: JsonPath, path: tuple[str | int, ...]) -> bool:
+    return len(rule) == len(path) and all(
+        r is WILDCARD or (type(r) is type(p) and r == p) for r, p in zip(rule, path, strict=True))
+
+
+class _JsonMasker:
+    """Masks the values at the rules' paths inside JSON text; see `_JSON_STRING` for how.
+
+    What it cannot do by replacing strings — a rule on a number, true, false, null, object or
+    array — and text that is not JSON, it leaves to `_slow`, which parses and writes the
+    document (text that is not JSON at all becomes the JSON string "[redacted]")."""
+
+    def __init__(self, paths: list[tuple[JsonPath, Masker]]) -> None:
+        self._paths = paths
+        self._shapes: dict[str, tuple[list[_Slot], list[int], Callable[[list[str]], Any]]
+                           | None] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[int, list[Masker]]] | None] = {}
+
+    def __call__(self, value: str) -> str:
+        parts = _JSON_STRING.split(value)
+        structure = _STRING.join(parts[0::2])
+        shape = _SCALARS.sub(_SCALAR, structure.translate(_SCALAR_CHARS))
+        if shape not in self._shapes:
+            if len(self._shapes) >= SHAPE_CACHE:
+                self._shapes.clear()
+                self._plans.clear()
+            found = _walk_shape(shape)
+            self._shapes[shape] = None if found is None else (
+                found[0], found[1], _picker([2 * k + 1 for k in found[1]]))
+        known = self._shapes[shape]
+        if known is None:
+            return self._slow(value)
+        slots, key_strings, pick_keys = known
+        keys = pick_keys(parts)
+        if (shape, keys) not in self._plans:
+            self._plans[(shape, keys)] = self._plan(slots, key_strings, keys)
+        plan = self._plans[(shape, keys)]
+        if plan is None:
+            return self._slow(value)
+        for index, maskers in plan:
+            raw = parts[index]
+            text: str | None = json.loads(raw) if "\\" in raw else raw[1:-1]
+            for masker in maskers:
+                text = masker(text)
+            parts[index] = "null" if text is None else encode_basestring(text)
+        return "".join(parts)
+
+    def _plan(self, slots: list[_Slot], key_strings: list[int], keys: tuple[str, ...]
+              ) -> list[tuple[int, list[Masker]]] | None:
+        """(index in the split parts, maskers in rule order) of each string a rule reaches;
+        None when a rule reaches anything but a string (that needs parsing)."""
+        names = {k: json.loads(raw) for k, raw in zip(key_strings, keys, strict=True)}
+        plan = []
+        for slot in slots:
+            path = tuple(names[n] if is_key else n for is_key, n in slot.path)
+            maskers = [m for rule, m in self._paths if _matches(rule, path)]
+            if not maskers:
+                continue
+            if slot.kind != "string":
+                return None
+            plan.append((2 * slot.string + 1, maskers))
+        return plan
+
+    def _slow(self, value: str) -> str:
         try:
             doc = json.loads(value, parse_float=Decimal)
         except ValueError:
-            return redacted
-        for path, masker in paths:
+            return json.dumps(REDACTED)
+        for path, masker in self._paths:
             doc = _apply(doc, path, masker)
         return _dumps(doc)
 
-    return mask
+
+def _json(params: Mapping[str, Any], key: bytes) -> Transform:
+    """Mask the values at each path with its nested rule."""
+    return _JsonMasker([(parse_json_path(p), make_masker(rule, key=key))
+                        for p, rule in params["paths"].items()])
 
 
 # --------------------------------------------------------------------------- entry point

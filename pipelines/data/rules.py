@@ -69,6 +69,11 @@ class ColumnRule:
     def __str__(self) -> str:
         return self.transformer
 
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        """The kinds of personal data a `keep` rule lets through knowingly (`allow`)."""
+        return tuple(self.params.get("allow", ())) if self.transformer == "keep" else ()
+
     def __reduce__(self) -> tuple[type[ColumnRule], tuple[str, dict[str, Any]]]:
         """Picklable (the snapshot build masks in worker processes): read-only mapping
         proxies become dicts on the way; nested rules pickle themselves the same way."""
@@ -188,6 +193,31 @@ def parse_json_path(text: str) -> JsonPath:
     return tuple(segments)
 
 
+def path_covers(rule: JsonPath, path: JsonPath) -> bool:
+    """Whether a rule at `rule` reaches the value at `path`: that value, or a container of it.
+    In `path`, WILDCARD stands for every element of an array (as the detector reports paths),
+    which only a WILDCARD in the rule covers."""
+    if len(rule) > len(path):
+        return False
+    for r, p in zip(rule, path, strict=False):
+        if r is WILDCARD:
+            continue
+        if p is WILDCARD or type(r) is not type(p) or r != p:
+            return False
+    return True
+
+
+def json_rules_at(rule: ColumnRule, path: JsonPath) -> list[tuple[str, ColumnRule]]:
+    """(path as written, rule) of a `json` rule's nested rules that reach `path`, in order."""
+    return [(written, nested) for written, nested in rule.params["paths"].items()
+            if path_covers(parse_json_path(written), path)]
+
+
+# Transformers whose output keeps the input's text: `keep` all of it, `regex` all but its
+# matches. Every other transformer writes its output itself.
+PASS_THROUGH = frozenset({"keep", "regex"})
+
+
 # --------------------------------------------------------------------------- templates
 
 TEMPLATE_FIELDS = ("hash", "digits")
@@ -302,10 +332,24 @@ class _Param:
     required: bool = False
 
 
+# What the detector looks for in values no transformer wrote (after masking, and in kept
+# columns): the kinds `keep: {allow: [...]}` lets through, knowingly.
+PERSONAL_PATTERNS = ("email", "phone", "card", "iban", "national_id")
+
+
+def _patterns(v: object) -> object:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list | tuple) or not v or not all(
+            isinstance(p, str) and p in PERSONAL_PATTERNS for p in v):
+        raise _Bad(f"expected a list of {', '.join(PERSONAL_PATTERNS)}" + _got(v))
+    return tuple(dict.fromkeys(v))
+
+
 # The transformers a rules file may name, with their parameters. `masking.py` implements each.
 _LOCALE = _Param(_locale)
 TRANSFORMERS: Mapping[str, Mapping[str, _Param]] = MappingProxyType({
-    "keep": {},
+    "keep": {"allow": _Param(_patterns)},
     "null": {},
     "redact": {"text": _Param(_text())},
     "hash": {"length": _Param(_int(1, 64, "a length"))},

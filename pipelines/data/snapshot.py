@@ -15,7 +15,8 @@ server can copy (`pipelines.data.clone`). This module is that once:
    is loaded, build its keys, checks and indexes and ANALYZE it while others still load;
 4. leak check (`leaks`), then foreign keys (validated), views, triggers, sequence positions;
 5. record the metadata as the database's comment, make it a template nobody may connect to,
-   and drop all but the newest `config.keep` snapshots of this name (`golden`).
+   and drop all but the newest `config.keep` snapshots of this name (`golden`) together with
+   their warm pools (`clone.WarmPool`) — wherever the build runs: `serve`, the CLI, the demo.
 
 Any failure, cancellation included, drops the half-built database. One build per name runs at a
 time (an advisory lock on the target server). The masking key and the source's password never
@@ -44,6 +45,7 @@ from bot.errors import ConfigError, PermanentError, TemporaryError
 from bot.pg import asyncpg_dsn, quote_ident, quote_literal, scrub, with_database
 from pipelines.data import golden, leaks, pgconn, schema, subset
 from pipelines.data.catalog import Catalog, Table, read_catalog
+from pipelines.data.clone import WarmPool
 from pipelines.data.copy import (
     ColumnMaskingError,
     CopyStats,
@@ -55,7 +57,7 @@ from pipelines.data.copy import (
 from pipelines.data.detect import lint
 from pipelines.data.golden import SnapshotInfo, latest_snapshot, list_snapshots
 from pipelines.data.masking import make_masker
-from pipelines.data.rules import Rules, load_rules
+from pipelines.data.rules import ColumnRule, Rules, load_rules
 
 __all__ = ["BuildProgress", "SnapshotInfo", "build_snapshot", "latest_snapshot",
            "list_snapshots"]
@@ -102,10 +104,12 @@ async def build_snapshot(*, name: str, config: SnapshotConfig, target_admin_url:
     except ConfigError as exc:
         raise PermanentError(str(exc)) from None
     report = await lint(asyncpg_dsn(config.source), rules)
+    linted = time.monotonic() - clock
     if not report.ok:
         raise PermanentError(f"snapshot {name} needs rules first:\n{report.render()}")
     build = _Build(name=name, config=config, rules=rules, key=key, prefix=prefix,
-                   target_admin_url=target_admin_url, progress=progress)
+                   target_admin_url=target_admin_url, progress=progress,
+                   flagged={(f.table, f.column) for f in report.findings}, linted=linted)
     try:
         return await build.run(started=started, clock=clock)
     except (PermanentError, TemporaryError):
@@ -160,14 +164,16 @@ async def _parallel(workers: Sequence[W], items: Iterable[T], *,
 
 
 class _Steps:
-    """Logs how long each step of a build took."""
+    """Logs how long each step of a build took, and keeps it for `SnapshotInfo.steps`."""
 
     def __init__(self, name: str) -> None:
         self.name, self.last = name, time.monotonic()
+        self.seconds: dict[str, float] = {}
 
-    def done(self, what: str) -> None:
+    def done(self, step: str, what: str = "") -> None:
         now = time.monotonic()
-        log.info("snapshot %s: %s took %.2f s", self.name, what, now - self.last)
+        self.seconds[step] = round(now - self.last, 3)
+        log.info("snapshot %s: %s took %.2f s", self.name, what or step, now - self.last)
         self.last = now
 
 
@@ -175,8 +181,11 @@ class _Build:
     """One build's connections and state (see the module docstring for the steps)."""
 
     def __init__(self, *, name: str, config: SnapshotConfig, rules: Rules, key: bytes,
-                 prefix: str, target_admin_url: str, progress: Progress | None) -> None:
+                 prefix: str, target_admin_url: str, progress: Progress | None,
+                 flagged: set[tuple[str, str]], linted: float = 0.0) -> None:
         self.name, self.config, self.rules, self.key = name, config, rules, key
+        self.linted = linted
+        self.flagged = flagged  # (table, column) the detector flagged
         self.prefix, self.admin_url, self.progress = prefix, target_admin_url, progress
         self.coordinator: Any = None
         self.readers: list[Any] = []
@@ -209,17 +218,28 @@ class _Build:
             except BaseException:
                 await self._abandon(admin)
                 raise
-            try:
-                dropped = await golden.retain(admin, prefix=self.prefix, name=self.name,
-                                              keep=self.config.keep)
-                if dropped:
-                    log.info("snapshot %s: dropped older %s", self.name, ", ".join(dropped))
-            except asyncpg.PostgresError as exc:
-                log.warning("snapshot %s: retention failed, retried after the next build: %s",
-                            self.name, scrub(str(exc)))
+            await self._retain(admin)
             return info
         finally:
             await _close([admin])
+
+    async def _retain(self, admin: Any) -> None:
+        """Drop all but the newest `keep` snapshots of this name, each with its warm pool, and
+        any pool whose golden database is gone (left by an earlier build or a crash)."""
+        try:
+            dropped = await golden.retain(admin, prefix=self.prefix, name=self.name,
+                                          keep=self.config.keep)
+            pool = WarmPool(self.admin_url, prefix=self.prefix)
+            clones = 0
+            for database in dropped:
+                clones += await pool.drain(database)
+            clones += await pool.drain()
+            if dropped or clones:
+                log.info("snapshot %s: dropped older %s and %d pooled clone(s)", self.name,
+                         ", ".join(dropped) or "snapshots: none", clones)
+        except (asyncpg.PostgresError, PermanentError, TemporaryError) as exc:
+            log.warning("snapshot %s: retention failed, retried after the next build: %s",
+                        self.name, scrub(str(exc)))
 
     async def _abandon(self, admin: Any) -> None:
         """Cut every connection and drop the half-built database (also when cancelled)."""
@@ -238,8 +258,9 @@ class _Build:
 
     async def _build(self, admin: Any, *, started: datetime, clock: float) -> SnapshotInfo:
         step = _Steps(self.name)
+        step.seconds["lint"] = round(self.linted, 3)
         catalog, kept = await self._open_source()
-        step.done("source schema and subset")
+        step.done("source", "source schema and subset")
         self.database = await golden.free_name(admin, prefix=self.prefix, name=self.name,
                                                at=started)
         await self._create_database(admin, catalog)
@@ -248,23 +269,23 @@ class _Build:
         for conn in self.writers:
             await schema.prepare_session(conn)
         await schema.apply_in_order(self.writers[0], schema.pre_data(catalog))
-        step.done("database and tables")
+        step.done("tables", "database and tables")
         rows = await self._copy(catalog, kept)
-        step.done(f"copy, keys and indexes ({rows} rows)")
+        step.done("copy", f"copy, keys and indexes ({rows} rows)")
         samples = await self._sample(catalog, kept)
         await _close([self.coordinator, *self.readers])
         self.coordinator, self.readers = None, []
         await self._leak_check(catalog, kept=kept, samples=samples)
         step.done("leak check")
         await self._post_data(catalog)
-        step.done("foreign keys, views, triggers, sequences")
+        step.done("constraints", "foreign keys, views, triggers, sequences")
         await _close(self.writers)
         self.writers = []
         info = SnapshotInfo(
             name=self.name, database=self.database, built_at=started,
             tables=len(catalog.tables), rows=rows,
             bytes=await admin.fetchval("SELECT pg_database_size($1)", self.database),
-            seconds=round(time.monotonic() - clock, 3))
+            seconds=round(time.monotonic() - clock, 3), steps=step.seconds)
         await golden.finish(admin, info, source=pgconn.location(self.config.source),
                             rules_sha256=hashlib.sha256(self.config.rules.read_bytes()
                                                         ).hexdigest())
@@ -384,7 +405,8 @@ class _Build:
         limit = self.config.leak_sample
         if limit <= 0:
             return values, unchanged
-        for table, column, rule in leaks.sampled_columns(catalog, self.rules):
+        for table, column, rule in leaks.sampled_columns(catalog, self.rules,
+                                                          flagged=self.flagged):
             if kept.rows(table.key) == 0:
                 continue
             keep_filter = None if kept.everything else (
@@ -404,14 +426,21 @@ class _Build:
         values, found = samples
         if any(values.values()):
             haystack = leaks.Haystack.build(values)
-            columns = [(t, c) for t, c in leaks.searched_columns(catalog, self.rules)
-                       if kept.rows(t.key) != 0]
+            by_table: dict[str, tuple[Table, list[tuple[str, ColumnRule | None]]]] = {}
+            for table, column in leaks.searched_columns(catalog, self.rules):
+                if kept.rows(table.key) != 0:
+                    by_table.setdefault(table.key, (table, []))[1].append(
+                        (column, self.rules.rule_for(table.display, column)))
 
-            async def job(conn: Any, item: tuple[Table, str]) -> None:
-                found.extend(await leaks.search_column(conn, item[0], column=item[1],
+            async def job(conn: Any, item: tuple[Table, list[tuple[str, ColumnRule | None]]]
+                          ) -> None:
+                table, columns = item
+                found.extend(await leaks.search_table(conn, table, columns=columns,
                                                       haystack=haystack))
 
-            await _parallel(self.writers, columns, job=job)
+            # Biggest tables first, so the workers finish together.
+            await _parallel(self.writers, sorted(by_table.values(), key=lambda i: -i[0].size),
+                            job=job)
         if found:
             raise PermanentError(f"leak check failed, the snapshot was discarded: "
                                  f"{leaks.describe(sorted(found, key=str))}")
