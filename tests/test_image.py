@@ -21,8 +21,6 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from tests.slackapi import SlackApi, slack_api_fixture  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
