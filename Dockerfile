@@ -30,6 +30,7 @@ RUN python3 -m venv "${VENV}" \
 
 FROM ${PYTHON_IMAGE} AS runtime
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ARG PYTHON_IMAGE
 ARG TERRAFORM_VERSION
 ARG VERSION=0.1.0
 ARG REVISION=unknown
@@ -49,7 +50,7 @@ RUN groupadd --system --gid 10001 ephem \
 
 COPY --from=terraform /bin/terraform /usr/local/bin/terraform
 # The pinned version or no image: a different binary behind the same tag fails the build.
-RUN terraform version | head -n 1 | grep -qxF "Terraform v${TERRAFORM_VERSION}"
+RUN terraform version | sed -n 1p | grep -xF "Terraform v${TERRAFORM_VERSION}"
 
 COPY --from=build ${VENV} ${VENV}
 

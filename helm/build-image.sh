@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Build Ephem's image from the Dockerfile with buildah and run `ephem --version` in
+# it, as the unprivileged user the image declares.
+#
+#   helm/build-image.sh                  # python:3.11-slim-bookworm + hashicorp/terraform
+#   helm/build-image.sh --local-bases    # no container registry reachable: make both bases here
+#
+# --local-bases makes the two images the Dockerfile starts from without a container registry:
+# a Debian bookworm root filesystem with python3.11 (debootstrap, from the Debian mirror) and
+# an image holding the terraform binary found on PATH (its version becomes TERRAFORM_VERSION,
+# which the Dockerfile checks). Everything else (Ephem's dependencies) comes from PyPI during
+# the build, as in any build.
+#
+# Settings (environment): IMAGE (default localhost/ephem:<project version>),
+# TERRAFORM_VERSION (default 1.11.4), STORAGE_DRIVER (default vfs, which works inside containers too).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+local_bases=false
+[[ "${1:-}" == "--local-bases" ]] && local_bases=true
+
+if ! command -v buildah >/dev/null 2>&1; then
+  echo "buildah is not installed (Debian: apt-get install -y buildah)" >&2
+  exit 2
+fi
+export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
+export BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
+
+version=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')
+image=${IMAGE:-localhost/ephem:$version}
+terraform_version=${TERRAFORM_VERSION:-1.11.4}
+args=()
+
+log() { printf '\n== %s\n' "$*"; }
+
+if $local_bases; then
+  tf=$(command -v terraform || true)
+  [[ -n "$tf" ]] || { echo "--local-bases needs a terraform binary on PATH" >&2; exit 2; }
+  terraform_version=$("$tf" version 2>/dev/null | sed -n '1s/^Terraform v//p')
+  rootfs=localhost/ephem-base/debian:bookworm-python3
+  python_base=localhost/ephem-base/python:3.11-bookworm
+  terraform_base=localhost/ephem-base/terraform:$terraform_version
+
+  if ! buildah inspect --type image "$rootfs" >/dev/null 2>&1; then
+    log "base: Debian bookworm with python3.11 (debootstrap)"
+    root=$(mktemp -d)
+    trap 'rm -rf "$root"' EXIT
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+      bookworm "$root" http://deb.debian.org/debian >/dev/null
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    ctr=$(buildah from scratch)
+    buildah copy --quiet "$ctr" "$root" /
+    buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      --cmd /bin/bash "$ctr"
+    buildah commit --quiet --rm "$ctr" "$rootfs" >/dev/null
+  fi
+  # pip inside the build reaches PyPI the way this machine's pip does: with this machine's
+  # certificate authorities (a proxy's own CA, where there is one).
+  log "base: $python_base with this machine's CA bundle for pip"
+  ctr=$(buildah from "$rootfs")
+  buildah copy --quiet "$ctr" /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+  buildah config --env PIP_CERT=/etc/ssl/certs/ca-certificates.crt "$ctr"
+  buildah commit --quiet --rm "$ctr" "$python_base" >/dev/null
+
+  log "base: terraform $terraform_version from $tf"
+  ctr=$(buildah from scratch)
+  buildah copy --quiet --chmod 0755 "$ctr" "$tf" /bin/terraform
+  buildah commit --quiet --rm "$ctr" "$terraform_base" >/dev/null
+  args+=(--build-arg "PYTHON_IMAGE=$python_base" --build-arg "TERRAFORM_IMAGE=$terraform_base")
+fi
+
+log "build $image"
+revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+buildah build --format docker --network host --layers=false -f Dockerfile -t "$image" \
+  --build-arg "TERRAFORM_VERSION=$terraform_version" --build-arg "VERSION=$version" \
+  --build-arg "REVISION=$revision" "${args[@]}" .
+
+log "labels"
+buildah inspect --type image --format '{{.OCIv1.Config.Labels}}' "$image"
+
+log "run: ephem --version, terraform version, whoami"
+ctr=$(buildah from "$image")
+trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+# --version where the CLI has it; --help otherwise (it prints the usage, exit 0).
+buildah run "$ctr" -- ephem --version || buildah run "$ctr" -- ephem --help | sed -n 1,3p
+buildah run "$ctr" -- terraform version | sed -n 1p
+buildah run "$ctr" -- python3 -c 'import os; print("uid", os.getuid(), "gid", os.getgid())'
