@@ -15,11 +15,12 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import jsonschema
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from bot.config import Blueprint, parse_blueprint
 
@@ -141,6 +142,47 @@ def test_a_wrong_value_is_rejected(
 
 def test_schema_blueprint_keys_follow_the_blueprint_model(schema: dict[str, Any]) -> None:
     assert set(schema["properties"]["blueprint"]["properties"]) == set(Blueprint.model_fields)
+
+
+def _model_of(model: Any, *path: str) -> type[BaseModel] | None:
+    """The pydantic model at `path` under `model` (through Optional and dict values), or None
+    where the blueprint still types that part as a plain mapping."""
+    current: Any = model
+    for part in path:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        annotation = current.model_fields[part].annotation
+        if get_origin(annotation) is dict:  # references: name → Reference
+            current = get_args(annotation)[1]
+            continue
+        candidates = [a for a in (get_args(annotation) or (annotation,)) if a is not type(None)]
+        current = candidates[0]
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+@pytest.mark.parametrize(
+    ("schema_path", "model_path"),
+    [
+        (("phases",), ("phases",)),
+        (("phases", "infra"), ("phases", "infra")),
+        (("phases", "infra", "kubernetes"), ("phases", "infra", "kubernetes")),
+        (("phases", "code"), ("phases", "code")),
+        (("phases", "code", "kubernetes"), ("phases", "code", "kubernetes")),
+        (("references", "*"), ("references",)),
+    ],
+)
+def test_schema_blueprint_parts_follow_their_models(
+    schema: dict[str, Any], schema_path: tuple[str, ...], model_path: tuple[str, ...]
+) -> None:
+    model = _model_of(Blueprint, *model_path)
+    if model is None:
+        pytest.skip(f"the blueprint types {'.'.join(model_path)} as a plain mapping here")
+    node = schema["properties"]["blueprint"]
+    for part in schema_path:
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
+    # Every key Ephem accepts is one the schema accepts (it never refuses a valid blueprint).
+    # The schema may know a key before this checkout's model does; Ephem refuses those at start.
+    assert set(model.model_fields) <= set(node["properties"])
 
 
 def test_default_blueprint_is_one_ephem_accepts(values: dict[str, Any]) -> None:
