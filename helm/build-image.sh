@@ -85,3 +85,28 @@ trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
 buildah run "$ctr" -- ephem --version || buildah run "$ctr" -- ephem --help | sed -n 1,3p
 buildah run "$ctr" -- terraform version | sed -n 1p
 buildah run "$ctr" -- python3 -c 'import os; print("uid", os.getuid(), "gid", os.getgid())'
+
+# As the chart runs it: root filesystem read-only, a fresh tmpfs on /tmp, uid 10001 and only
+# the image's environment. (podman --read-only would say the same; this needs only root.)
+if [[ $(id -u) == 0 ]]; then
+  log "run read-only: ephem --help and ephem db upgrade --help, as uid 10001, / read-only"
+  ro_ctr=$(buildah from "$image")
+  mnt=$(buildah mount "$ro_ctr")
+  ro=$(mktemp -d)
+  cleanup_ro() {
+    umount "$ro/tmp" 2>/dev/null || true
+    umount "$ro" 2>/dev/null || true
+    buildah umount "$ro_ctr" >/dev/null 2>&1 || true
+    buildah rm "$ro_ctr" >/dev/null 2>&1 || true
+    rmdir "$ro" 2>/dev/null || true
+  }
+  trap 'cleanup_ro; buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+  mount --bind "$mnt" "$ro"
+  mount -o remount,bind,ro "$ro"
+  mount -t tmpfs tmpfs "$ro/tmp"
+  if touch "$ro/probe" 2>/dev/null; then echo "the root is writable: not a read-only run" >&2; exit 1; fi
+  image_env=$(buildah inspect --type image --format '{{range .OCIv1.Config.Env}}{{println .}}{{end}}' "$image")
+  mapfile -t env_args <<<"$image_env"
+  env -i "${env_args[@]}" chroot --userspec=10001:10001 "$ro" /bin/sh -c \
+    'cd /tmp && ephem --help | sed -n 1p && ephem db upgrade --help | sed -n 1p && python3 -c "import bot.cli, handlers, pipelines; print(\"imports ok\")"'
+fi
