@@ -71,18 +71,28 @@ fi
 
 log "build $image"
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+before=$(buildah containers -q | sort)
 buildah build --format docker --network host --layers=false -f Dockerfile -t "$image" \
   --build-arg "TERRAFORM_VERSION=$terraform_version" --build-arg "VERSION=$version" \
   --build-arg "REVISION=$revision" "${args[@]}" .
 
+# buildah 1.28 leaves the working container of a stage that only names an image (terraform).
+comm -13 <(echo "$before") <(buildah containers -q | sort) | xargs -r buildah rm >/dev/null
+
 log "labels"
 buildah inspect --type image --format '{{.OCIv1.Config.Labels}}' "$image"
 
-log "run: ephem --version, terraform version, whoami"
+log "run: ephem --version, terraform version, the user"
 ctr=$(buildah from "$image")
 trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
-# --version where the CLI has it; --help otherwise (it prints the usage, exit 0).
-buildah run "$ctr" -- ephem --version || buildah run "$ctr" -- ephem --help | sed -n 1,3p
+# --version where the CLI has it; the usage (--help, exit 0) otherwise.
+usage=$(buildah run "$ctr" -- ephem --help)
+if [[ "$usage" == *--version* ]]; then
+  buildah run "$ctr" -- ephem --version
+else
+  echo "(this ephem has no --version; its usage:)"
+  sed -n 1,3p <<<"$usage"
+fi
 buildah run "$ctr" -- terraform version | sed -n 1p
 buildah run "$ctr" -- python3 -c 'import os; print("uid", os.getuid(), "gid", os.getgid())'
 
