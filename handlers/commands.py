@@ -28,7 +28,8 @@ from bot.domain import (
     generate_name,
 )
 from bot.errors import UserError
-from bot.ports import Invocation, Reply, Visibility
+from bot.ports import ChannelAccess, Invocation, Reply, Visibility
+from bot.slack import messages
 from bot.store import Store, repo
 from bot.store.models import Environment
 from handlers import parser
@@ -110,10 +111,12 @@ def _ago(delta: timedelta) -> str:
 class Commands:
     """Implements `bot.ports.CommandHandler`."""
 
-    def __init__(self, *, store: Store, blueprint: Blueprint, clock: Clock = utcnow) -> None:
+    def __init__(self, *, store: Store, blueprint: Blueprint, clock: Clock = utcnow,
+                 channels: ChannelAccess | None = None) -> None:
         self.store = store
         self.blueprint = blueprint
         self.clock = clock
+        self.channels = channels
 
     # ------------------------------------------------------------------ entry points
 
@@ -162,6 +165,10 @@ class Commands:
 
     async def _create(self, inv: Invocation, cmd: Create) -> list[Reply]:
         plan = plan_create(cmd.request, self.blueprint)
+        # The environment's thread lives in this channel: if Ephem cannot post there, nobody
+        # could follow it, so nothing is created. (Unknown — Slack not answering — goes ahead.)
+        if self.channels is not None and await self.channels.can_post(inv.channel_id) is False:
+            raise UserError(messages.not_in_channel())
         for _ in range(5):
             try:
                 env = await self._persist_create(inv, plan)

@@ -23,7 +23,8 @@ from bot.ports import Invocation, Reply, Visibility
 from bot.scheduler import Scheduler
 from bot.slack.blocks import reminder_blocks
 from bot.slack.notifier import Notifier
-from bot.slack.writer import SlackWriter, WebApiWriter, make_web_client
+from bot.slack.outbox import OutboxTiming
+from bot.slack.writer import ConsoleWriter, SlackWriter, WebApiWriter, make_web_client
 from bot.store import Store, repo
 from bot.tasks import InFlight
 from handlers.commands import Commands
@@ -91,6 +92,7 @@ class Ephem:
     inflight: InFlight = field(default_factory=InFlight)
 
     async def start(self, *, executor: bool = True, scheduler: bool = True) -> None:
+        self.notifier.start()
         if executor:
             await self.executor.start()
         if scheduler:
@@ -104,8 +106,7 @@ class Ephem:
             await self.keeper.stop()
         await self.inflight.drain(self.settings.grace_seconds)
         await self.executor.stop()
-        await self.notifier.flush()
-        await self.notifier.close()
+        await self.notifier.close(timeout=min(self.settings.grace_seconds, 10.0))
         await self.writer.close()
         await self.store.close()
 
@@ -113,20 +114,26 @@ class Ephem:
         """Run one command as Slack would, and deliver its replies (used by shell and demo)."""
         replies = await self.commands.command(inv)
         await self.notifier.deliver(inv, replies)
+        await self.notifier.flush(timeout=10.0)  # the answer shows before the next prompt
         return replies
 
 
 def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None,
-          coalesce_seconds: float = 0.5) -> Ephem:
+          timing: OutboxTiming | None = None) -> Ephem:
     store = Store(settings.database_url)
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
-    notifier = Notifier(store, writer, coalesce_seconds=coalesce_seconds)
-    commands = Commands(store=store, blueprint=blueprint)
+    console = isinstance(writer, ConsoleWriter)
+    if timing is None:
+        timing = OutboxTiming(pace=0.0) if console else OutboxTiming()
+    # In a terminal a direct message would only print the credentials a second time.
+    notifier = Notifier(store, writer, timing=timing, credentials_by_dm=not console)
+    commands = Commands(store=store, blueprint=blueprint, channels=notifier)
     data_phase, keeper = data_parts(settings, blueprint)
     phases: dict[PhaseName, Phase] = {PhaseName.DATA: data_phase} if data_phase else {}
     runner = Runner(store=store, phases=phases, blueprint=blueprint, events=notifier,
                     secret_key=secret_key(settings))
+    notifier.credentials = runner  # credentials are derived again when they are sent
     executor = Executor(
         store=store, work=runner, owner=f"{socket.gethostname()}:{os.getpid()}",
         workers=settings.workers, lease_seconds=settings.lease_seconds,

@@ -64,6 +64,12 @@ def strip_mention(text: str, bot_user_id: str | None = None) -> str:
     return re.sub(rf"^\s*<@{user}(?:\|[^>]*)?>[\s:,]*", "", text, count=1).strip()
 
 
+def _response_url(body: dict[str, Any]) -> str | None:
+    """Where Slack lets the app answer without channel membership (commands and buttons)."""
+    url = body.get("response_url")
+    return url if isinstance(url, str) and url else None
+
+
 class _Listeners:
     """The listeners' shared dependencies; each public coroutine is one bolt listener."""
 
@@ -81,7 +87,8 @@ class _Listeners:
         await ack()
         with self._unexpected(body):
             inv = Invocation(user_id=body["user_id"], channel_id=body["channel_id"],
-                             text=body.get("text") or "", source="slack")
+                             text=body.get("text") or "", source="slack",
+                             response_url=_response_url(body))
             self._spawn(inv, _verb(inv.text), lambda: self._handler.command(inv))
 
     async def action(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -90,7 +97,9 @@ class _Listeners:
             message = body.get("message") or {}
             channel = (body.get("channel") or {}).get("id") or body["container"]["channel_id"]
             inv = Invocation(user_id=body["user"]["id"], channel_id=channel, source="button",
-                             thread_ts=message.get("thread_ts") or message.get("ts"))
+                             thread_ts=message.get("thread_ts") or message.get("ts"),
+                             message_ts=message.get("ts") or None,
+                             response_url=_response_url(body))
             action_id = str(action["action_id"]).removeprefix(ACTION_PREFIX)
             value = str(action.get("value") or "")
             verb = action_id if action_id in _VERBS else "unknown"

@@ -7,6 +7,7 @@ against the same functions instead of copying literals. Nothing here does I/O or
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from bot.domain import EnvStatus, PhaseName, format_duration
@@ -81,6 +82,32 @@ def reminder(name: str, *, expires: str) -> str:
         f"`{name}` expires {expires}. Extend it if you still need it, "
         "or destroy it now to free its resources."
     )
+
+
+def to_owner(owner_id: str, text: str) -> str:
+    """A thread reply that notifies the owner (a card edit notifies nobody)."""
+    return f"<@{owner_id}> {text}"
+
+
+def credentials(name: str, secrets: Mapping[str, Mapping[str, str]], *, direct: bool = False,
+                copied: bool = False) -> str:
+    """The environment's credentials, phase by phase, for its owner's eyes only."""
+    if direct:
+        where = "(here in our direct messages, so you can find them again)"
+    elif copied:
+        where = "(only you can see this; a copy is in your direct messages with Ephem)"
+    else:
+        where = "(only you can see this)"
+    lines = [f"Credentials for *{name}* {where}:"]
+    for phase, said in secrets.items():
+        lines += [f"• {phase} {key}: `{value}`" for key, value in said.items()]
+    return "\n".join(lines)
+
+
+def not_in_channel() -> str:
+    return ("I am not a member of this channel, so I could not post the environment's progress "
+            "here and you could not follow it. Nothing was created. Invite me with "
+            "`/invite @ephem` and run the command again, or run it in a channel I am in.")
 
 
 def confirm_destroy_title() -> str:
