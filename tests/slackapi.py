@@ -6,12 +6,12 @@ is an aiohttp server that speaks enough of the Web API for Ephem — it records 
 test can read the card as Slack would show it), enforces the Block Kit limits Slack enforces,
 and fails on request: the next calls to a method (429 with Retry-After, 5xx, a dropped
 connection, an error code), or every call for a while (`outage`: Slack down, or a 429 storm).
-Channels listed in `outside` are ones the bot is not a member of: posting there answers
-`not_in_channel`, and `conversations.info` says so. It serves commands' `response_url`s
-(`response_url(key)`; what arrives is in `responses`), and Socket Mode: `apps.connections.open`
-hands out the ws:// URL of its own WebSocket endpoint. A process that runs it elsewhere (the
-benchmarks) reads its calls at `GET /_stub/calls` and starts an outage with
-`POST /_stub/outage`.
+Channels listed in `outside` are private channels the bot is not a member of: posting there
+answers `not_in_channel`, and `conversations.info` answers `channel_not_found`. It serves
+commands' `response_url`s (`response_url(key)`; what arrives is in `responses`), and Socket
+Mode: `apps.connections.open` hands out the ws:// URL of its own WebSocket endpoint. A process
+that runs it elsewhere (the benchmarks) reads its calls at `GET /_stub/calls` and starts an
+outage with `POST /_stub/outage`.
 
 `SlackSender` plays Slack's side of HTTP mode: slash commands, button clicks and events, signed
 with the v0 HMAC-SHA256 scheme — or signed wrongly, or with a stale timestamp, on request.
@@ -331,8 +331,9 @@ class SlackApi:
             return {"ok": False, "error": "channel_not_found"}
         if channel.startswith("D"):
             return {"ok": True, "channel": {"id": channel, "is_im": True}}
-        return {"ok": True, "channel": {"id": channel, "is_channel": True,
-                                        "is_member": channel not in self.outside}}
+        if channel in self.outside:  # a private channel the bot is not in: invisible to it
+            return {"ok": False, "error": "channel_not_found"}
+        return {"ok": True, "channel": {"id": channel, "is_channel": True, "is_member": True}}
 
     def _conversations_open(self, p: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "channel": {"id": "D" + str(p.get("users", "")).split(",")[0]}}

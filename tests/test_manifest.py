@@ -24,6 +24,8 @@ NEEDED_SCOPES = {
     "app_mentions:read": "the app_mention event",
     "im:write": "conversations.open for reminders and credentials",
     "users:read": "users.info for names and time zones",
+    "channels:read": "conversations.info: is the bot in the channel of a create",
+    "groups:read": "conversations.info for private channels",
 }
 
 

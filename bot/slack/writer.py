@@ -236,7 +236,11 @@ class WebApiWriter:
         about = info.get("channel") or {}
         if about.get("is_archived"):
             return False
-        return bool(about.get("is_member") or about.get("is_im"))
+        if about.get("is_member") or about.get("is_im"):
+            return True
+        # A public channel takes posts without membership (`chat:write.public`); a private one
+        # Ephem is not in is not even visible to it (`channel_not_found`, above).
+        return bool(about.get("is_channel") and not about.get("is_private"))
 
     async def close(self) -> None:
         """Close the pooled HTTP session (the writer opens a new one if used again)."""
