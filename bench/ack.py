@@ -393,11 +393,13 @@ async def card_lags(db_url: str, stub_url: str, names: list[str], *,
                         session.get(stub_url + "/_stub/calls") as resp:
                     calls = await resp.json()
                 for name, r in done.items():
-                    shown = [c["at"] for c in calls
-                             if c["method"] in ("chat.update", "chat.postMessage")
-                             and r["thread_ts"] is not None
-                             and c["params"].get("ts", "") == r["thread_ts"]
-                             and f"{name} · ready" in str(c["params"].get("text", ""))]
+                    shown = [c["at"] for c in calls if (
+                        (c["method"] == "chat.update" and r["thread_ts"] is not None
+                         and c["params"].get("ts", "") == r["thread_ts"])
+                        or (c["method"] == "chat.postMessage"  # a root posted ready already
+                            and not c["params"].get("thread_ts")
+                            and c["params"].get("channel") == "CJOBS"))
+                        and str(c["params"].get("text", "")).startswith(f"{name} · ready")]
                     lags[name] = min(shown) - float(r["finished"]) if shown else None
                 if all(lag is not None for lag in lags.values()):
                     return lags

@@ -536,3 +536,27 @@ async def test_two_replicas_keep_one_pace_per_channel(
     # pacing on their own post in pairs: half the gaps would be near zero.
     assert sum(gap < pace / 2 for gap in gaps) <= 2, sorted(gaps)[:4]
     assert into[-1] - into[0] >= 0.9 * pace * (len(into) - 1)
+
+
+async def test_a_card_goes_before_the_replies_waiting_in_its_channel(
+    slack_api: SlackApi, store: Store
+) -> None:
+    """In a busy channel the card, which shows the state now, does not wait behind every other
+    thread's replies (the replies keep their own order)."""
+    timing = OutboxTiming(pace=0.1, poll=0.05, backoff_base=0.01, backoff_cap=0.05)
+    notifier = notifier_for(slack_api, store, timing=timing)
+    busy, other = await new_env(store, "pr-busy"), await new_env(store, "pr-other")
+    for env_id in (busy, other):
+        await notifier.refresh_card(env_id)
+    assert await notifier.flush(10)
+
+    await notifier.deliver(INV, [Reply(f"reply {n}", Visibility.THREAD, env_id=busy)
+                                 for n in range(5)])
+    await set_status(store, other, EnvStatus.CREATING, EnvStatus.READY)
+    await notifier.refresh_card(other)
+    assert await notifier.flush(10)
+
+    order = [c.params["text"].split("\n")[0] for c in slack_api.calls
+             if c.method in ("chat.postMessage", "chat.update")][2:]
+    assert order.index("pr-other · ready") < order.index("reply 4"), order
+    assert [t for t in order if t.startswith("reply")] == [f"reply {n}" for n in range(5)]

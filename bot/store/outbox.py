@@ -107,8 +107,14 @@ async def claim_queues(s: AsyncSession, *, holder: str, lease: float, limit: int
 
 async def next_turn(s: AsyncSession, *, queue: str, holder: str, lease: float,
                     interval: float) -> Turn:
-    """The queue's first row (by position) and, when it is due, its slot: taking the slot
-    renews the lease and opens the next slot `interval` seconds later (the pace)."""
+    """The queue's next row and, when it is due, its slot: taking the slot renews the lease and
+    opens the next slot `interval` seconds later (the pace).
+
+    Card requests go first, oldest first: a card shows the state now, and there is at most one
+    request per environment, so they cannot crowd the rest out for long, while in a busy
+    channel a final state behind every other thread's replies would be seconds (or minutes)
+    stale. Everything else goes in the order it was added, which keeps each thread in order.
+    """
     row = (await s.execute(
         select(SlackQueue.holder, SlackQueue.held_until, SlackQueue.next_at,
                func.now().label("now"))
@@ -120,7 +126,7 @@ async def next_turn(s: AsyncSession, *, queue: str, holder: str, lease: float,
     now: datetime = row.now
     first = (await s.execute(
         select(SlackOutbox).where(SlackOutbox.queue == queue)
-        .order_by(SlackOutbox.position).limit(1)
+        .order_by(SlackOutbox.kind != CARD, SlackOutbox.position).limit(1)
     )).scalar_one_or_none()
     if first is None:
         return Turn(held=True)
