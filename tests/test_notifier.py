@@ -560,3 +560,24 @@ async def test_a_card_goes_before_the_replies_waiting_in_its_channel(
              if c.method in ("chat.postMessage", "chat.update")][2:]
     assert order.index("pr-other · ready") < order.index("reply 4"), order
     assert [t for t in order if t.startswith("reply")] == [f"reply {n}" for n in range(5)]
+
+
+async def test_credentials_asked_for_again_go_to_the_owner_only(
+    slack_api: SlackApi, store: Store
+) -> None:
+    """A `CREDENTIALS` reply (`/ephem creds`, a button) carries no text: the credentials are
+    derived when sent, and go to the owner whoever asked."""
+    env_id = await new_env(store)
+    source = Secrets({"data": {"database_url": "postgresql://app:pw-again-1@db/app"}})
+    notifier = notifier_for(slack_api, store, credentials=source)
+
+    owner_asks = Invocation(user_id="UOWNER", channel_id="CASK")
+    await notifier.deliver(owner_asks, [Reply("", Visibility.CREDENTIALS, env_id=env_id)])
+    admin_asks = Invocation(user_id="UADMIN", channel_id="CASK")
+    await notifier.deliver(admin_asks, [Reply("", Visibility.CREDENTIALS, env_id=env_id)])
+    assert await notifier.flush(10)
+
+    sent = [(c.params["channel"], c.params["user"]) for c in slack_api.calls_to(
+        "chat.postEphemeral") if "pw-again-1" in c.params["text"]]
+    assert sent == [("CASK", "UOWNER"), ("CENV", "UOWNER")]
+    assert not slack_api.calls_to("conversations.open")  # asked for: the answer is enough
