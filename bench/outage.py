@@ -55,6 +55,9 @@ async def stub_calls(stub_url: str) -> list[dict[str, Any]]:
 async def ready_count(db_url: str) -> int:
     conn = await asyncpg.connect(asyncpg_dsn(db_url))
     try:
+        failed = await conn.fetchval("SELECT count(*) FROM environments WHERE status = 'failed'")
+        if failed:
+            print(f"  ({failed} environments failed)")
         return int(await conn.fetchval(
             "SELECT count(*) FROM environments WHERE status = 'ready'"))
     finally:
@@ -113,6 +116,10 @@ async def _run(args: argparse.Namespace, py: str, me_ack: str, db_url: str, pref
         raw["phases"]["data"].pop("snapshots", None)
         raw["phases"]["data"].pop("default_snapshot", None)
         raw["phases"]["data"]["database_prefix"] = prefix
+        here = example_blueprint_path().parent  # the example's migrations, wherever it is
+        migrations = raw["phases"]["data"]["migrations"]
+        for key in ("locations", "seed_locations"):
+            migrations[key] = [str(here / place) for place in migrations[key]]
         blueprint = Path(tmp) / "ephem.yaml"
         blueprint.write_text(yaml.safe_dump(raw))
         port = free_port()
@@ -134,8 +141,8 @@ async def _run(args: argparse.Namespace, py: str, me_ack: str, db_url: str, pref
                     send_as(session, url, i, f"create {name} --data seed")
                     for i, name in enumerate(names)))
                 async with session.post(stub_url + "/_stub/outage",
-                                        json={"seconds": args.seconds, "status": 503}):
-                    pass
+                                        json={"seconds": args.seconds, "status": 503}) as resp:
+                    back_wall = float((await resp.json())["until"])
             down_at = time.monotonic()
             print(f"{sum(1 for _, s in answers if s == 200)} of {len(names)} creates acked; "
                   f"Slack answers 503 to everything for {args.seconds:g}s")
@@ -143,8 +150,8 @@ async def _run(args: argparse.Namespace, py: str, me_ack: str, db_url: str, pref
                 await asyncio.sleep(5)
                 print(f"  {time.monotonic() - down_at:4.0f}s down: "
                       f"{await ready_count(db_url)} environments ready in the store")
-            await asyncio.sleep(0.5)  # past the stand-in's own end of the outage
-            back_at, back_wall = time.monotonic(), time.time()
+            await asyncio.sleep(max(0.0, back_wall - time.time()))
+            back_at = time.monotonic()
             print("Slack is back")
             deadline = back_at + args.wait
             ready: set[str] = set()

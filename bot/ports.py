@@ -37,9 +37,9 @@ class Visibility(StrEnum):
     THREAD = "thread"  # in the environment's thread (the status card is its root)
     CHANNEL = "channel"  # a new message in the channel
     OWNER = "owner"  # only the environment's owner (ephemeral to them, or a DM)
-    # The environment's credentials, to the person who asked (ephemeral, or a DM). The reply's
-    # text is not used: the secrets are derived again when the message is sent, so they are
-    # never stored on the way (`CredentialsSource`).
+    # The environment's credentials, to its owner only — whoever asked — ephemeral (a DM when
+    # that cannot reach them). The reply's text is not used: the secrets are derived again when
+    # the message is sent, so they are never stored on the way (`CredentialsSource`).
     CREDENTIALS = "credentials"
 
 

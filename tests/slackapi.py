@@ -289,9 +289,10 @@ class SlackApi:
 
     async def _remote_outage(self, request: web.Request) -> web.StreamResponse:
         how = await request.json()
-        self.outage(float(how.get("seconds", 60)), status=int(how.get("status", 503)),
+        seconds = float(how.get("seconds", 60))
+        self.outage(seconds, status=int(how.get("status", 503)),
                     retry_after=how.get("retry_after"))
-        return web.json_response({"ok": True})
+        return web.json_response({"ok": True, "until": time.time() + seconds})
 
     def _auth_test(self, _: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://ephem-test.slack.com/", "team": "Ephem Test",
