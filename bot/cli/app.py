@@ -114,7 +114,6 @@ class Ephem:
         """Run one command as Slack would, and deliver its replies (used by shell and demo)."""
         replies = await self.commands.command(inv)
         await self.notifier.deliver(inv, replies)
-        await self.notifier.flush(timeout=10.0)  # the answer shows before the next prompt
         return replies
 
 

@@ -81,9 +81,9 @@ async def handle_line(app: Ephem, writer: ShellWriter, line: str, *, user: str,
         replies = await app.commands.action(inv, action_id=button.action_id.removeprefix("ephem:"),
                                             value=button.value)
         await app.notifier.deliver(inv, replies)
-        await app.notifier.flush(timeout=10.0)
     else:
         await app.invoke(inv)
+    await app.notifier.flush(timeout=10.0)  # the answer shows before the next prompt
 
 
 async def run_shell(settings: Settings, *, user: str, channel: str) -> int:
