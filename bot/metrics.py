@@ -28,9 +28,16 @@ SLACK_API_CALLS = Counter(
 )
 SLACK_API_RETRIES = Counter(
     "ephem_slack_api_retries",
-    "Slack Web API calls retried, by method and reason "
-    "(ratelimited, server_error, connection_error).",
+    "Slack writes put back in the outbox to try again, by method and reason "
+    "(ratelimited: Slack said when; unavailable: 5xx, connection, token).",
     ["method", "reason"],
+    registry=REGISTRY,
+)
+SLACK_OUTBOX_DROPPED = Counter(
+    "ephem_slack_outbox_dropped",
+    "Slack writes given up, by kind and reason (refused: an error Slack would repeat; "
+    "too_old: Slack away for longer than the outbox waits; unexpected).",
+    ["kind", "reason"],
     registry=REGISTRY,
 )
 SOCKET_RECONNECTS = Counter(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.domain import JobKind, ProgressEvent, ReleaseSet
+from bot.domain import JobKind, PhaseName, ProgressEvent, ReleaseSet
 
 # --------------------------------------------------------------------------- Slack edge → handlers
 
@@ -26,6 +26,10 @@ class Invocation:
     text: str = ""
     source: str = "slack"  # slack | mention | button | shell | scheduler
     thread_ts: str | None = None
+    # Where Slack lets the app answer without being in the channel (slash commands, buttons);
+    # valid for 30 minutes.
+    response_url: str | None = None
+    message_ts: str | None = None  # buttons: the message the button is on
 
 
 class Visibility(StrEnum):
@@ -33,6 +37,10 @@ class Visibility(StrEnum):
     THREAD = "thread"  # in the environment's thread (the status card is its root)
     CHANNEL = "channel"  # a new message in the channel
     OWNER = "owner"  # only the environment's owner (ephemeral to them, or a DM)
+    # The environment's credentials, to its owner only — whoever asked — ephemeral (a DM when
+    # that cannot reach them). The reply's text is not used: the secrets are derived again when
+    # the message is sent, so they are never stored on the way (`CredentialsSource`).
+    CREDENTIALS = "credentials"
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,15 @@ class Reply:
 
     text: str
     visibility: Visibility = Visibility.EPHEMERAL
-    env_id: int | None = None  # THREAD/OWNER replies: whose thread or owner
+    env_id: int | None = None  # THREAD/OWNER/CREDENTIALS replies: which environment
     blocks: Sequence[dict[str, Any]] | None = None
+
+
+class ChannelAccess(Protocol):
+    async def can_post(self, channel_id: str) -> bool | None:
+        """Whether Ephem may post in the channel (it is a member); None when it cannot tell
+        now (Slack unreachable): the caller goes ahead, as Slack is usually right there."""
+        ...
 
 
 class CommandHandler(Protocol):
@@ -105,12 +120,16 @@ class CredentialsSource(Protocol):
 
 
 class Events(Protocol):
+    """What a running job tells the people following it. Implementations must not wait on
+    Slack: the notifier records what to say and sends it outside the job."""
+
     async def progress(self, event: ProgressEvent) -> None:
         """A phase moved; refresh the status card (and post `detail` if it is a milestone)."""
         ...
 
-    async def to_owner(self, env_id: int, text: str) -> None:
-        """Say something to the environment's owner only (credentials)."""
+    async def credentials_ready(self, env_id: int, phase: PhaseName) -> None:
+        """`phase` has secrets for the environment's owner. Deliver them (derived again from
+        `CredentialsSource` when the message is sent, so they are never stored)."""
         ...
 
 
@@ -119,13 +138,13 @@ class RecordedEvents:
     """An `Events` that keeps what it was told; for the shell's summary and for tests."""
 
     progress_events: list[ProgressEvent] = field(default_factory=list)
-    owner_messages: list[tuple[int, str]] = field(default_factory=list)
+    credentials: list[tuple[int, PhaseName]] = field(default_factory=list)
 
     async def progress(self, event: ProgressEvent) -> None:
         self.progress_events.append(event)
 
-    async def to_owner(self, env_id: int, text: str) -> None:
-        self.owner_messages.append((env_id, text))
+    async def credentials_ready(self, env_id: int, phase: PhaseName) -> None:
+        self.credentials.append((env_id, phase))
 
 
 # --------------------------------------------------------------------------- handlers → pipelines

@@ -35,7 +35,14 @@ from bot.domain import (
 )
 from bot.errors import UserError
 from bot.mrkdwn import escape
-from bot.ports import CredentialsSource, Invocation, ReleaseResolver, Reply, Visibility
+from bot.ports import (
+    ChannelAccess,
+    CredentialsSource,
+    Invocation,
+    ReleaseResolver,
+    Reply,
+    Visibility,
+)
 from bot.slack import messages
 from bot.store import Store, repo
 from bot.store.models import Environment
@@ -144,17 +151,20 @@ class Commands:
     `releases` reads a reference's release set from its source (the composition root passes
     the pipelines' resolver); without one, only the blueprint's static `releases` are known.
     `credentials` says an environment's secrets again (`/ephem creds`, the Connection details
-    button); without one, those answer that this Ephem cannot show them.
+    button); without one, those answer that this Ephem cannot show them. `channels` says
+    whether Ephem can post in a channel (a create's thread lives there).
     """
 
     def __init__(self, *, store: Store, blueprint: Blueprint, clock: Clock = utcnow,
                  releases: ReleaseResolver | None = None,
-                 credentials: CredentialsSource | None = None) -> None:
+                 credentials: CredentialsSource | None = None,
+                 channels: ChannelAccess | None = None) -> None:
         self.store = store
         self.blueprint = blueprint
         self.clock = clock
         self.releases = releases
         self.credentials = credentials
+        self.channels = channels
 
     # ------------------------------------------------------------------ entry points
 
@@ -219,6 +229,10 @@ class Commands:
         plan = plan_create(cmd.request, self.blueprint, base=base.versions)
         if cmd.dry_run:
             return [Reply(self._dry_run(plan))]
+        # The environment's thread lives in this channel: if Ephem cannot post there, nobody
+        # could follow it, so nothing is created. (Unknown — Slack not answering — goes ahead.)
+        if self.channels is not None and await self.channels.can_post(inv.channel_id) is False:
+            raise UserError(messages.not_in_channel())
         for _ in range(5):
             try:
                 env = await self._persist_create(inv, plan)
@@ -454,10 +468,11 @@ class Commands:
             return [Reply(messages.creds_not_yours(env.name, env.owner_id))]
         if self.credentials is None:
             raise UserError("This Ephem cannot say credentials again.")
-        secrets = await self.credentials.credentials(env.id)
-        if not secrets:
+        if not await self.credentials.credentials(env.id):
             return [Reply(messages.no_credentials(env.name))]
-        return [Reply(messages.credentials(env.name, secrets))]
+        # Only which environment: the notifier derives the secrets again as it sends them, to
+        # the owner only, so this reply holds none and nothing on the way stores one.
+        return [Reply("", visibility=Visibility.CREDENTIALS, env_id=env.id)]
 
     # ------------------------------------------------------------------ helpers
 

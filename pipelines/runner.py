@@ -3,8 +3,9 @@
 Why: phases only know how to apply or destroy their part; everything cross-cutting lives here,
 in a fixed order — the environment's status transitions, resume after a crash, the order of the
 phases, one PhaseRun row per attempt committed before and after the attempt, retries of temporary
-errors with backoff, timeouts, secrets delivered to the owner and never stored, and the progress
-events the notifier turns into Slack updates.
+errors with backoff, timeouts, the owner told when a phase's credentials are ready (they are
+derived again when sent, never stored), and the progress events the notifier turns into Slack
+updates.
 
 Resume rule: a phase whose latest run for the environment is a succeeded (or skipped) run of the
 same action is done and not run again. So a process killed mid-job, or a Retry after a failure,
@@ -182,7 +183,7 @@ class Runner:
         took = f"in {time.monotonic() - started:.1f}s"
         detail = f"{outcome.summary} ({took})" if outcome.summary else took
         if outcome.secrets:
-            await self._to_owner(job.env_id, phase.name, outcome.secrets)
+            await self._credentials_ready(job.env_id, phase.name)
         await self._progress(ProgressEvent(job.env_id, phase.name, PhaseStatus.SUCCEEDED,
                                            detail=detail))
         if outcome.links:  # posted in the thread, under the phase's summary
@@ -274,11 +275,11 @@ class Runner:
             log.warning("progress event for environment %s not delivered (%s)",
                         event.env_id, type(exc).__name__)
 
-    async def _to_owner(self, env_id: int, phase: PhaseName, secrets: Mapping[str, str]) -> None:
-        lines = [f"Credentials from the {phase} phase (only you can see this):"]
-        lines += [f"• {key}: `{value}`" for key, value in secrets.items()]
+    async def _credentials_ready(self, env_id: int, phase: PhaseName) -> None:
+        """Tell the notifier the phase's secrets can be said (`credentials`); never the secrets
+        themselves, so nothing on the way to Slack holds them."""
         try:
-            await self.events.to_owner(env_id, "\n".join(lines))
+            await self.events.credentials_ready(env_id, phase)
         except Exception as exc:
             log.warning("credentials for environment %s not delivered (%s); re-applying the "
                         "phase delivers them again", env_id, type(exc).__name__)

@@ -109,7 +109,8 @@ async def store(bot_db_url: str) -> AsyncIterator[Store]:
     s = Store(bot_db_url, pool_size=5, max_overflow=10)
     async with s.engine.begin() as conn:
         await conn.exec_driver_sql(
-            "TRUNCATE environments, jobs, phase_runs, audit_events, slack_requests_seen "
+            "TRUNCATE environments, jobs, phase_runs, audit_events, slack_requests_seen, "
+            "slack_outbox, slack_queues, slack_cards "
             "RESTART IDENTITY CASCADE"
         )
     try:

@@ -2,10 +2,16 @@
 
 Why: Ephem's tests (and its benchmark) talk to real servers, never to patched clients. `SlackApi`
 is an aiohttp server that speaks enough of the Web API for Ephem — it records every call
-(method, parsed form/JSON params, headers), keeps the messages it was sent (so a test can read
-the card as Slack would show it), enforces the Block Kit limits Slack enforces, and fails on
-request (429 with Retry-After, 5xx, a dropped connection, an error code). It also serves Socket
-Mode: `apps.connections.open` hands out the ws:// URL of its own WebSocket endpoint.
+(method, parsed form/JSON params, headers, arrival time), keeps the messages it was sent (so a
+test can read the card as Slack would show it), enforces the Block Kit limits Slack enforces,
+and fails on request: the next calls to a method (429 with Retry-After, 5xx, a dropped
+connection, an error code), or every call for a while (`outage`: Slack down, or a 429 storm).
+Channels listed in `outside` are private channels the bot is not a member of: posting there
+answers `not_in_channel`, and `conversations.info` answers `channel_not_found`. It serves
+commands' `response_url`s (`response_url(key)`; what arrives is in `responses`), and Socket
+Mode: `apps.connections.open` hands out the ws:// URL of its own WebSocket endpoint. A process
+that runs it elsewhere (the benchmarks) reads its calls at `GET /_stub/calls` and starts an
+outage with `POST /_stub/outage`.
 
 `SlackSender` plays Slack's side of HTTP mode: slash commands, button clicks and events, signed
 with the v0 HMAC-SHA256 scheme — or signed wrongly, or with a stale timestamp, on request.
@@ -33,6 +39,10 @@ import pytest
 from aiohttp import web
 
 from bot.ports import Invocation, Reply
+from bot.slack.outbox import OutboxTiming
+
+# The outbox at test speed: no channel pace, retries after hundredths of a second.
+FAST_OUTBOX = OutboxTiming(pace=0.0, backoff_base=0.01, backoff_cap=0.05, poll=0.05)
 
 BOT_USER_ID = "UBOT"
 BOT_ID = "BBOT"
@@ -42,11 +52,12 @@ API_APP_ID = "A0001"
 
 @dataclass(frozen=True)
 class Call:
-    """One request the stub received."""
+    """One request the stub received (`at`: wall-clock time of arrival)."""
 
     method: str
     params: dict[str, Any]
     headers: dict[str, str]
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,10 @@ class SlackApi:
         self.messages: dict[str, dict[str, Any]] = {}  # ts → channel, text, blocks, thread_ts
         self.sockets: list[SocketPeer] = []
         self.socket_silent = True  # new connections neither pong nor talk (after `hello`)
+        self.outside: set[str] = set()  # channels the bot is not a member of
+        self.responses: list[dict[str, Any]] = []  # bodies posted to response URLs (+ "key")
         self._failures: dict[str, deque[Failure]] = defaultdict(deque)
+        self._outage: tuple[Failure, float] | None = None  # (how, until time.monotonic())
         self._latency: dict[str, float] = {}
         self._changed = asyncio.Condition()
         self._stopping = asyncio.Event()
@@ -86,7 +100,11 @@ class SlackApi:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)  # slack_sdk reads some methods by GET
+        app.router.add_post("/response/{key}", self._response)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/_stub/calls", self._dump_calls)
+        app.router.add_post("/_stub/outage", self._remote_outage)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -118,6 +136,22 @@ class SlackApi:
         connection without an answer."""
         for _ in range(times):
             self._failures[method].append(Failure(status, error, retry_after, disconnect))
+
+    def outage(self, seconds: float = float("inf"), *, status: int = 503,
+               retry_after: float | None = None, disconnect: bool = False) -> None:
+        """Every call (and every response URL) fails for `seconds` from now: with HTTP
+        `status` (429: a rate-limit storm, answering Retry-After `retry_after`), or by dropping
+        the connection. `restore()` ends it early."""
+        until = time.monotonic() + seconds
+        self._outage = (Failure(status, None, retry_after, disconnect), until)
+
+    def restore(self) -> None:
+        """End an outage now."""
+        self._outage = None
+
+    def response_url(self, key: str = "1") -> str:
+        """A response URL served by this stub (what arrives is kept in `responses`)."""
+        return f"http://127.0.0.1:{self.port}/response/{key}"
 
     def slow(self, method: str, seconds: float) -> None:
         """Answer every call to `method` only after `seconds` (to widen race windows)."""
@@ -196,24 +230,16 @@ class SlackApi:
         for key in ("blocks", "attachments"):
             if isinstance(params.get(key), str):
                 params[key] = json.loads(params[key])
-        self.calls.append(Call(method, params, dict(request.headers)))
+        self.calls.append(Call(method, params, dict(request.headers), time.time()))
         await self._notify()
         if method in self._latency:
             await asyncio.sleep(self._latency[method])
 
-        if self._failures[method]:
+        failure = self._current_outage()
+        if failure is None and self._failures[method]:
             failure = self._failures[method].popleft()
-            if failure.disconnect:
-                assert request.transport is not None
-                request.transport.abort()
-                return web.Response()
-            if failure.status == 429:
-                return web.json_response(
-                    {"ok": False, "error": "ratelimited"}, status=429,
-                    headers={"Retry-After": str(failure.retry_after or 1)})
-            if failure.status >= 500:
-                return web.Response(status=failure.status, text="upstream trouble")
-            return web.json_response({"ok": False, "error": failure.error or "unknown"})
+        if failure is not None:
+            return self._fail(request, failure)
 
         if not request.headers.get("Authorization", "").startswith("Bearer "):
             return web.json_response({"ok": False, "error": "not_authed"})
@@ -222,12 +248,58 @@ class SlackApi:
             return web.json_response({"ok": False, "error": "unknown_method"})
         return web.json_response(answer(params))
 
+    def _current_outage(self) -> Failure | None:
+        if self._outage is None:
+            return None
+        failure, until = self._outage
+        if time.monotonic() >= until:
+            self._outage = None
+            return None
+        return failure
+
+    @staticmethod
+    def _fail(request: web.Request, failure: Failure) -> web.StreamResponse:
+        if failure.disconnect:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if failure.status == 429:
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429,
+                headers={"Retry-After": str(failure.retry_after or 1)})
+        if failure.status >= 500:
+            return web.Response(status=failure.status, text="upstream trouble")
+        return web.json_response({"ok": False, "error": failure.error or "unknown"})
+
+    async def _response(self, request: web.Request) -> web.StreamResponse:
+        """A response URL: takes a JSON message, as Slack's hooks do."""
+        body = await request.json()
+        self.calls.append(Call("response_url", body, dict(request.headers), time.time()))
+        await self._notify()
+        failure = self._current_outage()
+        if failure is not None:
+            return self._fail(request, failure)
+        self.responses.append({**body, "key": request.match_info["key"]})
+        await self._notify()
+        return web.Response(text="ok")
+
+    async def _dump_calls(self, _: web.Request) -> web.StreamResponse:
+        return web.json_response([{"method": c.method, "at": c.at, "params": c.params}
+                                  for c in self.calls])
+
+    async def _remote_outage(self, request: web.Request) -> web.StreamResponse:
+        how = await request.json()
+        seconds = float(how.get("seconds", 60))
+        self.outage(seconds, status=int(how.get("status", 503)),
+                    retry_after=how.get("retry_after"))
+        return web.json_response({"ok": True, "until": time.time() + seconds})
+
     def _auth_test(self, _: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://ephem-test.slack.com/", "team": "Ephem Test",
                 "user": "ephem", "team_id": TEAM_ID, "user_id": BOT_USER_ID, "bot_id": BOT_ID}
 
     def _chat_postMessage(self, p: dict[str, Any]) -> dict[str, Any]:
-        if error := self._invalid_message(p):
+        if error := self._invalid_message(p) or self._not_member(p):
             return {"ok": False, "error": error}
         n = next(self._ts)
         ts = f"{1700000000 + n}.{n:06d}"
@@ -237,7 +309,7 @@ class SlackApi:
                 "message": {"text": p.get("text", ""), "ts": ts}}
 
     def _chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
-        if error := self._invalid_message(p):
+        if error := self._invalid_message(p) or self._not_member(p):
             return {"ok": False, "error": error}
         message = self.messages.get(str(p.get("ts")))
         if message is None or message["channel"] != p["channel"]:
@@ -246,9 +318,23 @@ class SlackApi:
         return {"ok": True, "channel": p["channel"], "ts": p["ts"], "text": p.get("text", "")}
 
     def _chat_postEphemeral(self, p: dict[str, Any]) -> dict[str, Any]:
-        if error := self._invalid_message(p) or (None if p.get("user") else "user_not_found"):
+        if error := (self._invalid_message(p) or (None if p.get("user") else "user_not_found")
+                     or self._not_member(p)):
             return {"ok": False, "error": error}
         return {"ok": True, "message_ts": f"{1700000000 + next(self._ts)}.000000"}
+
+    def _not_member(self, p: dict[str, Any]) -> str | None:
+        return "not_in_channel" if p.get("channel") in self.outside else None
+
+    def _conversations_info(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel = str(p.get("channel", ""))
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if channel.startswith("D"):
+            return {"ok": True, "channel": {"id": channel, "is_im": True}}
+        if channel in self.outside:  # a private channel the bot is not in: invisible to it
+            return {"ok": False, "error": "channel_not_found"}
+        return {"ok": True, "channel": {"id": channel, "is_channel": True, "is_member": True}}
 
     def _conversations_open(self, p: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "channel": {"id": "D" + str(p.get("users", "")).split(",")[0]}}
@@ -338,24 +424,28 @@ class SlackSender:
             return response.status, await response.text()
 
     async def command(self, text: str, *, user_id: str = "U1", channel_id: str = "C1",
+                      response_url: str = "https://hooks.slack.invalid/commands/1",
                       **kw: Any) -> tuple[int, str]:
         body = urlencode({
             "token": "legacy", "team_id": TEAM_ID, "team_domain": "ephem-test",
             "channel_id": channel_id, "channel_name": "dev", "user_id": user_id,
             "user_name": "ana", "command": "/ephem", "text": text, "api_app_id": API_APP_ID,
-            "response_url": "https://hooks.slack.invalid/commands/1",
+            "response_url": response_url,
             "trigger_id": "1.2.3",
         })
         return await self.post(body, content_type="application/x-www-form-urlencoded", **kw)
 
     async def action(self, action_id: str, *, value: str, user_id: str = "U1",
                      channel_id: str = "C1", message_ts: str = "1700000000.000001",
-                     **kw: Any) -> tuple[int, str]:
+                     thread_ts: str | None = None, **kw: Any) -> tuple[int, str]:
+        message = {"ts": message_ts, "text": "card"}
+        if thread_ts is not None:  # the button is on a reply in a thread (the reminder)
+            message["thread_ts"] = thread_ts
         payload = {
             "type": "block_actions", "team": {"id": TEAM_ID}, "api_app_id": API_APP_ID,
             "user": {"id": user_id, "team_id": TEAM_ID}, "channel": {"id": channel_id},
             "container": {"type": "message", "message_ts": message_ts, "channel_id": channel_id},
-            "message": {"ts": message_ts, "text": "card"}, "trigger_id": "1.2.3",
+            "message": message, "trigger_id": "1.2.3",
             "response_url": "https://hooks.slack.invalid/actions/1",
             "actions": [{"type": "button", "action_id": action_id, "value": value,
                          "block_id": "b1", "action_ts": str(time.time())}],

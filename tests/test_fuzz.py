@@ -38,7 +38,14 @@ from bot.store import Store
 from bot.tasks import InFlight
 from handlers.commands import Commands
 from handlers.parser import Run, Say, parse
-from tests.slackapi import API_APP_ID, BOT_USER_ID, TEAM_ID, SlackApi, slack_api_fixture  # noqa: F401
+from tests.slackapi import (  # noqa: F401
+    API_APP_ID,
+    BOT_USER_ID,
+    FAST_OUTBOX,
+    TEAM_ID,
+    SlackApi,
+    slack_api_fixture,
+)
 
 SEED = 20261130
 SECRET = "fuzz-signing-secret"
@@ -261,8 +268,8 @@ async def test_signed_fuzz_over_http_gets_no_5xx_no_trace_and_a_reply_for_each_c
     settings = load_settings(slack_bot_token="xoxb-fuzz", slack_signing_secret=SECRET,
                              slack_api_url=slack_api.url, slack_app_token=None)
     inflight = InFlight()
-    writer = WebApiWriter(make_web_client(settings), min_interval=0, backoff_base=0.01)
-    notifier = Notifier(store, writer, coalesce_seconds=0.01)
+    writer = WebApiWriter(make_web_client(settings))
+    notifier = Notifier(store, writer, timing=FAST_OUTBOX)
     app = build_bolt_app(settings=settings, handler=Commands(store=store, blueprint=BLUEPRINT),
                          notifier=notifier, store=store, inflight=inflight)
     server = HttpServer(bolt_app=app, store=store, host="127.0.0.1", port=0,
@@ -290,7 +297,7 @@ async def test_signed_fuzz_over_http_gets_no_5xx_no_trace_and_a_reply_for_each_c
                 batch = cases[start:start + 40]
                 statuses += await asyncio.gather(*(send(b, ct) for _, b, ct in batch))
         assert await inflight.drain(30)
-        await notifier.flush()
+        await notifier.flush(10)
     finally:
         await notifier.close()
         await writer.close()

@@ -22,8 +22,10 @@ NEEDED_SCOPES = {
     "chat:write": "chat.postMessage, chat.update, chat.postEphemeral",
     "chat:write.public": "posting in channels the bot was not invited to",
     "app_mentions:read": "the app_mention event",
-    "im:write": "conversations.open for credentials when an ephemeral cannot reach",
+    "im:write": "conversations.open for reminders and credentials",
     "im:history": "the message.im event: commands in the Messages tab",
+    "channels:read": "conversations.info: is the bot in the channel of a create",
+    "groups:read": "conversations.info for private channels",
 }
 
 

@@ -22,7 +22,13 @@ from bot.slack.http import HttpServer
 from bot.slack.writer import WebApiWriter, make_web_client
 from bot.store import repo
 from tests.conftest import as_user
-from tests.slackapi import Call, SlackApi, SlackSender, slack_api_fixture  # noqa: F401
+from tests.slackapi import (  # noqa: F401 (the fixture)
+    FAST_OUTBOX,
+    Call,
+    SlackApi,
+    SlackSender,
+    slack_api_fixture,
+)
 
 SECRET = "scenario-signing-secret"
 OWNER, OTHER, CHANNEL = "UANA", "UBOB", "CENV"
@@ -84,8 +90,8 @@ async def _bot(api: SlackApi, bot_db_url: str, data: dict[str, Any], prefix: str
         "phases": {"data": {"database_prefix": prefix, **data}},
         "retries": {"attempts": 1, "backoff": "1s"},
     })
-    app = build(settings, blueprint, coalesce_seconds=0.01,
-                writer=WebApiWriter(make_web_client(settings), min_interval=0))
+    app = build(settings, blueprint, timing=FAST_OUTBOX,
+                writer=WebApiWriter(make_web_client(settings)))
     bolt = build_bolt_app(settings=settings, handler=app.commands, notifier=app.notifier,
                           store=app.store, inflight=app.inflight)
     server = HttpServer(bolt_app=bolt, store=app.store, host="127.0.0.1", port=0,
@@ -133,7 +139,11 @@ async def test_create_use_and_destroy_from_slack(bot: Bot, pg_admin_url: str) ->
     url = next(w for w in json.loads(_text(creds[0]))["text"].split()
                if "postgresql://" in w).strip("`<>")
     password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
-    public = bot.api.calls_to("chat.postMessage") + bot.api.calls_to("chat.update")
+    # A copy goes by direct message (an ephemeral one vanishes, and misses an absent owner).
+    [dm] = [c for c in bot.api.calls_to("chat.postMessage") if c.params["channel"] == f"D{OWNER}"]
+    assert url in dm.params["text"]
+    public = [c for c in bot.api.calls_to("chat.postMessage") + bot.api.calls_to("chat.update")
+              if c.params["channel"] == CHANNEL]
     assert public and all(password not in _text(c) for c in public)
     conn = await asyncpg.connect(url)
     assert await conn.fetchval("SELECT current_database()") == f"{bot.prefix}sc_1"

@@ -32,6 +32,7 @@ from bot.tasks import InFlight
 from handlers.commands import Commands
 from tests.slackapi import (
     API_APP_ID,
+    FAST_OUTBOX,
     TEAM_ID,
     SlackApi,
     SlackSender,
@@ -54,9 +55,12 @@ class Edge:
     inflight: InFlight
     url: str
     slack: SlackSender
+    notifier: Notifier
 
     async def settle(self) -> None:
+        """Every acked request handled, and everything it said delivered to Slack."""
         assert await self.inflight.drain(10)
+        assert await self.notifier.flush(10)
 
     async def raw(self, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
         async with aiohttp.ClientSession() as session, \
@@ -73,8 +77,8 @@ async def edge(slack_api: SlackApi, store: Store) -> AsyncIterator[Edge]:
     settings = load_settings(slack_bot_token=TOKEN, slack_signing_secret=SECRET,
                              slack_api_url=slack_api.url, slack_app_token=None)
     inflight = InFlight()
-    writer = WebApiWriter(make_web_client(settings), min_interval=0, backoff_base=0.01)
-    notifier = Notifier(store, writer, coalesce_seconds=0.01)
+    writer = WebApiWriter(make_web_client(settings))
+    notifier = Notifier(store, writer, timing=FAST_OUTBOX)
     app = build_bolt_app(settings=settings, handler=Commands(store=store, blueprint=BLUEPRINT),
                          notifier=notifier, store=store, inflight=inflight)
     server = HttpServer(bolt_app=app, store=store, host="127.0.0.1", port=0,
@@ -82,7 +86,7 @@ async def edge(slack_api: SlackApi, store: Store) -> AsyncIterator[Edge]:
     await server.start()
     url = server.url + EVENTS_PATH
     try:
-        yield Edge(slack_api, store, inflight, url, SlackSender(url, SECRET))
+        yield Edge(slack_api, store, inflight, url, SlackSender(url, SECRET), notifier)
     finally:
         await inflight.drain(5)
         await notifier.close()

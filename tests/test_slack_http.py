@@ -24,6 +24,7 @@ from bot.slack.writer import WebApiWriter, make_web_client
 from bot.store import Store, repo
 from bot.tasks import InFlight
 from tests.slackapi import (
+    FAST_OUTBOX,
     RecordingHandler,
     SlackApi,
     SlackSender,
@@ -49,10 +50,12 @@ class Edge:
     inflight: InFlight
     server: HttpServer
     slack: SlackSender
+    notifier: Notifier
 
     async def settle(self) -> None:
-        """Let every acknowledged request finish its work."""
+        """Let every acknowledged request finish its work, and its replies reach Slack."""
         assert await self.inflight.drain(5)
+        assert await self.notifier.flush(5)
 
 
 @pytest.fixture
@@ -60,8 +63,8 @@ async def edge(slack_api: SlackApi, store: Store) -> AsyncIterator[Edge]:
     settings = settings_for(slack_api)
     handler = RecordingHandler()
     inflight = InFlight()
-    writer = WebApiWriter(make_web_client(settings), min_interval=0, backoff_base=0.01)
-    notifier = Notifier(store, writer, coalesce_seconds=0.01)
+    writer = WebApiWriter(make_web_client(settings))
+    notifier = Notifier(store, writer, timing=FAST_OUTBOX)
     app = build_bolt_app(settings=settings, handler=handler, notifier=notifier, store=store,
                          inflight=inflight)
     server = HttpServer(bolt_app=app, store=store, host="127.0.0.1", port=0,
@@ -69,7 +72,7 @@ async def edge(slack_api: SlackApi, store: Store) -> AsyncIterator[Edge]:
     await server.start()
     try:
         yield Edge(slack_api, store, handler, inflight, server,
-                   SlackSender(server.url + EVENTS_PATH, SECRET))
+                   SlackSender(server.url + EVENTS_PATH, SECRET), notifier)
     finally:
         await inflight.drain(5)
         await notifier.close()
@@ -100,7 +103,8 @@ async def test_a_command_is_acknowledged_before_the_handler_finishes(edge: Edge)
     assert reply.params == {"channel": "C1", "user": "U1", "text": "you said: status pr-7"}
     assert reply.headers["Authorization"] == f"Bearer {TOKEN}"
     [inv] = edge.handler.commands
-    assert inv == Invocation(user_id="U1", channel_id="C1", text="status pr-7", source="slack")
+    assert inv == Invocation(user_id="U1", channel_id="C1", text="status pr-7", source="slack",
+                             response_url="https://hooks.slack.invalid/commands/1")
 
 
 async def test_thread_replies_post_the_card_once_and_store_its_ts(edge: Edge) -> None:

@@ -16,6 +16,7 @@ from bot.slack.writer import WebApiWriter, make_web_client
 from bot.store import Store
 from bot.tasks import InFlight
 from tests.slackapi import (
+    FAST_OUTBOX,
     TEAM_ID,
     RecordingHandler,
     SlackApi,
@@ -32,8 +33,8 @@ async def socket_mode(
     settings = load_settings(slack_bot_token="xoxb-test", slack_signing_secret="",
                              slack_app_token=APP_TOKEN, slack_api_url=slack_api.url)
     inflight = InFlight()
-    writer = WebApiWriter(make_web_client(settings), min_interval=0)
-    notifier = Notifier(store, writer, coalesce_seconds=0.01)
+    writer = WebApiWriter(make_web_client(settings))
+    notifier = Notifier(store, writer, timing=FAST_OUTBOX)
     made: list[SocketMode] = []
 
     def make(handler: RecordingHandler, **kw: float) -> SocketMode:

@@ -30,7 +30,8 @@ from bot.scheduler import Scheduler
 from bot.slack import messages
 from bot.slack.blocks import reminder_blocks
 from bot.slack.notifier import Notifier
-from bot.slack.writer import SlackWriter, WebApiWriter, make_web_client
+from bot.slack.outbox import OutboxTiming
+from bot.slack.writer import ConsoleWriter, SlackWriter, WebApiWriter, make_web_client
 from bot.store import Store, repo
 from bot.tasks import InFlight
 from handlers.commands import Commands
@@ -193,6 +194,7 @@ class Ephem:
     inflight: InFlight = field(default_factory=InFlight)
 
     async def start(self, *, executor: bool = True, scheduler: bool = True) -> None:
+        self.notifier.start()
         if executor:
             await self.executor.start()
         if scheduler:
@@ -206,8 +208,7 @@ class Ephem:
             await self.keeper.stop()
         await self.inflight.drain(self.settings.grace_seconds)
         await self.executor.stop()
-        await self.notifier.flush()
-        await self.notifier.close()
+        await self.notifier.close(timeout=min(self.settings.grace_seconds, 10.0))
         await self.writer.close()
         await self.store.close()
 
@@ -219,12 +220,16 @@ class Ephem:
 
 
 def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None,
-          coalesce_seconds: float = 0.5,
+          timing: OutboxTiming | None = None,
           skipped: Mapping[PhaseName, str] | None = None) -> Ephem:
     store = open_store(settings)
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
-    notifier = Notifier(store, writer, coalesce_seconds=coalesce_seconds)
+    console = isinstance(writer, ConsoleWriter)
+    if timing is None:
+        timing = OutboxTiming(pace=0.0) if console else OutboxTiming()
+    # In a terminal a direct message would only print the credentials a second time.
+    notifier = Notifier(store, writer, timing=timing, credentials_by_dm=not console)
     infra = infra_phase(settings, blueprint)
     data_phase, keeper = data_parts(settings, blueprint, infra)
     phases: dict[PhaseName, Phase] = {PhaseName.DATA: data_phase} if data_phase else {}
@@ -235,8 +240,9 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
         phases[PhaseName.CODE] = code
     runner = Runner(store=store, phases=phases, blueprint=blueprint, events=notifier,
                     secret_key=secret_key(settings), skipped=skipped)
+    notifier.credentials = runner  # credentials are derived again when they are sent
     commands = Commands(store=store, blueprint=blueprint, credentials=runner,
-                        releases=Resolver(blueprint.references))
+                        releases=Resolver(blueprint.references), channels=notifier)
     executor = Executor(
         store=store, work=runner, owner=f"{socket.gethostname()}:{os.getpid()}",
         workers=settings.workers, lease_seconds=settings.lease_seconds,

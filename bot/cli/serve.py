@@ -1,8 +1,10 @@
 """`ephem serve`: the bot process — HTTP (or Socket Mode), executor, scheduler — until SIGTERM.
 
 Shutdown order matters: stop taking requests (readiness off, listener closed), finish the work
-already acked, let running phases finish up to the grace period and release the rest, make sure
-the final Slack updates land, then close the pool.
+already acked, let running phases finish up to the grace period and release the rest, give the
+outbox's last rows a moment to reach Slack (what is left stays in the outbox for another replica
+or the next start), then close the pool. `Ephem.start` starts the outbox's drainer with the
+executor; `Ephem.stop` stops it.
 """
 
 from __future__ import annotations

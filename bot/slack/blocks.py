@@ -350,3 +350,10 @@ def reminder_blocks(name: str, text: str) -> Blocks:
         ]),
     ]
     return [b.to_dict() for b in blocks]
+
+
+def button_used(outcome: str) -> Blocks:
+    """What a message with buttons (the reminder) becomes once one was used: what happened,
+    and no buttons to click again."""
+    return [SectionBlock(text=MarkdownTextObject(
+        text=truncate(f":heavy_check_mark: {outcome}", MAX_SECTION_TEXT))).to_dict()]

@@ -135,7 +135,7 @@ class _Listeners:
         with self._unexpected(body):
             cmd = inbound.read_command(body)
             inv = Invocation(user_id=cmd.user_id, channel_id=cmd.channel_id, text=cmd.text,
-                             source="slack")
+                             source="slack", response_url=cmd.response_url)
             self._spawn(inv, _verb(inv.text), lambda: self._handler.command(inv),
                         seen=command_sighting(request))
 
@@ -148,7 +148,9 @@ class _Listeners:
             message = click.message
             inv = Invocation(user_id=click.user.id, channel_id=inbound.channel_of(click),
                              source="button",
-                             thread_ts=(message.thread_ts or message.ts) if message else None)
+                             thread_ts=(message.thread_ts or message.ts) if message else None,
+                             message_ts=message.ts if message else None,
+                             response_url=click.response_url)
             action_id = action.action_id.removeprefix(ACTION_PREFIX)
             value = action.value
             verb = action_id if action_id in _VERBS else "unknown"

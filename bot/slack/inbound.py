@@ -156,11 +156,15 @@ class _Shape(BaseModel):
 _M = TypeVar("_M", bound=_Shape)
 
 
+ResponseUrl = Annotated[str, Field(max_length=2000, pattern=r"^https?://\S+$")]
+
+
 class SlashCommand(_Shape):
     command: ShortText
     user_id: SlackId
     channel_id: SlackId
     text: str = Field(default="", max_length=8000)
+    response_url: ResponseUrl | None = None  # answers without channel membership
 
 
 class _User(_Shape):
@@ -200,6 +204,7 @@ class BlockActions(_Shape):
     channel: _Channel | None = None
     container: _Container | None = None
     message: _Message | None = None
+    response_url: ResponseUrl | None = None
 
 
 class _Interaction(_Shape):

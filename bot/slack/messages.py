@@ -69,14 +69,6 @@ def no_credentials(name: str) -> str:
             "credentials has finished. `/ephem status " + name + "` shows where it is.")
 
 
-def credentials(name: str, secrets: Mapping[str, Mapping[str, str]]) -> str:
-    """The environment's secrets, phase by phase, for its owner's eyes only."""
-    lines = [f"Connection details of *{name}* (only you can see this):"]
-    for phase, values in secrets.items():
-        lines += [f"• {phase} {key}: `{value}`" for key, value in values.items()]
-    return "\n".join(lines)
-
-
 def no_such_environment(name: str, suggestion: str | None) -> str:
     hint = f" Did you mean `{suggestion}`?" if suggestion else ""
     return (f"There is no live environment named `{escape(name)}`.{hint} "
@@ -153,6 +145,30 @@ def confirm_reset_title() -> str:
 def confirm_reset(name: str) -> str:
     return (f"The database of `{name}` is made again from scratch; everything written to it "
             "is lost.")
+def to_owner(owner_id: str, text: str) -> str:
+    """A thread reply that notifies the owner (a card edit notifies nobody)."""
+    return f"<@{owner_id}> {text}"
+
+
+def credentials(name: str, secrets: Mapping[str, Mapping[str, str]], *, direct: bool = False,
+                copied: bool = False) -> str:
+    """The environment's credentials, phase by phase, for its owner's eyes only."""
+    if direct:
+        where = "(here in our direct messages, so you can find them again)"
+    elif copied:
+        where = "(only you can see this; a copy is in your direct messages with Ephem)"
+    else:
+        where = "(only you can see this)"
+    lines = [f"Connection details of *{escape(name)}* {where}:"]
+    for phase, said in secrets.items():
+        lines += [f"• {phase} {key}: `{value}`" for key, value in said.items()]
+    return "\n".join(lines)
+
+
+def not_in_channel() -> str:
+    return ("I am not a member of this channel, so I could not post the environment's progress "
+            "here and you could not follow it. Nothing was created. Invite me with "
+            "`/invite @ephem` and run the command again, or run it in a channel I am in.")
 
 
 def confirm_destroy_title() -> str:

@@ -1,245 +1,431 @@
-"""The one place that writes to Slack: replies, the status card, milestones, owner-only notes.
+"""The one place that writes to Slack: replies, the status card, milestones, credentials.
 
 Why: every environment has a thread whose root is its status card, and several parties want to
 say something there — the command handlers (through replies), the pipeline runner (through
-`Events`), the scheduler. If each posted on its own, two of them would race to post the root,
-and a busy pipeline would hit Slack's rate limits with card updates. Here:
+`Events`), the scheduler. None of them may wait on Slack, and what they say must arrive even if
+Slack is away for a while or this process dies. So each of them only *adds a row* to the
+outbox (`bot.store.outbox`, one short transaction) and returns; the outbox's drainer
+(`bot.slack.outbox`, in every replica) sends the rows, and calls back here to turn each row
+into Slack calls at the moment it is sent:
 
-- the root is posted once: the environment row's `thread_ts` is claimed with a conditional
-  UPDATE before posting and set to the real ts after (so two tasks or two processes never post
-  two roots, and no connection is held while a paced post waits);
-- card updates are coalesced per environment: a burst of progress events becomes one
-  `chat.update` rendered from the store's state *at the time of the update*, so the final
-  state always lands (`flush()` waits for it) and a restarted process renders the same card;
-- a failed Slack write is logged — never with a token or the message text, which may carry
-  credentials — and never raised to the caller: a pipeline must not fail because Slack did.
+- the card is rendered from the store when it is sent, never before, and not sent at all when
+  Slack already shows exactly that render (a digest per environment, `slack_cards`): so the
+  newest state always wins and a change is sent once;
+- a thread reply is posted under the card, posting the card first as the thread's root when
+  there is none yet; an environment-level milestone (ready, failed, destroyed) mentions the
+  owner, because a card edit notifies nobody;
+- credentials are never in a row: the row says "the credentials of environment N", and they
+  are derived again (`bot.ports.CredentialsSource`) when sent. They go to the owner alone, as an
+  ephemeral message in the channel and as a direct message. Both, deliberately: an ephemeral
+  message reaches only someone active in Slack right now and vanishes on reload, so on its own
+  an owner away at the moment of `ready` would never get them; the direct message stays where
+  the owner can find it again (`/ephem creds` says them again too);
+- an ephemeral answer that cannot reach the person (Ephem is not in the channel) goes through
+  the command's `response_url`, which works without membership, and else as a direct message;
+- a button on a message other than the card (the expiry reminder) is replaced, once used, by
+  what happened, so it cannot be clicked again.
 
-Neighbours: `bot.slack.blocks` renders, `bot.slack.writer` posts, `bot.store.repo` reads.
+It also answers `bot.ports.ChannelAccess` for the handlers: whether Ephem is in a channel, so a
+create in a channel where nobody could follow it is refused before anything exists.
+
+Neighbours: `bot.slack.blocks` and `bot.slack.messages` render, `bot.slack.writer` makes the
+calls, `bot.slack.outbox` paces and retries them, `bot.store` holds the state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import or_, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.domain import ProgressEvent
-from bot.ports import Invocation, Reply, Visibility
-from bot.slack.blocks import card_view, status_card, status_card_text
-from bot.slack.writer import SlackWriteError, SlackWriter
+from bot.domain import PhaseName, ProgressEvent
+from bot.ports import CredentialsSource, Invocation, Reply, Visibility
+from bot.slack import messages
+from bot.slack.blocks import button_used, card_view, status_card, status_card_text
+from bot.slack.outbox import Drainer, OutboxTiming, Sent, user_queue
+from bot.slack.writer import UNREACHABLE, SlackUnavailable, SlackWriteError, SlackWriter
 from bot.store import Store, repo
+from bot.store import outbox as rows
 from bot.store.models import Environment
-
-_PENDING = "pending:"
-_ROOT_STALE_SECONDS = 600  # a claimant that has not posted in 10 minutes has died
-_ROOT_WAIT_SECONDS = 60.0  # how long another process's pending root is waited for
+from bot.store.outbox import Entry
 
 log = logging.getLogger(__name__)
 
+# Kinds of outbox rows.
+CARD = rows.CARD  # render the environment's card and show it (posting it as the root if new)
+THREAD = "thread"  # a reply in the environment's thread
+POST = "post"  # a message in a channel, or in a thread that is no environment's
+EPHEMERAL = "ephemeral"  # a message only one person sees
+CREDENTIALS = "credentials"  # an environment's credentials, derived when sent
+REPLACE = "replace"  # a used reminder's buttons replaced by what happened
 
-@dataclass(frozen=True)
-class _Thread:
-    channel: str
-    ts: str
-    new: bool  # the card was posted just now, so it is fresh
+_LEGACY_PENDING = "pending:"  # a root claim marker older versions wrote into thread_ts
+_MEMBER_SECONDS = 300.0  # how long "Ephem is in this channel" is believed
+_MEMBER_CHECK_SECONDS = 3.0  # longest a command waits to learn it
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _root(env: Environment) -> str | None:
+    ts = env.thread_ts
+    return None if ts is None or ts.startswith(_LEGACY_PENDING) else ts
+
+
+def _digest(text: str, blocks: Sequence[Mapping[str, Any]]) -> str:
+    body = json.dumps([text, list(blocks)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _blocks(blocks: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
+    return [dict(b) for b in blocks] if blocks else None
 
 
 class Notifier:
-    """Implements `bot.ports.Events`; also delivers handler replies and refreshes cards."""
+    """Implements `bot.ports.Events` and `bot.ports.ChannelAccess`; delivers handler replies."""
 
-    def __init__(self, store: Store, writer: SlackWriter, *, coalesce_seconds: float = 0.5) -> None:
+    def __init__(
+        self, store: Store, writer: SlackWriter, *, timing: OutboxTiming | None = None,
+        credentials: CredentialsSource | None = None, credentials_by_dm: bool = True,
+        holder: str | None = None,
+    ) -> None:
         self._store = store
         self._writer = writer
-        self._coalesce = coalesce_seconds
-        self._dirty: set[int] = set()
-        self._refreshers: dict[int, asyncio.Task[None]] = {}
-        self._card_locks: dict[int, asyncio.Lock] = {}
+        self.credentials = credentials  # plugged in by the composition root
+        self._by_dm = credentials_by_dm
+        self._drainer = Drainer(store, self._send, holder=holder or _holder(),
+                                timing=timing or OutboxTiming())
+        self._mine: set[int] = set()
+        self._members: dict[str, float] = {}
+        self._asking: dict[str, asyncio.Task[bool | None]] = {}
         self._closed = False
+
+    def start(self) -> None:
+        """Start sending the outbox from this process (adding a row also starts it)."""
+        if not self._closed:
+            self._drainer.start()
 
     # ----------------------------------------------------------------------- Events
 
     async def progress(self, event: ProgressEvent) -> None:
-        """Schedule a card update; a milestone's detail is also posted in the thread."""
-        if event.milestone and event.detail:
-            with self._guard("post a milestone", env_id=event.env_id):
-                await self._post_in_thread(event.env_id, text=event.detail, blocks=None)
-        self._schedule(event.env_id)
+        """Ask for the card to be refreshed; a milestone's detail also goes in the thread."""
+        added = []
+        async with self._store.transaction() as s:
+            env = await repo.get_environment(s, event.env_id)
+            if event.milestone and event.detail:
+                added.append(await rows.add(
+                    s, queue=env.channel_id, kind=THREAD, env_id=env.id,
+                    payload={"text": event.detail, "mention_owner": event.phase is None}))
+            added.append(await rows.request_card(s, queue=env.channel_id, env_id=env.id))
+        self._added(added)
 
-    async def to_owner(self, env_id: int, text: str) -> None:
-        with self._guard("write to the owner", env_id=env_id):
-            await self._to_owner(env_id, text=text, blocks=None)
+    async def credentials_ready(self, env_id: int, phase: PhaseName) -> None:
+        async with self._store.transaction() as s:
+            env = await repo.get_environment(s, env_id)
+            added = await self._add_credentials(s, env, channel=env.channel_id,
+                                                phase=phase, by_dm=self._by_dm)
+        self._added(added)
 
     # ----------------------------------------------------------------------- replies
 
     async def deliver(self, inv: Invocation, replies: Sequence[Reply]) -> None:
-        """Post each reply where its visibility says; one failing does not stop the others."""
-        for reply in replies:
-            with self._guard(f"deliver a {reply.visibility} reply", env_id=reply.env_id,
-                             channel=inv.channel_id):
-                await self._deliver(inv, reply)
-
-    async def _deliver(self, inv: Invocation, reply: Reply) -> None:
-        text, blocks, env_id = reply.text, reply.blocks, reply.env_id
-        if env_id is None and reply.visibility in (Visibility.THREAD, Visibility.OWNER):
-            # No environment to attach to: answer where the person asked.
-            if reply.visibility is Visibility.THREAD and inv.thread_ts:
-                await self._writer.post_message(inv.channel_id, text=text, blocks=blocks,
-                                                thread_ts=inv.thread_ts)
-                return
-            await self._writer.post_ephemeral(inv.channel_id, inv.user_id, text=text,
-                                              blocks=blocks)
+        """Queue each reply where its visibility says; a failure is logged, never raised."""
+        if not replies:
             return
-        match reply.visibility:
-            case Visibility.EPHEMERAL:
-                await self._writer.post_ephemeral(inv.channel_id, inv.user_id, text=text,
-                                                  blocks=blocks)
-            case Visibility.CHANNEL:
-                await self._writer.post_message(inv.channel_id, text=text, blocks=blocks)
-            case Visibility.THREAD:
-                assert env_id is not None
-                if not (await self._post_in_thread(env_id, text=text, blocks=blocks)).new:
-                    self._schedule(env_id)  # the reply may follow a change the card shows
-            case Visibility.OWNER:
-                assert env_id is not None
-                await self._to_owner(env_id, text=text, blocks=blocks)
-
-    # ----------------------------------------------------------------------- the card
+        with self._guard("queue replies", channel=inv.channel_id):
+            added: list[int] = []
+            async with self._store.transaction() as s:
+                for reply in replies:
+                    added += await self._add_reply(s, inv, reply)
+            self._added(added)
 
     async def refresh_card(self, env_id: int) -> None:
-        """Render the card from the store now and update it (posting it if there is none)."""
-        with self._guard("refresh the status card", env_id=env_id):
-            async with self._card_lock(env_id):
-                async with self._store.transaction() as s:
-                    env = await repo.get_environment(s, env_id)
-                    view = card_view(env, await repo.latest_phase_runs(s, env_id))
-                if env.thread_ts is None or env.thread_ts.startswith(_PENDING):
-                    await self._ensure_thread(env_id)
-                    return
-                await self._writer.update_message(env.channel_id, env.thread_ts,
-                                                  text=status_card_text(view),
-                                                  blocks=status_card(view))
+        """Ask for the card to be rendered from the store and shown (posted if there is none)."""
+        async with self._store.transaction() as s:
+            env = await repo.get_environment(s, env_id)
+            added = await rows.request_card(s, queue=env.channel_id, env_id=env.id)
+        self._added([added])
 
-    async def flush(self) -> None:
-        """Wait until every scheduled card update has landed (or failed and been logged)."""
-        while self._refreshers:
-            await asyncio.gather(*self._refreshers.values(), return_exceptions=True)
+    async def _add_reply(self, s: AsyncSession, inv: Invocation, reply: Reply) -> list[int]:
+        text, blocks, visibility = reply.text, _blocks(reply.blocks), reply.visibility
+        if reply.env_id is None and visibility is not Visibility.CHANNEL:
+            # No environment to attach to: answer where the person asked.
+            if visibility is Visibility.THREAD and inv.thread_ts:
+                return [await rows.add(s, queue=inv.channel_id, kind=POST, payload={
+                    "channel": inv.channel_id, "text": text, "blocks": blocks,
+                    "thread_ts": inv.thread_ts})]
+            visibility = Visibility.EPHEMERAL
+        match visibility:
+            case Visibility.EPHEMERAL:
+                return [await rows.add(s, queue=user_queue(inv.user_id), kind=EPHEMERAL,
+                                       payload={"channel": inv.channel_id, "user": inv.user_id,
+                                                "text": text, "blocks": blocks,
+                                                "response_url": inv.response_url})]
+            case Visibility.CHANNEL:
+                return [await rows.add(s, queue=inv.channel_id, kind=POST, payload={
+                    "channel": inv.channel_id, "text": text, "blocks": blocks})]
+        assert reply.env_id is not None
+        env = await repo.get_environment(s, reply.env_id)
+        match visibility:
+            case Visibility.THREAD:
+                added = [await rows.add(s, queue=env.channel_id, kind=THREAD, env_id=env.id,
+                                        payload={"text": text, "blocks": blocks})]
+                if inv.source == "button" and inv.message_ts:
+                    added.append(await rows.add(s, queue=inv.channel_id, kind=REPLACE,
+                                                env_id=env.id, payload={
+                                                    "channel": inv.channel_id,
+                                                    "ts": inv.message_ts, "text": text}))
+                # The reply may follow a change the card shows (an extended expiry).
+                added.append(await rows.request_card(s, queue=env.channel_id, env_id=env.id))
+                return added
+            case Visibility.OWNER:
+                return [await rows.add(s, queue=user_queue(env.owner_id), kind=EPHEMERAL,
+                                       env_id=env.id, payload={
+                                           "channel": env.channel_id, "user": env.owner_id,
+                                           "text": text, "blocks": blocks})]
+            case _:  # CREDENTIALS: to the owner only, whoever asked
+                channel = inv.channel_id if inv.user_id == env.owner_id else env.channel_id
+                return await self._add_credentials(s, env, channel=channel, phase=None,
+                                                   by_dm=False)
 
-    async def close(self) -> None:
-        """Let pending card updates land; afterwards progress events schedule nothing."""
-        await self.flush()
-        self._closed = True
+    async def _add_credentials(self, s: AsyncSession, env: Environment, *, channel: str,
+                               phase: PhaseName | None, by_dm: bool) -> list[int]:
+        """Rows naming the credentials, never holding them: an ephemeral message to the owner
+        in `channel` and, with `by_dm`, a direct message (else the DM is only the fallback)."""
+        queue = user_queue(env.owner_id)
+        base = {"phase": str(phase) if phase else None, "user": env.owner_id,
+                "channel": channel}
+        added = [await rows.add(s, queue=queue, kind=CREDENTIALS, env_id=env.id, payload={
+            **base, "via": EPHEMERAL, "copied": by_dm})]
+        if by_dm:
+            added.append(await rows.add(s, queue=queue, kind=CREDENTIALS, env_id=env.id,
+                                        payload={**base, "via": "direct"}))
+        return added
 
-    def _schedule(self, env_id: int) -> None:
-        if self._closed:
-            return
-        self._dirty.add(env_id)
-        if env_id not in self._refreshers:
-            self._refreshers[env_id] = asyncio.get_running_loop().create_task(
-                self._refresher(env_id), name=f"ephem-card-{env_id}")
+    # ----------------------------------------------------------------------- waiting
 
-    async def _refresher(self, env_id: int) -> None:
-        """Gather a burst for `coalesce_seconds`, then render once; again while more came in."""
-        try:
-            while env_id in self._dirty:
-                await asyncio.sleep(self._coalesce)
-                self._dirty.discard(env_id)
-                await self.refresh_card(env_id)
-        finally:
-            self._refreshers.pop(env_id, None)
+    def _added(self, ids: Sequence[int]) -> None:
+        self._mine.update(ids)
+        if not self._closed:
+            self._drainer.start()
+            self._drainer.wake()
 
-    def _card_lock(self, env_id: int) -> asyncio.Lock:
-        """Serializes this process's card work per environment, so renders land in order."""
-        return self._card_locks.setdefault(env_id, asyncio.Lock())
-
-    async def _ensure_thread(self, env_id: int) -> _Thread:
-        """The environment's thread, posting its card as the root the first time.
-
-        Call with the card lock held. Across processes the root is *claimed* first: a marker
-        (`pending:<epoch>`) is written into `thread_ts` by a conditional UPDATE, and only the
-        claimant posts. No database connection or row lock is held while the post waits for
-        the channel's pace (posting is paced to about one a second, so under a burst that wait
-        is long, and holding connections through it starves every other request of the pool).
-        """
-        env = await self._read_env(env_id)
-        deadline = time.monotonic() + _ROOT_WAIT_SECONDS
-        while True:
-            if env.thread_ts and not env.thread_ts.startswith(_PENDING):
-                return _Thread(env.channel_id, env.thread_ts, new=False)
-            marker = f"{_PENDING}{int(time.time())}"
-            if await self._claim_root(env_id, marker):
-                break
-            if time.monotonic() > deadline:
-                raise SlackWriteError("chat.postMessage", "the thread root is still pending")
-            await asyncio.sleep(0.2)  # another process is posting the root right now
-            env = await self._read_env(env_id)
-        try:
-            env = await self._read_env(env_id)
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every row this process added has been sent (by any replica) or dropped;
+        False if some still wait after `timeout` seconds (Slack away)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._mine:
             async with self._store.transaction() as s:
-                view = card_view(env, await repo.latest_phase_runs(s, env_id))
-            ts = await self._writer.post_message(env.channel_id, text=status_card_text(view),
-                                                 blocks=status_card(view))
-        except BaseException:
-            await self._set_root(env_id, expected=marker, ts=None)
-            raise
-        await self._set_root(env_id, expected=marker, ts=ts)
-        # The card was rendered before the post waited its turn; show what happened since.
-        self._schedule(env_id)
-        return _Thread(env.channel_id, ts, new=True)
+                self._mine &= await rows.waiting(s, self._mine)
+            if not self._mine:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await self._drainer.progress(0.1)
+        return True
 
-    async def _read_env(self, env_id: int) -> Environment:
+    async def close(self, timeout: float = 10.0) -> None:
+        """Let this process's rows go out for up to `timeout` seconds, then stop sending; what
+        is left stays in the outbox for another replica (or the next start)."""
+        if not await self.flush(timeout):
+            log.warning("slack: %d write(s) not sent yet; they stay in the outbox and are sent "
+                        "by another replica or after the next start", len(self._mine))
+        self._closed = True
+        await self._drainer.stop()
+
+    # ----------------------------------------------------------------------- ChannelAccess
+
+    async def can_post(self, channel_id: str) -> bool | None:
+        """`bot.ports.ChannelAccess`: asks Slack once per channel (and again after a while);
+        None when Slack does not answer in time."""
+        known = self._members.get(channel_id)
+        if known is not None and time.monotonic() - known < _MEMBER_SECONDS:
+            return True
+        asking = self._asking.get(channel_id)
+        if asking is None:
+            asking = asyncio.get_running_loop().create_task(self._writer.can_post(channel_id))
+            self._asking[channel_id] = asking
+            asking.add_done_callback(lambda _: self._asking.pop(channel_id, None))
+        try:
+            member = await asyncio.wait_for(asyncio.shield(asking), _MEMBER_CHECK_SECONDS)
+        except TimeoutError:
+            return None
+        except Exception:
+            log.exception("slack: could not tell whether Ephem is in %s", channel_id)
+            return None
+        if member:
+            self._members[channel_id] = time.monotonic()
+        return member
+
+    # ----------------------------------------------------------------------- sending
+
+    async def _send(self, entry: Entry) -> Sent:
+        """The outbox's `Deliver`: turn one row into Slack calls, now."""
+        p = entry.payload
+        match entry.kind:
+            case rows.CARD:
+                return await self._send_card(entry)
+            case "thread":
+                return await self._send_thread(entry)
+            case "post":
+                await self._writer.post_message(p["channel"], text=p["text"],
+                                                blocks=p.get("blocks"),
+                                                thread_ts=p.get("thread_ts"))
+                return Sent.DONE
+            case "ephemeral":
+                await self._send_ephemeral(p)
+                return Sent.DONE
+            case "credentials":
+                return await self._send_credentials(entry)
+            case "replace":
+                return await self._send_replace(entry)
+        raise SlackWriteError("outbox", f"unknown kind {entry.kind!r}")
+
+    async def _environment(self, env_id: int | None) -> Environment:
+        assert env_id is not None
         async with self._store.transaction() as s:
             return await repo.get_environment(s, env_id)
 
-    async def _claim_root(self, env_id: int, marker: str) -> bool:
-        stale = f"{_PENDING}{int(time.time() - _ROOT_STALE_SECONDS)}"
+    async def _render_card(self, env_id: int) -> tuple[Environment, str, list[dict[str, Any]],
+                                                       str | None]:
+        async with self._store.transaction() as s:
+            env = await repo.get_environment(s, env_id)
+            view = card_view(env, await repo.latest_phase_runs(s, env_id))
+            shown = await rows.card_digest(s, env_id)
+        return env, status_card_text(view), status_card(view), shown
+
+    async def _post_root(self, env: Environment, text: str, blocks: list[dict[str, Any]]) -> str:
+        ts = await self._writer.post_message(env.channel_id, text=text, blocks=blocks)
         async with self._store.transaction() as s:
             result = await s.execute(
                 update(Environment)
-                .where(Environment.id == env_id,
+                .where(Environment.id == env.id,
                        or_(Environment.thread_ts.is_(None),
-                           and_(Environment.thread_ts.startswith(_PENDING),
-                                Environment.thread_ts < stale)))
-                .values(thread_ts=marker)
-            )
-        return int(result.rowcount) == 1  # type: ignore[attr-defined]
+                           Environment.thread_ts.startswith(_LEGACY_PENDING)))
+                .values(thread_ts=ts))
+            if int(result.rowcount) != 1:  # type: ignore[attr-defined]
+                log.warning("slack: environment %s already had a thread; a second card was "
+                            "posted (a queue's sender outlived its lease)", env.id)
+            await rows.card_sent(s, env.id, _digest(text, blocks))
+        return ts
 
-    async def _set_root(self, env_id: int, *, expected: str, ts: str | None) -> None:
+    async def _send_card(self, entry: Entry) -> Sent:
+        assert entry.env_id is not None
+        env, text, blocks, shown = await self._render_card(entry.env_id)
+        root = _root(env)
+        if root is None:
+            await self._post_root(env, text, blocks)
+            return Sent.DONE
+        digest = _digest(text, blocks)
+        if digest == shown:
+            return Sent.NOTHING
+        await self._writer.update_message(env.channel_id, root, text=text, blocks=blocks)
         async with self._store.transaction() as s:
-            await s.execute(update(Environment)
-                            .where(Environment.id == env_id, Environment.thread_ts == expected)
-                            .values(thread_ts=ts))
+            await rows.card_sent(s, env.id, digest)
+        return Sent.DONE
 
-    async def _post_in_thread(
-        self, env_id: int, *, text: str, blocks: Sequence[Mapping[str, Any]] | None
-    ) -> _Thread:
-        async with self._card_lock(env_id):
-            thread = await self._ensure_thread(env_id)
-        await self._writer.post_message(thread.channel, text=text, blocks=blocks,
-                                        thread_ts=thread.ts)
-        return thread
+    async def _send_thread(self, entry: Entry) -> Sent:
+        assert entry.env_id is not None
+        env, card_text, card_blocks, _ = await self._render_card(entry.env_id)
+        root = _root(env)
+        if root is None:
+            await self._post_root(env, card_text, card_blocks)
+            return Sent.AGAIN  # the reply itself goes at the queue's next slot
+        p = entry.payload
+        text = str(p["text"])
+        if p.get("mention_owner"):
+            text = messages.to_owner(env.owner_id, text)
+        await self._writer.post_message(env.channel_id, text=text, blocks=p.get("blocks"),
+                                        thread_ts=root)
+        return Sent.DONE
 
-    async def _to_owner(
-        self, env_id: int, *, text: str, blocks: Sequence[Mapping[str, Any]] | None
-    ) -> None:
-        async with self._store.transaction() as s:
-            env = await repo.get_environment(s, env_id)
-        await self._writer.post_ephemeral(env.channel_id, env.owner_id, text=text, blocks=blocks)
+    async def _send_ephemeral(self, p: Mapping[str, Any]) -> None:
+        user, text, blocks = str(p["user"]), str(p["text"]), p.get("blocks")
+        try:
+            await self._writer.post_ephemeral(str(p["channel"]), user, text=text, blocks=blocks)
+            return
+        except SlackUnavailable:
+            raise
+        except SlackWriteError as exc:
+            if exc.reason not in UNREACHABLE:
+                raise
+            log.info("slack: an ephemeral message cannot reach %s in %s (%s)", user,
+                     p["channel"], exc.reason)
+        if p.get("response_url"):
+            try:
+                await self._writer.respond(str(p["response_url"]), text=text, blocks=blocks)
+                return
+            except SlackUnavailable:
+                raise
+            except SlackWriteError as exc:
+                log.info("slack: the response URL did not take it either (%s)", exc.reason)
+        await self._writer.post_direct(user, text=text, blocks=blocks)
+
+    async def _send_credentials(self, entry: Entry) -> Sent:
+        if self.credentials is None or entry.env_id is None:
+            raise SlackWriteError("credentials", "no credentials source is configured")
+        p = entry.payload
+        found = await self.credentials.credentials(entry.env_id)
+        phase = p.get("phase")
+        said = {k: dict(v) for k, v in found.items() if v and (phase is None or k == phase)}
+        if not said:
+            log.info("slack: environment %s has no credentials to deliver (any more)",
+                     entry.env_id)
+            return Sent.NOTHING
+        env = await self._environment(entry.env_id)
+        user = str(p["user"])
+        if p.get("via") == "direct":
+            await self._writer.post_direct(
+                user, text=messages.credentials(env.name, said, direct=True), secret=True)
+            return Sent.DONE
+        copied = bool(p.get("copied"))
+        try:
+            await self._writer.post_ephemeral(
+                str(p["channel"]), user, secret=True,
+                text=messages.credentials(env.name, said, copied=copied))
+        except SlackUnavailable:
+            raise
+        except SlackWriteError as exc:
+            if exc.reason not in UNREACHABLE:
+                raise
+            if copied:  # the direct message, next in this queue, carries them
+                log.info("slack: credentials cannot reach %s in %s (%s); the direct message "
+                         "has them", user, p["channel"], exc.reason)
+                return Sent.DONE
+            await self._writer.post_direct(
+                user, text=messages.credentials(env.name, said, direct=True), secret=True)
+        return Sent.DONE
+
+    async def _send_replace(self, entry: Entry) -> Sent:
+        p = entry.payload
+        if entry.env_id is not None:
+            env = await self._environment(entry.env_id)
+            if _root(env) == p["ts"]:
+                return Sent.NOTHING  # the card: it is rendered from the store, buttons included
+        text = str(p["text"])
+        await self._writer.update_message(str(p["channel"]), str(p["ts"]), text=text,
+                                          blocks=button_used(text))
+        return Sent.DONE
 
     # ----------------------------------------------------------------------- failures
 
     @contextmanager
     def _guard(self, what: str, *, env_id: int | None = None,
                channel: str | None = None) -> Iterator[None]:
-        """Log a failed write with its context — never the text — and carry on."""
+        """Log a failure with its context — never a text — and carry on."""
         try:
             yield
-        except SlackWriteError as exc:
-            log.warning("slack: could not %s (env=%s channel=%s): %s", what, env_id, channel, exc)
         except Exception:
             log.exception("slack: could not %s (env=%s channel=%s)", what, env_id, channel)

@@ -1,23 +1,29 @@
-"""The three Slack calls Ephem makes, behind one small protocol, with the care Slack asks for.
+"""The Slack calls Ephem makes, behind one small protocol: one attempt each, sorted by outcome.
 
-Why: `slack_sdk` sends what it is given once. Slack answers bursts with 429 and a Retry-After
-header, has the odd 5xx, limits posting to a channel to about one message per second, and rejects
-Block Kit beyond its size limits. `WebApiWriter` deals with all of that in one place, so the
-notifier (its only user in production) can say "post this" and trust it to arrive or fail
-cleanly with a `SlackWriteError`. `ConsoleWriter` is the same protocol for the terminal shell.
+Why: a Slack write either lands, or fails for a reason worth waiting out (a 429 with its
+Retry-After, a 5xx, a dropped connection, a revoked token being replaced), or fails for good
+(`channel_not_found`, `invalid_blocks`). `WebApiWriter` makes exactly one attempt and says
+which: `SlackUnavailable` (try again later; `retry_after` when Slack said when) or
+`SlackWriteError` (do not). Retrying, pacing and persistence are the outbox's
+(`bot.slack.outbox`): a write that must survive an outage cannot wait in a coroutine.
 
-Retries are made here and only here: `make_web_client` builds clients with slack_sdk's own retry
-handlers turned off, so each attempt is counted once in `bot.metrics`.
+Everything sent is scrubbed here, in one place: every text and every block goes through
+`bot.redaction.scrub`, so no secret Ephem knows reaches a channel, a thread, or an error text.
+The only exception is a message marked `secret=True` — credentials, said to their owner alone
+(ephemeral, or a direct message) — which is the reason those exist.
+
+Also here: Block Kit limits (an oversized message is trimmed, not rejected), a fallback `text`
+for every message, one pooled HTTP session, and `ConsoleWriter`, the same protocol for the
+terminal shell.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-import time
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -27,6 +33,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from bot import metrics
 from bot.config import Settings
 from bot.errors import EphemError
+from bot.redaction import scrub, scrub_structure
 from bot.slack.blocks import blocks_to_lines, fit_blocks, fit_text, plain
 
 log = logging.getLogger(__name__)
@@ -34,10 +41,36 @@ log = logging.getLogger(__name__)
 BlockDicts = Sequence[Mapping[str, Any]]
 
 # Errors Slack may return with HTTP 200 that mean "try again", like a 5xx.
-_SERVER_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable"})
-# Ephemeral messages cannot reach the user there; a direct message can.
-_UNREACHABLE = frozenset({"channel_not_found", "not_in_channel", "user_not_in_channel"})
-_MAX_RETRY_AFTER = 300.0
+_SERVER_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable",
+                            "request_timeout"})
+# A token being rotated or an app being re-installed: the write can land once that is fixed.
+_AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_expired",
+                          "token_revoked"})
+# The app cannot post there (not a member, private channel, archived).
+UNREACHABLE = frozenset({"channel_not_found", "not_in_channel", "user_not_in_channel",
+                         "is_archived"})
+_MAX_RETRY_AFTER = 600.0
+_CALL_TIMEOUT = 15.0  # seconds; well inside the outbox's lease on a queue
+_SLACK_HOOKS = "https://hooks.slack.com/"
+
+
+class SlackWriteError(EphemError):
+    """A Slack call failed for good. `reason` is Slack's error code or a short description —
+    never a token, never the message text."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__(f"{method} failed: {reason}")
+        self.method = method
+        self.reason = reason
+
+
+class SlackUnavailable(SlackWriteError):
+    """Slack did not take the call now; the same call can succeed later. `retry_after` is the
+    wait Slack asked for (a 429's Retry-After), None when it did not say."""
+
+    def __init__(self, method: str, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(method, reason)
+        self.retry_after = retry_after
 
 
 class SlackWriter(Protocol):
@@ -53,9 +86,27 @@ class SlackWriter(Protocol):
     ) -> None: ...
 
     async def post_ephemeral(
-        self, channel: str, user: str, *, text: str, blocks: BlockDicts | None = None
+        self, channel: str, user: str, *, text: str, blocks: BlockDicts | None = None,
+        secret: bool = False,
     ) -> None:
-        """A message only `user` sees (a direct message when they cannot see `channel`)."""
+        """A message only `user` sees in `channel` (`secret`: sent unscrubbed, see module)."""
+        ...
+
+    async def post_direct(
+        self, user: str, *, text: str, blocks: BlockDicts | None = None, secret: bool = False
+    ) -> str:
+        """A direct message to `user` from the app; returns its ts."""
+        ...
+
+    async def respond(
+        self, response_url: str, *, text: str, blocks: BlockDicts | None = None
+    ) -> None:
+        """An ephemeral answer through a command's or a button's `response_url`, which works
+        where the app is not a member."""
+        ...
+
+    async def can_post(self, channel: str) -> bool | None:
+        """Whether the app may post in `channel`; None when Slack cannot say now."""
         ...
 
     async def close(self) -> None:
@@ -63,21 +114,12 @@ class SlackWriter(Protocol):
         ...
 
 
-class SlackWriteError(EphemError):
-    """A Slack call failed for good. `reason` is Slack's error code or a short description —
-    never a token, never the message text."""
-
-    def __init__(self, method: str, reason: str) -> None:
-        super().__init__(f"{method} failed: {reason}")
-        self.method = method
-        self.reason = reason
-
-
 def make_web_client(settings: Settings) -> AsyncWebClient:
-    """The Web API client for `settings`; retries are left to `WebApiWriter`."""
+    """The Web API client for `settings`; retries are left to the outbox."""
     return AsyncWebClient(
         token=settings.slack_bot_token.get_secret_value(),
         base_url=settings.slack_api_url,
+        timeout=int(_CALL_TIMEOUT),
         retry_handlers=[],
     )
 
@@ -87,6 +129,8 @@ def _retry_after(headers: Mapping[str, Any]) -> float:
         value = float(headers.get("Retry-After", 1))
     except (TypeError, ValueError):
         value = 1.0
+    if math.isnan(value):
+        value = 1.0
     return min(max(value, 0.0), _MAX_RETRY_AFTER)
 
 
@@ -95,89 +139,108 @@ def _fallback(text: str, blocks: BlockDicts | None) -> str:
     return fit_text(text or "\n".join(blocks_to_lines(blocks or [])) or " ")
 
 
+def _clean(text: str, blocks: BlockDicts | None, *, secret: bool = False
+           ) -> tuple[str, list[dict[str, Any]] | None]:
+    """The text and blocks as they may leave: scrubbed (unless `secret`), fitted, with a
+    fallback text."""
+    if not secret:
+        text = scrub(text)
+        blocks = scrub_structure(list(blocks)) if blocks else None
+    fitted = fit_blocks(blocks) if blocks else None
+    return _fallback(text, blocks), fitted
+
+
 class WebApiWriter:
-    """`SlackWriter` over the Web API: retries, per-channel pacing, Block Kit limits.
+    """`SlackWriter` over the Web API: one attempt per call, typed failures, Block Kit limits."""
 
-    Pacing: posts and updates to one channel start at least `min_interval` seconds apart, in
-    the order they were asked for (a per-channel lock is held across retries, so a retried
-    message is not overtaken). Ephemeral messages are not paced: they answer one person now,
-    and Slack rate-limits them separately.
-    """
-
-    def __init__(
-        self, client: AsyncWebClient, *, min_interval: float = 1.0, max_attempts: int = 5,
-        backoff_base: float = 0.5, backoff_cap: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    def __init__(self, client: AsyncWebClient) -> None:
         self._client = client
-        self._min_interval = min_interval
-        self._max_attempts = max(1, max_attempts)
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._clock = clock
-        self._sleep = sleep
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._last_sent: dict[str, float] = {}
+        base = urlsplit(client.base_url)
+        self._own_origin = f"{base.scheme}://{base.netloc}/"
 
     async def post_message(
         self, channel: str, *, text: str, blocks: BlockDicts | None = None,
         thread_ts: str | None = None,
     ) -> str:
-        fitted = fit_blocks(blocks) if blocks else None
-        response = await self._paced(
-            channel, "chat.postMessage", lambda: self._client.chat_postMessage(
-                channel=channel, text=_fallback(text, blocks), blocks=fitted,
-                thread_ts=thread_ts,
-            ))
+        fallback, fitted = _clean(text, blocks)
+        response = await self._call("chat.postMessage", lambda: self._client.chat_postMessage(
+            channel=channel, text=fallback, blocks=fitted, thread_ts=thread_ts))
         return str(response["ts"])
 
     async def update_message(
         self, channel: str, ts: str, *, text: str, blocks: BlockDicts | None = None
     ) -> None:
-        fitted = fit_blocks(blocks) if blocks else []
-        await self._paced(channel, "chat.update", lambda: self._client.chat_update(
-            channel=channel, ts=ts, text=_fallback(text, blocks), blocks=fitted,
-        ))
+        fallback, fitted = _clean(text, blocks)
+        await self._call("chat.update", lambda: self._client.chat_update(
+            channel=channel, ts=ts, text=fallback, blocks=fitted or []))
 
     async def post_ephemeral(
-        self, channel: str, user: str, *, text: str, blocks: BlockDicts | None = None
+        self, channel: str, user: str, *, text: str, blocks: BlockDicts | None = None,
+        secret: bool = False,
     ) -> None:
-        fitted = fit_blocks(blocks) if blocks else None
+        fallback, fitted = _clean(text, blocks, secret=secret)
+        await self._call("chat.postEphemeral", lambda: self._client.chat_postEphemeral(
+            channel=channel, user=user, text=fallback, blocks=fitted))
+
+    async def post_direct(
+        self, user: str, *, text: str, blocks: BlockDicts | None = None, secret: bool = False
+    ) -> str:
+        fallback, fitted = _clean(text, blocks, secret=secret)
+        opened = await self._call("conversations.open",
+                                  lambda: self._client.conversations_open(users=user))
+        channel = str(opened["channel"]["id"])
+        response = await self._call("chat.postMessage", lambda: self._client.chat_postMessage(
+            channel=channel, text=fallback, blocks=fitted))
+        return str(response["ts"])
+
+    async def respond(
+        self, response_url: str, *, text: str, blocks: BlockDicts | None = None
+    ) -> None:
+        method = "response_url"
+        if not (response_url.startswith(_SLACK_HOOKS) or response_url.startswith(self._own_origin)):
+            # Only Slack's own hooks (or the configured API's host): never a URL of anyone's
+            # choosing.
+            raise SlackWriteError(method, "not a Slack response URL")
+        fallback, fitted = _clean(text, blocks)
+        body: dict[str, Any] = {"response_type": "ephemeral", "text": fallback}
+        if fitted:
+            body["blocks"] = fitted
+        session = self._session()
         try:
-            await self._retrying("chat.postEphemeral", lambda: self._client.chat_postEphemeral(
-                channel=channel, user=user, text=_fallback(text, blocks), blocks=fitted,
-            ))
+            async with session.post(response_url, json=body) as answer:
+                status = answer.status
+                headers = dict(answer.headers)
+                await answer.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            metrics.SLACK_API_CALLS.labels(method, "connection_error").inc()
+            raise SlackUnavailable(method, f"connection_error ({type(exc).__name__})") from None
+        if status == 429:
+            metrics.SLACK_API_CALLS.labels(method, "ratelimited").inc()
+            raise SlackUnavailable(method, "ratelimited", retry_after=_retry_after(headers))
+        if status >= 500:
+            metrics.SLACK_API_CALLS.labels(method, "server_error").inc()
+            raise SlackUnavailable(method, f"HTTP {status}")
+        if status >= 300:
+            metrics.SLACK_API_CALLS.labels(method, "error").inc()
+            raise SlackWriteError(method, f"HTTP {status}")  # expired or used up
+        metrics.SLACK_API_CALLS.labels(method, "ok").inc()
+
+    async def can_post(self, channel: str) -> bool | None:
+        try:
+            info = await self._call("conversations.info",
+                                    lambda: self._client.conversations_info(channel=channel))
+        except SlackUnavailable:
+            return None
         except SlackWriteError as exc:
-            if exc.reason not in _UNREACHABLE:
-                raise
-            log.info("slack: ephemeral message cannot reach %s in %s (%s); sending a DM",
-                     user, channel, exc.reason)
-            opened = await self._retrying("conversations.open",
-                                          lambda: self._client.conversations_open(users=user))
-            await self.post_message(str(opened["channel"]["id"]), text=text, blocks=blocks)
-
-    # ----------------------------------------------------------------------- machinery
-
-    async def _paced(
-        self, channel: str, method: str, send: Callable[[], Awaitable[AsyncSlackResponse]]
-    ) -> AsyncSlackResponse:
-        lock = self._locks.setdefault(channel, asyncio.Lock())
-        async with lock:
-            last = self._last_sent.get(channel)
-            if last is not None:
-                wait = last + self._min_interval - self._clock()
-                if wait > 0:
-                    await self._sleep(wait)
-            try:
-                return await self._retrying(method, send)
-            finally:
-                self._last_sent[channel] = self._clock()
-
-    def _backoff(self, attempt: int) -> float:
-        """Capped exponential backoff with jitter (half fixed, half random)."""
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+            return False if exc.reason in UNREACHABLE else None
+        about = info.get("channel") or {}
+        if about.get("is_archived"):
+            return False
+        if about.get("is_member") or about.get("is_im"):
+            return True
+        # A public channel takes posts without membership (`chat:write.public`); a private one
+        # Ephem is not in is not even visible to it (`channel_not_found`, above).
+        return bool(about.get("is_channel") and not about.get("is_private"))
 
     async def close(self) -> None:
         """Close the pooled HTTP session (the writer opens a new one if used again)."""
@@ -185,74 +248,100 @@ class WebApiWriter:
         if session is not None:
             await session.close()
 
-    async def _retrying(
-        self, method: str, send: Callable[[], Awaitable[AsyncSlackResponse]]
-    ) -> AsyncSlackResponse:
+    # ----------------------------------------------------------------------- machinery
+
+    def _session(self) -> aiohttp.ClientSession:
         if self._client.session is None:
             # One pooled session for every call: slack_sdk otherwise opens a new session (and
             # a new TCP/TLS connection) per request.
             self._client.session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._client.timeout))
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await send()
-            except SlackApiError as exc:
-                status = exc.response.status_code
-                data = exc.response.data
-                code = str((data.get("error") if isinstance(data, dict) else None)
-                           or f"HTTP {status}")
-                if status == 429:
-                    reason, delay = "ratelimited", _retry_after(exc.response.headers)
-                elif status >= 500 or code in _SERVER_ERRORS:
-                    reason, delay = "server_error", self._backoff(attempt)
-                else:
-                    metrics.SLACK_API_CALLS.labels(method, "error").inc()
-                    raise SlackWriteError(method, code) from None
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                reason, delay, code = "connection_error", self._backoff(attempt), type(exc).__name__
-            else:
-                metrics.SLACK_API_CALLS.labels(method, "ok").inc()
-                return response
-            metrics.SLACK_API_CALLS.labels(method, reason).inc()
-            if attempt >= self._max_attempts:
-                raise SlackWriteError(method, f"{code} (gave up after {attempt} attempts)")
-            metrics.SLACK_API_RETRIES.labels(method, reason).inc()
-            log.info("slack: %s answered %s; retry %d of %d in %.1fs",
-                     method, code, attempt, self._max_attempts - 1, delay)
-            await self._sleep(delay)
+        return self._client.session
+
+    async def _call(
+        self, method: str, send: Callable[[], Awaitable[AsyncSlackResponse]]
+    ) -> AsyncSlackResponse:
+        """One attempt; `SlackUnavailable` when it may land later, `SlackWriteError` if not."""
+        self._session()
+        try:
+            response = await send()
+        except SlackApiError as exc:
+            status = exc.response.status_code
+            data = exc.response.data
+            code = str((data.get("error") if isinstance(data, dict) else None)
+                       or f"HTTP {status}")
+            if status == 429:
+                metrics.SLACK_API_CALLS.labels(method, "ratelimited").inc()
+                raise SlackUnavailable(method, "ratelimited",
+                                       retry_after=_retry_after(exc.response.headers)) from None
+            if status >= 500 or code in _SERVER_ERRORS:
+                metrics.SLACK_API_CALLS.labels(method, "server_error").inc()
+                raise SlackUnavailable(method, code) from None
+            metrics.SLACK_API_CALLS.labels(method, "error").inc()
+            if code in _AUTH_ERRORS:
+                log.warning("slack: %s answered %s: check SLACK_BOT_TOKEN; the write is kept "
+                            "and tried again", method, code)
+                raise SlackUnavailable(method, code) from None
+            raise SlackWriteError(method, code) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            metrics.SLACK_API_CALLS.labels(method, "connection_error").inc()
+            raise SlackUnavailable(method, f"connection_error ({type(exc).__name__})") from None
+        metrics.SLACK_API_CALLS.labels(method, "ok").inc()
+        return response
 
 
 class ConsoleWriter:
     """`SlackWriter` for the terminal: messages as plain lines, synthetic timestamps."""
 
-    async def close(self) -> None:
-        """Nothing to release."""
-
     def __init__(self, out: Callable[[str], None]) -> None:
         self._out = out
         self._count = 0
 
+    async def close(self) -> None:
+        """Nothing to release."""
+
     def _render(self, text: str, blocks: BlockDicts | None) -> list[str]:
         lines = blocks_to_lines(blocks) if blocks else text.splitlines() or [""]
         return [plain(line) for line in lines]
+
+    def _say(self, text: str, blocks: BlockDicts | None, *, prefix: str = "",
+             secret: bool = False) -> None:
+        if not secret:
+            text = scrub(text)
+            blocks = scrub_structure(list(blocks)) if blocks else None
+        self._out("\n".join(prefix + line for line in self._render(text, blocks)))
 
     async def post_message(
         self, channel: str, *, text: str, blocks: BlockDicts | None = None,
         thread_ts: str | None = None,
     ) -> str:
         self._count += 1
-        prefix = "  | " if thread_ts else ""
-        self._out("\n".join(prefix + line for line in self._render(text, blocks)))
+        self._say(text, blocks, prefix="  | " if thread_ts else "")
         return f"console.{self._count}"
 
     async def update_message(
         self, channel: str, ts: str, *, text: str, blocks: BlockDicts | None = None
     ) -> None:
-        self._out("\n".join(["(updated)", *self._render(text, blocks)]))
+        self._out("(updated)")
+        self._say(text, blocks)
 
     async def post_ephemeral(
-        self, channel: str, user: str, *, text: str, blocks: BlockDicts | None = None
+        self, channel: str, user: str, *, text: str, blocks: BlockDicts | None = None,
+        secret: bool = False,
     ) -> None:
-        self._out("\n".join(self._render(text, blocks)))
+        self._say(text, blocks, secret=secret)
+
+    async def post_direct(
+        self, user: str, *, text: str, blocks: BlockDicts | None = None, secret: bool = False
+    ) -> str:
+        self._count += 1
+        self._say(text, blocks, secret=secret)
+        return f"console.{self._count}"
+
+    async def respond(
+        self, response_url: str, *, text: str, blocks: BlockDicts | None = None
+    ) -> None:
+        self._say(text, blocks)
+
+    async def can_post(self, channel: str) -> bool | None:
+        return True

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Sequence,
     String,
     Text,
     func,
@@ -164,3 +165,60 @@ class SlackRequestSeen(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
     keep_until: Mapped[datetime] = mapped_column(index=True)
+
+
+OUTBOX_POSITION = Sequence("slack_outbox_position_seq", metadata=Base.metadata)
+
+
+class SlackOutbox(Base):
+    """A write to Slack that has not been taken by Slack yet (see `bot.slack.outbox`).
+
+    Rows of one `queue` (a channel, or one person's private messages) go out one at a time in
+    `position` order. A card row is rendered from the store when it is sent, so it holds no
+    text; there is at most one per environment, and asking for the card again bumps `revision`
+    instead of adding a row. Credentials rows hold which environment and phase, never a secret.
+    """
+
+    __tablename__ = "slack_outbox"
+    __table_args__ = (
+        Index("ix_slack_outbox_queue_position", "queue", "position"),
+        Index("uq_slack_outbox_card", "env_id", unique=True,
+              postgresql_where=text("kind = 'card'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    queue: Mapped[str] = mapped_column(String(96))
+    position: Mapped[int] = mapped_column(BigInteger, server_default=OUTBOX_POSITION.next_value())
+    kind: Mapped[str] = mapped_column(String(16))
+    env_id: Mapped[int | None] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"))
+    payload: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class SlackQueue(Base):
+    """One outbox queue's pace and its sender: `next_at` is the earliest a next write may go
+    (Slack's pace, a Retry-After, a backoff); `holder` is the process sending it until
+    `held_until`."""
+
+    __tablename__ = "slack_queues"
+
+    queue: Mapped[str] = mapped_column(String(96), primary_key=True)
+    next_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    holder: Mapped[str | None] = mapped_column(String(128))
+    held_until: Mapped[datetime | None]
+
+
+class SlackCard(Base):
+    """What the environment's card in Slack shows now (a digest of the last render sent), so
+    an update that would change nothing is not sent."""
+
+    __tablename__ = "slack_cards"
+
+    env_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    sent_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -252,6 +252,7 @@ class TerraformProvider:
         self.binary = find_binary(config.binary)
         self._init_lock = asyncio.Lock()
         self._create_lock = asyncio.Lock()
+        self._readers: dict[Path, asyncio.Lock] = {}
         self._schema_ready = False
 
     # ------------------------------------------------------------------ the phase's parts
@@ -279,10 +280,15 @@ class TerraformProvider:
         if not self.config.outputs.secret:
             return {}
         target = Target.of(ctx)
-        workdir = await self._ready(target, None, create=False)
-        if workdir is None:
-            return {}
-        return self._split(await self._outputs(workdir))[1]
+        # A directory of its own, one reader at a time: secrets are read while a later phase
+        # starts or a message is sent, possibly while this environment's apply or destroy
+        # works in the environment's own directory.
+        reading = self._workdir(target, reader=True)
+        async with self._readers.setdefault(reading, asyncio.Lock()):
+            workdir = await self._ready(target, None, create=False, workdir=reading)
+            if workdir is None:
+                return {}
+            return self._split(await self._outputs(workdir))[1]
 
     async def destroy(self, ctx: PhaseContext) -> None:
         await self.destroy_target(Target.of(ctx), ctx.emit)
@@ -295,6 +301,7 @@ class TerraformProvider:
         if workdir is None:
             await say(f"workspace {target.workspace} is already gone")
             await asyncio.to_thread(shutil.rmtree, self._workdir(target), True)
+            await asyncio.to_thread(shutil.rmtree, self._workdir(target, reader=True), True)
             return
         stream = await self._locked_run(
             ["destroy", "-auto-approve", "-json", "-input=false",
@@ -309,6 +316,7 @@ class TerraformProvider:
             raise TemporaryError(f"could not delete workspace {target.workspace}",
                                  details=scrub(deleted.tail(20)))
         await asyncio.to_thread(shutil.rmtree, workdir, True)
+        await asyncio.to_thread(shutil.rmtree, self._workdir(target, reader=True), True)
         await say(f"workspace {target.workspace} deleted")
 
     # ------------------------------------------------------------------ workspaces
@@ -352,17 +360,20 @@ class TerraformProvider:
 
     # ------------------------------------------------------------------ running terraform
 
-    def _workdir(self, target: Target) -> Path:
-        return self.root / f"{target.name}-{target.env_id}"
+    def _workdir(self, target: Target, *, reader: bool = False) -> Path:
+        """The environment's working directory (`reader`: this process's, for reading outputs
+        beside a running apply)."""
+        own = f"{target.name}-{target.env_id}"
+        return self.root / (f"{own}-outputs-{os.getpid()}" if reader else own)
 
     async def _ready(self, target: Target, emit: Callable[[str], Awaitable[None]] | None, *,
-                     create: bool = True) -> Path | None:
+                     create: bool = True, workdir: Path | None = None) -> Path | None:
         """Copy the module, write Ephem's files, `init`, select the workspace (made when
         `create`; None when it does not exist and `create` is false)."""
         if self.binary is None:
             raise PermanentError(f"no {self.config.binary or 'tofu or terraform'} binary found "
                                  "on PATH: install one or set phases.infra.terraform.binary")
-        workdir = self._workdir(target)
+        workdir = workdir or self._workdir(target)
         await asyncio.to_thread(self._write_workdir, workdir, target)
         if emit is not None:
             await emit(f"terraform init ({target.workspace})")
