@@ -65,8 +65,8 @@ async def test_create_and_destroy_through_the_runner(store: Store, pg_admin_url:
             "data": {"migrations": {"kind": "command", "command": [
                 sys.executable, "-c", MIGRATE, "{release.api}"]}},
             "code": {"local": {"workdir": str(EXAMPLES), "components": {
-                "api": {"command": ["{python}", "components/api.py"]},
-                "worker": {"command": ["{python}", "components/worker.py"],
+                "api": {"command": ["{python}", "components/shop.py", "api", "customers"]},
+                "worker": {"command": ["{python}", "components/shop.py", "worker", "orders"],
                            "expose": False}}}},
         }})
     assert bp.phases.code is not None and bp.phases.code.local is not None

@@ -29,9 +29,10 @@ from pipelines.code.phase import CodePhase
 from pipelines.code.plan import ComponentFailed
 
 EXAMPLES = example_blueprint_path().parent
-SHOP = {"api": {"command": ["{python}", "components/api.py"]},
-        "web": {"command": ["{python}", "components/web.py"]},
-        "worker": {"command": ["{python}", "components/worker.py"], "expose": False}}
+SHOP = {"api": {"command": ["{python}", "components/shop.py", "api", "customers"]},
+        "web": {"command": ["{python}", "components/shop.py", "web", "products"]},
+        "worker": {"command": ["{python}", "components/shop.py", "worker", "orders"],
+                   "expose": False}}
 # A component that fails in the ways the tests need, picked by its first argument.
 FLAKY = """
 import os, sys, time

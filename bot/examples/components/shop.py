@@ -1,18 +1,20 @@
-"""`web`, the shop's storefront, a tiny stand-in for the example `local` deployer.
+"""The shop's components — `api`, `web` and `worker` — as tiny stand-ins for the example
+`local` deployer: `shop.py NAME TABLE`.
 
 An HTTP server on $HOST:$PORT answering `GET /` with its name, its version ($VERSION) and how
-many rows `products` has in the environment's database ($DATABASE_URL), and `GET /healthz`
-with `ok`. Ephem starts it with the interpreter it runs on, which has aiohttp and asyncpg.
+many rows TABLE has in the environment's database ($DATABASE_URL), and `GET /healthz` with
+`ok`. Ephem starts it with the interpreter it runs on, which has aiohttp and asyncpg.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import asyncpg
 from aiohttp import web
 
-NAME, TABLE = "web", "products"
+NAME, TABLE = sys.argv[1], sys.argv[2]
 
 
 async def rows(url: str | None) -> int | None:
