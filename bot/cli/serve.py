@@ -55,12 +55,12 @@ async def serve(settings: Settings, blueprint: Blueprint,
 
     http.report("slack", "not asked yet")
     await http.start()
-    token_watch = asyncio.create_task(
-        watch_token(bolt.client, report=lambda problem: http.report("slack", problem)),
-        name="ephem-slack-token")
     await app.start()
     if socket_mode is not None:
         await socket_mode.start()
+    token_watch = asyncio.create_task(
+        watch_token(bolt.client, report=lambda problem: http.report("slack", problem)),
+        name="ephem-slack-token")
     tune_gc()
     http.mark_ready()
     log.info("ephem serving on %s:%d (%s), state in %s, %d workers", settings.http_host,
