@@ -77,3 +77,25 @@ ACK_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5),
     registry=REGISTRY,
 )
+# The queue as the database has it, set on the scheduler's beat by one query (every replica
+# reports the same values: alert on max()).
+QUEUE_DEPTH = Gauge(
+    "ephem_queue_depth",
+    "Jobs queued and not yet claimed, across all replicas.",
+    registry=REGISTRY,
+)
+QUEUE_OLDEST_SECONDS = Gauge(
+    "ephem_queue_oldest_seconds",
+    "How long the oldest queued job has been claimable and not claimed (0 when none is).",
+    registry=REGISTRY,
+)
+JOB_OLDEST_RUNNING_SECONDS = Gauge(
+    "ephem_job_oldest_running_seconds",
+    "Time since the longest-running job started (0 when none runs).",
+    registry=REGISTRY,
+)
+REAPER_FAILURES = Counter(
+    "ephem_reaper_failures",
+    "Scheduler ticks (reminders and the reaper of expired environments) that failed.",
+    registry=REGISTRY,
+)

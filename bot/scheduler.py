@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from bot.domain import EnvStatus, JobKind
+from bot import metrics
+from bot.domain import EnvStatus, JobKind, JobStatus
 from bot.store import Store, repo
-from bot.store.models import Environment
+from bot.store.models import Environment, Job
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,32 @@ class Scheduler:
         self._ticking: asyncio.Future[TickResult] | None = None
 
     async def tick(self) -> TickResult:
-        """One pass: remind owners of environments about to expire, reap expired ones."""
+        """One pass: remind owners of environments about to expire, reap expired ones, and
+        set the queue's gauges."""
+        try:
+            result = await self._remind_and_reap(self.clock())
+        except Exception:
+            metrics.REAPER_FAILURES.inc()
+            raise
+        await self.measure_queue()
+        return result
+
+    async def measure_queue(self) -> None:
+        """Set the queue's gauges from one query over the jobs not finished yet."""
+        queued = Job.status == JobStatus.QUEUED
+        running = Job.status == JobStatus.RUNNING
+        async with self.store.transaction() as s:
+            depth, oldest_queued, oldest_started = (await s.execute(
+                select(func.count().filter(queued), func.min(Job.run_after).filter(queued),
+                       func.min(Job.started_at).filter(running))
+                .where(Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+            )).one()
         now = self.clock()
+        metrics.QUEUE_DEPTH.set(depth)
+        metrics.QUEUE_OLDEST_SECONDS.set(_age(now, oldest_queued))
+        metrics.JOB_OLDEST_RUNNING_SECONDS.set(_age(now, oldest_started))
+
+    async def _remind_and_reap(self, now: datetime) -> TickResult:
         reminded: list[int] = []
         reaped: list[int] = []
         live = (EnvStatus.READY, EnvStatus.FAILED)
@@ -141,3 +166,7 @@ class Scheduler:
         if self._ticking is not None and self._ticking.done() and not self._ticking.cancelled():
             self._ticking.exception()  # read, so a failed last tick is not reported as unread
         self._ticking = None
+
+
+def _age(now: datetime, since: datetime | None) -> float:
+    return max((now - since).total_seconds(), 0.0) if since is not None else 0.0

@@ -137,6 +137,10 @@ class SlackApi:
         for _ in range(times):
             self._failures[method].append(Failure(status, error, retry_after, disconnect))
 
+    def forgive(self, method: str) -> None:
+        """Drop the failures still waiting for `method`: its next call succeeds."""
+        self._failures[method].clear()
+
     def outage(self, seconds: float = float("inf"), *, status: int = 503,
                retry_after: float | None = None, disconnect: bool = False) -> None:
         """Every call (and every response URL) fails for `seconds` from now: with HTTP

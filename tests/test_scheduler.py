@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
+from bot.metrics import REGISTRY
 from bot.scheduler import Scheduler
 from bot.store import Store, repo
 from bot.store.models import AuditEvent, Job, SlackRequestSeen
@@ -98,3 +100,68 @@ async def test_a_short_lived_environment_is_reminded_a_quarter_of_its_life_ahead
     clock[0] = NOW + timedelta(minutes=91)  # 29 minutes left
     assert (await sched.tick()).reminded == [short]
     assert reminded == [short]
+
+
+def _sample(name: str) -> float:
+    value = REGISTRY.get_sample_value(name)
+    assert value is not None, name
+    return value
+
+
+async def test_a_tick_sets_the_queue_gauges_from_the_jobs_table(store: Store) -> None:
+    first = await _ready_env(store, "q-1", timedelta(days=1))
+    second = await _ready_env(store, "q-2", timedelta(days=1))
+    third = await _ready_env(store, "q-3", timedelta(days=1))
+    async with store.transaction() as s:
+        waiting = await repo.enqueue_job(s, env_id=first, kind=JobKind.DESTROY,
+                                         requested_by="UANA")
+        backing_off = await repo.enqueue_job(s, env_id=second, kind=JobKind.DESTROY,
+                                             requested_by="UANA")
+        running = await repo.enqueue_job(s, env_id=third, kind=JobKind.DESTROY,
+                                         requested_by="UANA")
+        await s.flush()
+        waiting.run_after = NOW - timedelta(minutes=7)
+        backing_off.run_after = NOW + timedelta(minutes=3)  # not claimable yet: not late
+        running.status = JobStatus.RUNNING
+        running.started_at = NOW - timedelta(minutes=50)
+        # A finished job, however old, is neither queued nor running.
+        done = await repo.enqueue_job(s, env_id=first, kind=JobKind.CREATE,
+                                      requested_by="UANA")
+        await s.flush()
+        done.status = JobStatus.SUCCEEDED
+        done.started_at = NOW - timedelta(days=3)
+
+    async def nothing(env_id: int) -> None:
+        del env_id
+
+    sched = Scheduler(store=store, remind_before=timedelta(hours=4), remind=nothing,
+                      reaped=nothing, clock=lambda: NOW)
+    await sched.tick()
+    assert _sample("ephem_queue_depth") == 2
+    assert _sample("ephem_queue_oldest_seconds") == 7 * 60
+    assert _sample("ephem_job_oldest_running_seconds") == 50 * 60
+
+    async with store.transaction() as s:
+        await s.execute(update(Job).values(status=JobStatus.CANCELLED))
+    await sched.tick()
+    assert _sample("ephem_queue_depth") == 0
+    assert _sample("ephem_queue_oldest_seconds") == 0
+    assert _sample("ephem_job_oldest_running_seconds") == 0
+
+
+async def test_a_failed_tick_counts_as_a_reaper_failure(db_prefix: str) -> None:
+    """A store whose database does not exist: the tick raises and the counter says so."""
+    store = Store(f"postgresql://postgres@127.0.0.1:5432/{db_prefix}_missing")
+
+    async def nothing(env_id: int) -> None:
+        del env_id
+
+    sched = Scheduler(store=store, remind_before=timedelta(hours=4), remind=nothing,
+                      reaped=nothing, clock=lambda: NOW)
+    before = REGISTRY.get_sample_value("ephem_reaper_failures_total") or 0.0
+    try:
+        with pytest.raises(Exception, match="does not exist"):
+            await sched.tick()
+    finally:
+        await store.close()
+    assert _sample("ephem_reaper_failures_total") == before + 1

@@ -5,6 +5,9 @@ already acked, let running phases finish up to the grace period and release the 
 outbox's last rows a moment to reach Slack (what is left stays in the outbox for another replica
 or the next start), then close the pool. `Ephem.start` starts the outbox's drainer with the
 executor; `Ephem.stop` stops it.
+
+Slack's `auth.test` is asked in the background from the start (`bot.slack.startup`): until it
+accepts the bot token, `/readyz` says why the process is not ready.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from bot.runtime import tune_gc
 from bot.slack.bolt import build_bolt_app
 from bot.slack.http import HttpServer
 from bot.slack.socket_mode import SocketMode
+from bot.slack.startup import watch_token
 from bot.store.migrate import upgrade_async
 
 log = logging.getLogger(__name__)
@@ -49,10 +53,14 @@ async def serve(settings: Settings, blueprint: Blueprint,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
+    http.report("slack", "not asked yet")
     await http.start()
     await app.start()
     if socket_mode is not None:
         await socket_mode.start()
+    token_watch = asyncio.create_task(
+        watch_token(bolt.client, report=lambda problem: http.report("slack", problem)),
+        name="ephem-slack-token")
     tune_gc()
     http.mark_ready()
     log.info("ephem serving on %s:%d (%s), state in %s, %d workers", settings.http_host,
@@ -63,6 +71,9 @@ async def serve(settings: Settings, blueprint: Blueprint,
     finally:
         log.info("stopping: draining acked requests and running jobs")
         http.mark_ready(False)
+        token_watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await token_watch
         if socket_mode is not None:
             await socket_mode.stop()
         await http.stop()

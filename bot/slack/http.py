@@ -3,9 +3,10 @@
 Why: in HTTP mode Slack posts commands, button clicks and events to `POST /slack/events`, and
 the platform running Ephem (Kubernetes, see `helm/`) needs probes and a scrape target. One small
 server does both, so there is one port to expose. `/healthz` only says the process answers;
-`/readyz` says it can do its job — it was marked ready by the composition root (after start-up)
-and the store answers — so a pod with a lost database stops receiving traffic without being
-restarted.
+`/readyz` says it can do its job — it was marked ready by the composition root (after start-up),
+no dependency is reported broken (`report`: Slack refusing the bot token, or unreachable), and the
+store answers — so a pod with a lost database or a bad token stops receiving traffic without being
+restarted, and the probe's answer says which.
 
 `POST /slack/events` trusts nothing before the signature: the body is read up to
 `max_body` bytes (413 beyond, with a constant body), its v0 signature is checked on the raw bytes
@@ -62,6 +63,7 @@ class HttpServer:
         self._requested_port = port
         self._port: int | None = None
         self._ready = False
+        self._problems: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
 
     @property
@@ -79,6 +81,14 @@ class HttpServer:
     def mark_ready(self, ready: bool = True) -> None:
         """Say whether start-up is complete (and the process not draining)."""
         self._ready = ready
+
+    def report(self, dependency: str, problem: str | None) -> None:
+        """Say what is wrong with `dependency` (a short phrase shown by `/readyz`, never a
+        secret), or None once it works again. Any problem makes the process not ready."""
+        if problem is None:
+            self._problems.pop(dependency, None)
+        else:
+            self._problems[dependency] = problem
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self._max_body)
@@ -140,6 +150,9 @@ class HttpServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         if not self._ready:
             return web.Response(status=503, text="not ready: starting or stopping")
+        if self._problems:
+            why = "; ".join(f"{name}: {problem}" for name, problem in self._problems.items())
+            return web.Response(status=503, text=f"not ready: {why}")
         try:
             await asyncio.wait_for(self._store.ping(), PING_TIMEOUT)
         except Exception as exc:
