@@ -134,6 +134,7 @@ async def test_slack_down_never_holds_the_job_and_everything_arrives_after(bot: 
     await bot.slack.command("help", user_id=OWNER, channel_id=CHANNEL)
     await bot.api.wait_for("chat.postEphemeral", timeout=20)
     bot.api.outage(status=503)
+    before = len(bot.api.calls)
 
     status, _ = await bot.slack.command("create down-1", user_id=OWNER, channel_id=CHANNEL)
     assert status == 200
@@ -141,7 +142,11 @@ async def test_slack_down_never_holds_the_job_and_everything_arrives_after(bot: 
 
     assert (await bot.env("down-1")).status is EnvStatus.READY
     assert not bot.api.messages  # nothing got through: the job did not wait for Slack
-    assert len(bot.api.calls) > 8  # the outbox kept trying
+    for _ in range(200):  # the outbox keeps trying (how often depends on the machine's pace)
+        if len(bot.api.calls) - before >= 4:
+            break
+        await asyncio.sleep(0.1)
+    assert len(bot.api.calls) - before >= 4
     bot.api.restore()
     assert await bot.app.notifier.flush(30)
 
