@@ -39,9 +39,9 @@ class PhaseContext:
     reset_data: bool = False
     # The reference environment the release set was resolved from (`--match`), if any.
     reference: str | None = None
-    # Secrets of the phases that run before this one (`{data: {database_url: …}}`), said again
-    # by each (`HasSecrets`) for this context only: the code phase hands the data phase's
-    # connection to the components. Never persisted, never shown.
+    # Secrets of earlier phases this phase asks for (`NeedsSecrets`; `{data: {database_url: …}}`),
+    # said again by each (`HasSecrets`) for this context only: the code phase hands the data
+    # phase's connection to the components. Never persisted, never shown.
     secrets: Mapping[PhaseName, Mapping[str, str]] = field(repr=False, default_factory=dict)
     expires_at: datetime | None = None
 
@@ -80,6 +80,17 @@ class Phase(Protocol):
     async def describe(self, ctx: PhaseContext) -> str:
         """One line on what apply would do, for `status` and the card."""
         ...
+
+
+@runtime_checkable
+class NeedsSecrets(Protocol):
+    """A phase that applies with the secrets of earlier phases (`PhaseContext.secrets`).
+
+    Saying them again can be costly (Terraform reads its outputs back), so the runner derives
+    only what a phase names here, and only when it applies.
+    """
+
+    secrets_of: tuple[PhaseName, ...]
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from sqlalchemy import func
@@ -43,7 +43,7 @@ from bot.ports import ClaimedJob, Events, JobOutcome, OutcomeKind
 from bot.store import Store, repo
 from bot.store.models import Environment
 from pipelines.attempt import Emit, Failure, Superseded, error_id, run_attempts
-from pipelines.base import HasSecrets, Phase, PhaseContext
+from pipelines.base import HasSecrets, NeedsSecrets, Phase, PhaseContext
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +116,18 @@ class Runner:
             return None
 
         ctx = await self._context(env_id, nothing)
-        found: dict[str, Mapping[str, str]] = {}
-        for name in CREATE_ORDER:
+        return {str(name): said for name, said in (await self._said(ctx, CREATE_ORDER)).items()}
+
+    async def _said(self, ctx: PhaseContext, names: Iterable[PhaseName]
+                    ) -> dict[PhaseName, Mapping[str, str]]:
+        """The secrets of each of `names` that has applied and has any, derived again."""
+        found: dict[PhaseName, Mapping[str, str]] = {}
+        for name in names:
             phase = self.phases.get(name)
             if isinstance(phase, HasSecrets) and name in ctx.outputs:
                 said = await phase.secrets(ctx)
                 if said:
-                    found[str(name)] = dict(said)
+                    found[name] = dict(said)
         return found
 
     # ------------------------------------------------------------------ the job
@@ -165,9 +170,10 @@ class Runner:
             phase=phase,
             action=action,
             job_id=job.id,
-            context=lambda emit: self._context(job.env_id, emit,
-                                               reset=job.kind is JobKind.RESET_DATA,
-                                               before=phase.name),
+            context=lambda emit: self._context(
+                job.env_id, emit, reset=job.kind is JobKind.RESET_DATA,
+                secrets_of=phase.secrets_of if (action is PhaseAction.APPLY
+                                                and isinstance(phase, NeedsSecrets)) else ()),
             events=self.events,
             blueprint=self.blueprint,
         )
@@ -194,9 +200,9 @@ class Runner:
         return None
 
     async def _context(self, env_id: int, emit: Emit, *, reset: bool = False,
-                       before: PhaseName | None = None) -> PhaseContext:
-        """The environment as phases see it; with `before`, the secrets of the phases that
-        precede that one in the create order (derived again, never read from storage)."""
+                       secrets_of: Iterable[PhaseName] = ()) -> PhaseContext:
+        """The environment as phases see it, with the secrets of the phases in `secrets_of`
+        (derived again, never read from storage)."""
         async with self.store.transaction() as s:
             env = await repo.get_environment(s, env_id)
         ctx = PhaseContext(
@@ -213,16 +219,9 @@ class Runner:
             reference=env.reference,
             expires_at=env.expires_at,
         )
-        if before is None:
+        if not secrets_of:
             return ctx
-        earlier: dict[PhaseName, Mapping[str, str]] = {}
-        for name in CREATE_ORDER[:CREATE_ORDER.index(before)]:
-            phase = self.phases.get(name)
-            if isinstance(phase, HasSecrets) and name in ctx.outputs:
-                said = await phase.secrets(ctx)
-                if said:
-                    earlier[name] = dict(said)
-        return replace(ctx, secrets=earlier)
+        return replace(ctx, secrets=await self._said(ctx, secrets_of))
 
     async def _skip(self, job: ClaimedJob, name: PhaseName, action: PhaseAction) -> None:
         detail = self.skipped.get(name, "not configured in the blueprint")

@@ -28,6 +28,7 @@ from pipelines.code.plan import Deployer
 
 class CodePhase:
     name = PhaseName.CODE
+    secrets_of = (PhaseName.DATA,)  # `NeedsSecrets`: the components' database connection
 
     def __init__(self, deployer: Deployer) -> None:
         self.deployer = deployer
