@@ -146,7 +146,10 @@ class Drainer:
     # ----------------------------------------------------------------------- the loops
 
     async def _poll(self) -> None:
-        while True:
+        # `_stopping` is checked too, not only the cancellation: on 3.11, `asyncio.wait_for`
+        # can swallow a cancel that lands as the wake event fires, and this loop then never
+        # ended, so `stop()` waited for it forever (seen as a hung test teardown).
+        while not self._stopping:
             self._wake.clear()
             free = self._timing.queues - len(self._active)
             if free > 0:
@@ -164,7 +167,8 @@ class Drainer:
                     self._active[queue] = asyncio.get_running_loop().create_task(
                         self._send_queue(queue), name=f"ephem-outbox-{queue}")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._timing.poll)
+                async with asyncio.timeout(self._timing.poll):
+                    await self._wake.wait()
 
     async def _send_queue(self, queue: str) -> None:
         """Send the queue's rows in order until it is empty, must wait long, or is lost."""
