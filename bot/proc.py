@@ -28,9 +28,12 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import signal
 import socket
+import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +113,12 @@ class Fence:
 
     def waiting_text(self) -> str:
         return f"waiting for an earlier run of {self.what} to finish"
+
+
+async def prepare() -> None:
+    """Start the process that starts the tools' supervisors (see `bot.supervise`) now, at the
+    bot's start-up, rather than at the first run, which would wait for it."""
+    await asyncio.to_thread(_ZYGOTE.start)
 
 
 async def run(
@@ -208,15 +217,15 @@ class _Tool:
     """The bot's side of one supervised run: the supervisor process, the socket to it, and
     what it has said (waiting, started, exit, fence lost)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, *, name: str, cwd: Path | None,
-                 fence: Fence | None, events: asyncio.StreamReader,
-                 control: asyncio.StreamWriter) -> None:
-        self.proc = proc
+    def __init__(self, pid: int, *, name: str, cwd: Path | None, fence: Fence | None,
+                 events: asyncio.StreamReader, control: asyncio.StreamWriter,
+                 output: asyncio.StreamReader, pipe: asyncio.BaseTransport) -> None:
+        self.pid = pid  # the supervisor's (the zygote's child, not ours: signalled by pid)
         self.name = name
         self.cwd = cwd
         self.fence = fence
-        assert proc.stdout is not None  # stdout=PIPE
-        self.output: asyncio.StreamReader = proc.stdout
+        self.output = output
+        self._pipe = pipe
         self._control = control
         loop = asyncio.get_running_loop()
         self._started: asyncio.Future[int] = loop.create_future()
@@ -230,21 +239,21 @@ class _Tool:
                     cwd: Path | None, grace: float, interrupt_first: bool,
                     fence: Fence | None) -> _Tool:
         ours, theirs = socket.socketpair()
+        out_r, out_w = os.pipe()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", str(SUPERVISOR),
-                stdin=theirs.fileno(),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=child_environment(),
-                start_new_session=True,  # a Ctrl-C meant for the bot is not the tool's
-            )
+            pid = await asyncio.to_thread(_ZYGOTE.fork, theirs.fileno(), out_w)
         except OSError as exc:
             ours.close()
+            os.close(out_r)
             raise PermanentError(f"cannot run {name}: its supervisor did not start "
-                                 f"({exc.strerror or type(exc).__name__})") from None
+                                 f"({exc.strerror or exc})") from None
         finally:
             theirs.close()
+            os.close(out_w)
+        output = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output),
+                                               os.fdopen(out_r, "rb", buffering=0))
         events, control = await asyncio.open_unix_connection(sock=ours)
         spec: dict[str, Any] = {
             "args": list(args), "env": env, "cwd": str(cwd) if cwd is not None else None,
@@ -255,7 +264,8 @@ class _Tool:
             spec["fence"] = {"dsn": asyncpg_dsn(fence.url), "key": fence.key,
                              "timeout": FENCE_CONNECT_TIMEOUT, "check": FENCE_CHECK_SECONDS}
         control.write(json.dumps(spec).encode() + b"\n")
-        return cls(proc, name=name, cwd=cwd, fence=fence, events=events, control=control)
+        return cls(pid, name=name, cwd=cwd, fence=fence, events=events, control=control,
+                   output=output, pipe=pipe)
 
     async def _listen(self, events: asyncio.StreamReader) -> None:
         try:
@@ -344,14 +354,79 @@ class _Tool:
         by PR_SET_PDEATHSIG, the tool)."""
         self._control.close()
         _, late = await asyncio.wait({self._events}, timeout=wait)
-        if late:
+        if late:  # it has not closed its socket, which it does only by ending
             with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
+                os.kill(self.pid, signal.SIGKILL)
             self._events.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout=wait)
+        self._pipe.close()
         if self._started.done() and not self._started.cancelled():
             self._started.exception()  # retrieved: an error nobody awaited is not a warning
+
+
+class _Zygote:
+    """The process that forks this bot process's supervisors (`bot.supervise.zygote`),
+    started at the first run and again if it has gone; one per process (a forked bot starts
+    its own). Requests take turns: each is a fork, a few milliseconds."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._owner = 0
+
+    def start(self) -> None:
+        with self._lock:
+            self._running()
+
+    def fork(self, control: int, output: int) -> int:
+        """A new supervisor with `control` as its socket and `output` as its output; its pid."""
+        with self._lock:
+            requests = self._running()
+            try:
+                socket.send_fds(requests, [b"f"], [control, output])
+                answer = b""
+                while not answer.endswith(b"\n"):
+                    chunk = requests.recv(32)
+                    if not chunk:
+                        raise ConnectionError("the supervisors' zygote ended")
+                    answer += chunk
+            except OSError:
+                self._stop()
+                raise
+            pid = int(answer)
+            if pid <= 0:
+                raise OSError("the supervisors' zygote refused the request")
+            return pid
+
+    def _running(self) -> socket.socket:
+        alive = self._process is not None and self._process.poll() is None
+        if self._socket is not None and self._owner == os.getpid() and alive:
+            return self._socket
+        self._stop()
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(SUPERVISOR), "--zygote"],
+                stdin=theirs.fileno(), stdout=subprocess.DEVNULL, env=child_environment(),
+                start_new_session=True)  # a Ctrl-C meant for the bot is not for it
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._socket, self._owner = ours, os.getpid()
+        return ours
+
+    def _stop(self) -> None:
+        if self._socket is not None:
+            self._socket.close()  # the zygote reads the end of its requests and ends
+        if self._process is not None and self._owner == os.getpid():
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                self._process.wait(timeout=5)
+        self._socket = self._process = None
+
+
+_ZYGOTE = _Zygote()
 
 
 def _python_path() -> list[str]:

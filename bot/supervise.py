@@ -31,6 +31,14 @@ The tool's output never passes through here: it writes straight into the bot's p
 process keeps no copy of that pipe open), so the bot sees the end of the output when the tool
 and the helpers that share its output are done. Events go back over the socket as JSON lines.
 
+Started how: not one Python start-up per run — its imports alone cost about 100 ms of CPU, which
+twenty environments applying at once (three or four tools each) pay in a queue for two cores —
+but forked from a *zygote*: this script run once per bot process with `--zygote`, which has
+imported everything, waits on a socket from the bot, and forks a supervisor per request (see
+`zygote`). A forked supervisor is the same program as before from `main()` on; only its parent
+is the zygote rather than the bot, which changes nothing above: it watches the bot's socket,
+not its parent.
+
 It is a script, run with `python -I` so that nothing in the environment changes what Python
 loads; it imports nothing from Ephem, and only the standard library until a fence needs
 asyncpg (found through the `sys.path` the bot sends). Neighbour: `bot.proc`, its only caller.
@@ -405,5 +413,51 @@ async def main() -> int:
             writer.close()
 
 
+def zygote() -> int:
+    """`--zygote`: fork a supervisor per request, until the bot closes its end.
+
+    fd 0 is a socket whose other end only the bot holds. A request is one byte carrying two
+    descriptors (SCM_RIGHTS): the run's socket (the supervisor's fd 0) and the bot's output
+    pipe (its fd 1 and 2); the answer is the new supervisor's pid, as a line. The zygote
+    holds no secret (a run's spec goes to the forked supervisor, never through here) and
+    keeps no descriptor of a run once it has forked it. Supervisors outlive it: when the bot
+    ends, the zygote ends, and each supervisor sees its own socket close and ends its tool."""
+    requests = socket.socket(fileno=os.dup(0))
+    nothing = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(nothing, fd)
+    os.close(nothing)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the supervisors
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(requests, 1, 2)
+        except OSError:
+            return 0
+        if not message:
+            return 0  # the bot has ended
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            requests.sendall(b"0\n")
+            continue
+        pid = os.fork()
+        if pid == 0:  # the supervisor
+            code = 1
+            try:
+                requests.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.dup2(fds[0], 0)
+                os.dup2(fds[1], 1)
+                os.dup2(fds[1], 2)
+                for fd in fds:
+                    os.close(fd)
+                code = asyncio.run(main())
+            finally:
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        requests.sendall(f"{pid}\n".encode())
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(zygote() if sys.argv[1:] == ["--zygote"] else asyncio.run(main()))

@@ -52,8 +52,10 @@ try:
 except BlockingIOError:
     overlap = "OVERLAP"
 helper = subprocess.Popen(["sleep", "120"])
-supervisor = open(f"/proc/{os.getppid()}/stat").read().rpartition(")")[2].split()
-log.write(f"start {os.getpid()} {helper.pid} {supervisor[1]} {time.time()} {overlap}\\n")
+def parent(pid):
+    return int(open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[1])
+bot = parent(parent(os.getppid()))  # the supervisor's parent is the bot's zygote
+log.write(f"start {os.getpid()} {helper.pid} {bot} {time.time()} {overlap}\\n")
 print("migrating", flush=True)
 time.sleep(float(sys.argv[2]) if first else 0.3)
 helper.kill()

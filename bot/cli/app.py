@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from bot import proc
 from bot.config import INFRA_OUTPUT, Blueprint, Settings, state_directory
 from bot.domain import PhaseName
 from bot.errors import PermanentError
@@ -196,6 +197,7 @@ class Ephem:
     async def start(self, *, executor: bool = True, scheduler: bool = True) -> None:
         self.notifier.start()
         if executor:
+            await proc.prepare()  # the tools' supervisors are ready before the first job
             await self.executor.start()
         if scheduler:
             self.scheduler.start()
