@@ -7,7 +7,8 @@ On the example module (`bot/examples/infra`: ten `terraform_data` resources, eac
 for `--seconds`), with state in the pg backend of a fresh database, it measures in one run:
 
 - one environment: Ephem's infra phase (`InfraPhase.apply`: working directory, init, workspace,
-  `apply -json` streamed to the card, `output -json`) against the same steps run by hand
+  `apply -json` streamed to the card, the outputs read from the state) in a bot that has
+  started (its tools' supervisor zygote running) against the same steps run by hand
   (`init`, `workspace new`, `apply -auto-approve`) — median of `--repeat`, runs alternating;
 - `--many` environments at once: one bot process applying them all concurrently against as many
   hand-run sequences started at once;
@@ -41,6 +42,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bot import proc
 from bot.config import Blueprint, TerraformBackend, TerraformConfig
 from bot.domain import DataMode, DataRequest, ReleaseSet
 from bot.pg import asyncpg_dsn, quote_ident, with_database
@@ -111,6 +113,7 @@ async def ephem_worker(state_url: str, work: Path, names: list[str], seconds: fl
                             data=DataRequest(DataMode.NONE), blueprint=Blueprint(), outputs={},
                             emit=emit)
 
+    await proc.prepare()  # as a running bot has, since its start-up
     started = time.monotonic()
     await asyncio.gather(*(phase.apply(ctx(i, n)) for i, n in enumerate(names)))
     took = time.monotonic() - started

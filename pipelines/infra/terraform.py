@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import socket
@@ -60,6 +61,7 @@ _TICK = 5.0  # a long-running resource's clock is refreshed this often
 _QUICK = 120.0  # timeout of the small commands (workspace, output)
 _QUIET_LOCK = 5  # seconds an apply waits for a lock before saying it waits
 _BACKEND_OVERRIDE = '# Written by Ephem: state in PostgreSQL.\nterraform {\n  backend "pg" {}\n}\n'
+_STATE_VERSION = 4  # the state file format the outputs are read from
 _OWN_FILES = ("ephem_backend_override.tf", "ephem.auto.tfvars.json", ".terraformrc")
 
 
@@ -251,8 +253,6 @@ class TerraformProvider:
         self.root = config.workdir or Path(tempfile.gettempdir()) / "ephem-terraform"
         self.binary = find_binary(config.binary)
         self._init_lock = asyncio.Lock()
-        self._create_lock = asyncio.Lock()
-        self._readers: dict[Path, asyncio.Lock] = {}
         self._schema_ready = False
 
     # ------------------------------------------------------------------ the phase's parts
@@ -270,25 +270,15 @@ class TerraformProvider:
              f"-parallelism={self.config.parallelism}"],
             workdir=workdir, emit=ctx.emit, verb="applying", target=target)
         self._raise_for(stream, action="apply", target=target)
-        outputs = await self._outputs(workdir)
-        public, secret = self._split(outputs)
+        public, secret = self._split(await self._outputs(target.workspace) or {})
         summary = stream.summary or "applied"
         return public, secret, f"{target.workspace}: {summary.removesuffix('.')}"
 
     async def secrets(self, ctx: PhaseContext) -> dict[str, str]:
-        """The secret outputs again, read from the state (`terraform output -json`)."""
+        """The secret outputs again, read from the workspace's state (none once it is gone)."""
         if not self.config.outputs.secret:
             return {}
-        target = Target.of(ctx)
-        # A directory of its own, one reader at a time: secrets are read while a later phase
-        # starts or a message is sent, possibly while this environment's apply or destroy
-        # works in the environment's own directory.
-        reading = self._workdir(target, reader=True)
-        async with self._readers.setdefault(reading, asyncio.Lock()):
-            workdir = await self._ready(target, None, create=False, workdir=reading)
-            if workdir is None:
-                return {}
-            return self._split(await self._outputs(workdir))[1]
+        return self._split(await self._outputs(Target.of(ctx).workspace) or {})[1]
 
     async def destroy(self, ctx: PhaseContext) -> None:
         await self.destroy_target(Target.of(ctx), ctx.emit)
@@ -301,22 +291,19 @@ class TerraformProvider:
         if workdir is None:
             await say(f"workspace {target.workspace} is already gone")
             await asyncio.to_thread(shutil.rmtree, self._workdir(target), True)
-            await asyncio.to_thread(shutil.rmtree, self._workdir(target, reader=True), True)
             return
         stream = await self._locked_run(
             ["destroy", "-auto-approve", "-json", "-input=false",
              f"-parallelism={self.config.parallelism}"],
             workdir=workdir, emit=say, verb="destroying", target=target)
         self._raise_for(stream, action="destroy", target=target)
-        await self._command(["workspace select", "default"], workdir=workdir)
-        deleted = await self._command(
+        deleted = await self._command(  # from the default workspace: not the one deleted
             ["workspace delete", f"-lock-timeout={_seconds(self.config.lock_wait)}s",
-             target.workspace], workdir=workdir)
+             target.workspace], workdir=workdir, workspace="default")
         if deleted.returncode != 0 and target.workspace in await self.workspaces():
             raise TemporaryError(f"could not delete workspace {target.workspace}",
                                  details=scrub(deleted.tail(20)))
         await asyncio.to_thread(shutil.rmtree, workdir, True)
-        await asyncio.to_thread(shutil.rmtree, self._workdir(target, reader=True), True)
         await say(f"workspace {target.workspace} deleted")
 
     # ------------------------------------------------------------------ workspaces
@@ -360,86 +347,87 @@ class TerraformProvider:
 
     # ------------------------------------------------------------------ running terraform
 
-    def _workdir(self, target: Target, *, reader: bool = False) -> Path:
-        """The environment's working directory (`reader`: this process's, for reading outputs
-        beside a running apply)."""
-        own = f"{target.name}-{target.env_id}"
-        return self.root / (f"{own}-outputs-{os.getpid()}" if reader else own)
+    def _workdir(self, target: Target) -> Path:
+        return self.root / f"{target.name}-{target.env_id}"
 
     async def _ready(self, target: Target, emit: Callable[[str], Awaitable[None]] | None, *,
-                     create: bool = True, workdir: Path | None = None) -> Path | None:
-        """Copy the module, write Ephem's files, `init`, select the workspace (made when
-        `create`; None when it does not exist and `create` is false)."""
+                     create: bool = True) -> Path | None:
+        """Copy the module, write Ephem's files, `init`, and make the workspace when `create`
+        (None when it does not exist and `create` is false). Nothing selects it: every command
+        names its workspace in `TF_WORKSPACE`, so no run depends on what an earlier one in
+        this directory selected."""
         if self.binary is None:
             raise PermanentError(f"no {self.config.binary or 'tofu or terraform'} binary found "
                                  "on PATH: install one or set phases.infra.terraform.binary")
-        workdir = workdir or self._workdir(target)
+        if not create and target.workspace not in await self.workspaces():
+            return None
+        workdir = self._workdir(target)
         await asyncio.to_thread(self._write_workdir, workdir, target)
         if emit is not None:
             await emit(f"terraform init ({target.workspace})")
         init = await self._init(workdir)
         if init.returncode != 0:
             raise PermanentError("terraform init failed", details=_init_hint(init.tail(30)))
-        exists = target.workspace in await self.workspaces()
-        if not exists and not create:
-            return None
-        if not exists and await self._new_workspace(target, workdir):
-            return workdir
-        select = await self._command(["workspace select", target.workspace], workdir=workdir)
-        if select.returncode != 0:
-            raise TemporaryError(f"could not select workspace {target.workspace}",
-                                 details=scrub(select.tail(20)))
+        if create:
+            await self._new_workspace(target, workdir)
         return workdir
 
     async def _init(self, workdir: Path) -> proc.ProcResult:
-        """`init`. The first one against a new schema runs alone (an in-process lock and an
-        advisory lock across replicas): the pg backend creates its schema and table then, and
-        two doing so at once fail with a duplicate key."""
+        """`init`. The first one against a schema without its table runs alone (an in-process
+        lock and an advisory lock across replicas): the pg backend creates its schema and table
+        then, and two doing so at once fail with a duplicate key."""
         args = ["init", "-input=false", "-no-color", "-reconfigure"]
-        if self._schema_ready:
-            return await self._command(args, workdir=workdir)
-        async with self._init_lock:
-            if self._schema_ready:
-                return await self._command(args, workdir=workdir)
-            conn = await _connect(self._state_url)
-            key = zlib.crc32(f"ephem-terraform-init:{self.schema}".encode())
-            try:
-                await conn.execute("SELECT pg_advisory_lock($1)", key)
-                result = await self._command(args, workdir=workdir)
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
-                await conn.close()
-            self._schema_ready = result.returncode == 0
-            return result
+        if not self._schema_ready:
+            async with self._init_lock:
+                if not self._schema_ready:
+                    self._schema_ready = await self._has_state_table()
+                if not self._schema_ready:
+                    conn = await _connect(self._state_url)
+                    key = zlib.crc32(f"ephem-terraform-init:{self.schema}".encode())
+                    try:
+                        await conn.execute("SELECT pg_advisory_lock($1)", key)
+                        result = await self._command(args, workdir=workdir)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                        await conn.close()
+                    self._schema_ready = result.returncode == 0
+                    return result
+        return await self._command(args, workdir=workdir)
 
-    async def _new_workspace(self, target: Target, workdir: Path) -> bool:
-        """Make the workspace (selecting it); False when it turned out to exist already.
+    async def _has_state_table(self) -> bool:
+        conn = await _connect(self._state_url)
+        try:
+            return await conn.fetchval("SELECT to_regclass($1)",
+                                       f"{self.schema}.states") is not None
+        finally:
+            await conn.close()
 
-        The pg backend creates workspaces under one global lock and fails at once when another
-        creation holds it ("Already locked for workspace creation"), whatever -lock-timeout
-        says: creations in this process take turns, and a busy lock is tried again until
-        `lock_wait` has passed."""
+    async def _new_workspace(self, target: Target, workdir: Path) -> None:
+        """Make the workspace unless it exists.
+
+        The pg backend creates workspaces under one global lock, held for a moment, and fails
+        at once when another creation holds it ("Already locked for workspace creation"),
+        whatever -lock-timeout says: a busy lock is tried again soon, at a jittered interval,
+        until `lock_wait` has passed."""
         deadline = time.monotonic() + self.config.lock_wait.total_seconds()
-        delay = 0.1
+        delay = 0.05
         while True:
-            async with self._create_lock:
-                made = await self._command(["workspace new", target.workspace], workdir=workdir)
-            if made.returncode == 0:
-                return True
+            made = await self._command(["workspace new", target.workspace], workdir=workdir,
+                                       workspace=target.workspace)
             text = made.tail(20)
-            if "already exists" in text:
-                return False
+            if made.returncode == 0 or "already exists" in text:
+                return
             if "locked for workspace creation" not in text or time.monotonic() > deadline:
                 raise TemporaryError(f"could not create workspace {target.workspace}",
                                      details=scrub(text))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
 
     def _write_workdir(self, workdir: Path, target: Target) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         for old in workdir.iterdir():  # the module may have lost files since the last run
-            if old.name not in (".terraform", ".terraform.lock.hcl"):
+            if old.name not in (".terraform", ".terraform.lock.hcl"):  # providers, kept
                 if old.is_dir():
                     shutil.rmtree(old)
                 else:
@@ -465,8 +453,9 @@ class TerraformProvider:
                       "plugin_cache_may_break_dependency_lock_file = true"]
         return "\n".join(lines) + "\n"
 
-    def _env(self, workdir: Path) -> dict[str, str]:
+    def _env(self, workdir: Path, workspace: str) -> dict[str, str]:
         env = {
+            "TF_WORKSPACE": workspace,
             "TF_IN_AUTOMATION": "1",
             "TF_INPUT": "0",
             "CHECKPOINT_DISABLE": "1",
@@ -495,10 +484,10 @@ class TerraformProvider:
         argv: list[str] = builder.generate_cmd_string(command, *positional, **options)
         return argv
 
-    async def _command(self, args: list[str], *, workdir: Path,
+    async def _command(self, args: list[str], *, workdir: Path, workspace: str = "default",
                        on_line: Callable[[str], Awaitable[None]] | None = None,
                        timeout: float = _QUICK) -> proc.ProcResult:
-        return await proc.run(self._argv(args), env=self._env(workdir), cwd=workdir,
+        return await proc.run(self._argv(args), env=self._env(workdir, workspace), cwd=workdir,
                               timeout=timeout, on_line=on_line, interrupt_first=True,
                               kill_grace=10.0)
 
@@ -512,27 +501,30 @@ class TerraformProvider:
         # workspace is being created, which passes at once.
         quiet = int(min(self.quiet_lock, _seconds(self.config.lock_wait)))
         stream = await self._streamed([*args, f"-lock-timeout={quiet}s"], workdir=workdir,
-                                      emit=emit, verb=verb, timeout=timeout + quiet)
+                                      workspace=target.workspace, emit=emit, verb=verb,
+                                      timeout=timeout + quiet)
         if not stream.locked():
             return stream
         holder = await self.lock_holder(target.workspace) or "another process"
         wait = _seconds(self.config.lock_wait)
         await emit(f"state of {target.workspace} is locked by {holder}; waiting up to {wait} s")
         stream = await self._streamed([*args, f"-lock-timeout={wait}s"], workdir=workdir,
-                                      emit=emit, verb=verb, timeout=timeout + wait)
+                                      workspace=target.workspace, emit=emit, verb=verb,
+                                      timeout=timeout + wait)
         if stream.locked():
             holder = await self.lock_holder(target.workspace) or "another process"
             raise TemporaryError(f"state of {target.workspace} is locked by {holder}",
                                  delay=30.0)
         return stream
 
-    async def _streamed(self, args: list[str], *, workdir: Path,
+    async def _streamed(self, args: list[str], *, workdir: Path, workspace: str,
                         emit: Callable[[str], Awaitable[None]], verb: str,
                         timeout: float) -> Stream:
         stream = Stream(emit, verb=verb)
         ticker = asyncio.ensure_future(stream.tick())
         try:
-            result = await self._command(args, workdir=workdir, on_line=stream.line,
+            result = await self._command(args, workdir=workdir, workspace=workspace,
+                                         on_line=stream.line,
                                          timeout=timeout)
         except proc.ProcTimeoutError as exc:
             raise PermanentError(f"terraform {args[0]} timed out after {timeout:g} s "
@@ -558,22 +550,33 @@ class TerraformProvider:
         raise PermanentError(f"terraform {action} of {target.workspace} failed: "
                              f"{first.summary}{where}", details=scrub(_diagnostics(stream)))
 
-    async def _outputs(self, workdir: Path) -> dict[str, Any]:
-        lines: list[str] = []
-
-        async def keep(line: str) -> None:
-            lines.append(line)
-
-        result = await proc.run(self._argv(["output", "-json"]), env=self._env(workdir),
-                                cwd=workdir, timeout=_QUICK, on_line=keep, keep_lines=0,
-                                interrupt_first=True, raw_output=True)  # secret outputs too
-        if result.returncode != 0:
-            raise TemporaryError("terraform output failed", details=scrub("\n".join(lines[-20:])))
+    async def _outputs(self, workspace: str) -> dict[str, Any] | None:
+        """The workspace's outputs as its state holds them, sensitive ones with their values
+        (what `terraform output -json` prints, without starting Terraform: `init` and a run per
+        read, while the credentials are asked for again and again); None when the workspace
+        does not exist. The state is read, never locked, so a running apply does not hold
+        this up: it gives the outputs of the last state written."""
+        conn = await _connect(self._state_url)
         try:
-            parsed = json.loads("\n".join(lines) or "{}")
+            if await conn.fetchval("SELECT to_regclass($1)", f"{self.schema}.states") is None:
+                return None
+            data = await conn.fetchval(
+                f"SELECT data FROM {quote_ident(self.schema)}.states WHERE name = $1", workspace)
+        finally:
+            await conn.close()
+        if data is None:
+            return None
+        try:
+            state = json.loads(data)
         except ValueError:
-            raise TemporaryError("terraform output -json did not print JSON") from None
-        return parsed if isinstance(parsed, dict) else {}
+            raise TemporaryError(f"the state of {workspace} is not JSON") from None
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            version = state.get("version") if isinstance(state, dict) else None
+            raise PermanentError(f"the state of {workspace} is in format version {version}; "
+                                 f"Ephem reads format {_STATE_VERSION} (Terraform 0.12 and "
+                                 "later, OpenTofu)")
+        outputs = state.get("outputs") or {}
+        return outputs if isinstance(outputs, dict) else {}
 
     def _split(self, outputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         """(persisted outputs: not sensitive, not secret; secrets for the owner)."""
