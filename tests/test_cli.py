@@ -170,13 +170,26 @@ def test_demo_keep_on_the_private_server_refuses_instead_of_losing_the_environme
     assert "kept" not in done.stdout
 
 
-def test_shell_on_the_private_server_says_nothing_is_kept(tmp_path: Path) -> None:
-    """Without EPHEM_DATABASE_URL, plainly: what is made here goes when the shell ends."""
+def test_shell_on_the_private_server_destroys_what_it_made(tmp_path: Path) -> None:
+    """Without EPHEM_DATABASE_URL, plainly: what is made here goes when the shell ends, and
+    what it runs (the example's components) is destroyed, not left running."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("EPHEM_", "SLACK_"))}
     done = subprocess.run([*EPHEM, "shell"], input="create sh-kept --data none\n",
                           env={**base, "HOME": str(tmp_path)}, capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Nothing made here is kept." in done.stdout
-    assert "leaving: 1 live environment goes with the private PostgreSQL." in done.stderr
+    assert "leaving: destroying 1 live environment made here" in done.stderr
+    assert "sh-kept is destroyed" in done.stdout, done.stdout
+    state = tmp_path / ".local" / "state" / "ephem" / "local"
+    running = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+               and str(state) in _cmdline(p)]
+    assert running == [], "components left running after the shell ended"
     assert "WARNING" not in done.stdout + done.stderr
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -185,6 +185,34 @@ def suggest(line: str) -> str | None:
     return close[0] if close and " " not in word else None
 
 
+async def destroy_what_was_made(app: Ephem, *, user: str, channel: str,
+                                 timeout: float = 300.0) -> None:
+    """On the private server, leaving ends every environment made in the shell: its record
+    goes with the server, so what it runs (components, workspaces, namespaces) is destroyed
+    first rather than left running with nobody to answer for it."""
+    async with app.store.transaction() as s:
+        live = [env.name for env in await repo.live_environments(s)]
+    if not live:
+        return
+    print(f"leaving: destroying {messages.count(len(live), 'live environment')} made here "
+          "(the private PostgreSQL goes with the shell)", file=sys.stderr)
+    for name in live:
+        await app.invoke(Invocation(user_id=user, channel_id=channel, text=f"destroy {name}",
+                                    source="shell"))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with app.store.transaction() as s:
+            left = [env.name for env in await repo.live_environments(s)
+                    if await repo.pending_jobs(s, env.id)]  # a failed destroy has said so
+        if not left:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    print(f"leaving: {', '.join(left)} not destroyed within {timeout:g} s; what it runs may "
+          "be left behind", file=sys.stderr)
+
+
 async def run_shell(settings: Settings, *, user: str, channel: str) -> int:
     blueprint = load_blueprint(settings.config)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -217,12 +245,7 @@ async def run_shell(settings: Settings, *, user: str, channel: str) -> int:
         finally:
             terminal.close()
             if embedded:
-                async with app.store.transaction() as s:
-                    live = len(await repo.live_environments(s))
-                if live:
-                    print(f"leaving: {messages.count(live, 'live environment')} "
-                          f"{'goes' if live == 1 else 'go'} with the private PostgreSQL.",
-                          file=sys.stderr)
+                await destroy_what_was_made(app, user=user, channel=channel)
             print("leaving: waiting for running steps to finish", file=sys.stderr)
             await app.stop()
     return 0
