@@ -282,6 +282,8 @@ class _Tool:
                     _settle(self._exit, result=int(message["code"]))
                 elif kind == "fence-lost":
                     self.fence_lost = True
+        except OSError:  # a request written after it had gone: it has ended all the same
+            pass
         finally:  # the supervisor has ended (or is ending): whatever it did not say, it never will
             _settle(self._started, error=PermanentError(
                 f"cannot run {self.name}: its supervisor ended before starting it"))
@@ -352,12 +354,17 @@ class _Tool:
         """Let the supervisor go: closing our end tells it to end whatever of the tool is
         left and release the fence. Waits `wait` seconds for that, then kills it (and so,
         by PR_SET_PDEATHSIG, the tool)."""
-        self._control.close()
+        # Half-closed: the supervisor reads the end of our requests, while we still read its
+        # end of the socket, which it closes last, once the tool and all it started have
+        # ended and the fence is released (it is the zygote's child, not ours to wait for).
+        with contextlib.suppress(OSError, RuntimeError):
+            self._control.write_eof()
         _, late = await asyncio.wait({self._events}, timeout=wait)
-        if late:  # it has not closed its socket, which it does only by ending
+        if late:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             self._events.cancel()
+        self._control.close()
         self._pipe.close()
         if self._started.done() and not self._started.cancelled():
             self._started.exception()  # retrieved: an error nobody awaited is not a warning

@@ -7,6 +7,7 @@ there; nothing asserts how long anything took.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import signal
 import sys
@@ -478,3 +479,24 @@ async def test_raw_output_reaches_on_line_as_written_and_the_tail_scrubbed() -> 
                             on_line=on_line, raw_output=True)
     assert seen == [f"token={secret}"]
     assert result.output == ("token=***",)
+
+
+async def test_supervisors_are_forked_by_one_zygote_started_again_when_it_has_gone() -> None:
+    """Every run's supervisor is a child of the one zygote (not a fresh interpreter per run);
+    a zygote that died is replaced at the next run, which works all the same."""
+    supervisor_parent = [sys.executable, "-c", "import os; print(open(f'/proc/{os.getppid()}"
+                         "/stat').read().rpartition(')')[2].split()[1])"]
+    await proc.prepare()
+    parents = set()
+    for _ in range(2):
+        got = await proc.run(supervisor_parent, timeout=30)
+        parents.add(int(got.output[-1]))
+    assert len(parents) == 1
+    zygote = parents.pop()
+    cmdline = await asyncio.to_thread(Path(f"/proc/{zygote}/cmdline").read_bytes)
+    assert b"--zygote" in cmdline
+    os.kill(zygote, signal.SIGKILL)
+    assert await _gone(zygote)
+    again = await proc.run(supervisor_parent, timeout=30)
+    assert again.returncode == 0
+    assert int(again.output[-1]) not in (zygote, 0)
