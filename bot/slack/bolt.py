@@ -152,7 +152,7 @@ class _Listeners:
                              message_ts=message.ts if message else None,
                              response_url=click.response_url)
             action_id = action.action_id.removeprefix(ACTION_PREFIX)
-            value = action.value
+            value = action.chosen
             verb = action_id if action_id in _VERBS else "unknown"
             self._spawn(inv, verb,
                         lambda: self._handler.action(inv, action_id=action_id, value=value),

@@ -42,7 +42,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,6 +69,7 @@ POST = "post"  # a message in a channel, or in a thread that is no environment's
 EPHEMERAL = "ephemeral"  # a message only one person sees
 CREDENTIALS = "credentials"  # an environment's credentials, derived when sent
 REPLACE = "replace"  # a used reminder's buttons replaced by what happened
+DIRECT = "direct"  # a direct message to one person (a reminder's copy for the owner)
 
 _LEGACY_PENDING = "pending:"  # a root claim marker older versions wrote into thread_ts
 _MEMBER_SECONDS = 300.0  # how long "Ephem is in this channel" is believed
@@ -111,6 +112,9 @@ class Notifier:
         self._members: dict[str, float] = {}
         self._asking: dict[str, asyncio.Task[bool | None]] = {}
         self._closed = False
+        # What the card says the environment costs (`bot.cost`); plugged in by the
+        # composition root, None: no cost on the card.
+        self.cost: Callable[[Environment], str | None] | None = None
 
     def start(self) -> None:
         """Start sending the outbox from this process (adding a row also starts it)."""
@@ -214,6 +218,29 @@ class Notifier:
                                         payload={**base, "via": "direct"}))
         return added
 
+    # ----------------------------------------------------------------------- rows in a
+    # transaction someone else holds (the scheduler's): they commit with its decision, and
+    # `added` has them sent once it committed.
+
+    async def add_thread(self, s: AsyncSession, env: Environment, text: str, *,
+                         blocks: Sequence[Mapping[str, Any]] | None = None) -> int:
+        return await rows.add(s, queue=env.channel_id, kind=THREAD, env_id=env.id,
+                              payload={"text": text, "blocks": _blocks(blocks)})
+
+    async def add_direct(self, s: AsyncSession, user: str, text: str, *,
+                         blocks: Sequence[Mapping[str, Any]] | None = None,
+                         env_id: int | None = None) -> int:
+        return await rows.add(s, queue=user_queue(user), kind=DIRECT, env_id=env_id,
+                              payload={"user": user, "text": text, "blocks": _blocks(blocks)})
+
+    async def add_post(self, s: AsyncSession, channel: str, text: str) -> int:
+        return await rows.add(s, queue=channel, kind=POST,
+                              payload={"channel": channel, "text": text})
+
+    def added(self, ids: Sequence[int]) -> None:
+        """Rows were committed: send them now (any replica would, later)."""
+        self._added(ids)
+
     # ----------------------------------------------------------------------- waiting
 
     def _added(self, ids: Sequence[int]) -> None:
@@ -291,6 +318,10 @@ class Notifier:
                 return await self._send_credentials(entry)
             case "replace":
                 return await self._send_replace(entry)
+            case "direct":
+                await self._writer.post_direct(str(p["user"]), text=str(p["text"]),
+                                               blocks=p.get("blocks"))
+                return Sent.DONE
         raise SlackWriteError("outbox", f"unknown kind {entry.kind!r}")
 
     async def _environment(self, env_id: int | None) -> Environment:
@@ -302,7 +333,8 @@ class Notifier:
                                                        str | None]:
         async with self._store.transaction() as s:
             env = await repo.get_environment(s, env_id)
-            view = card_view(env, await repo.latest_phase_runs(s, env_id))
+            view = card_view(env, await repo.latest_phase_runs(s, env_id),
+                             cost=self.cost(env) if self.cost is not None else None)
             shown = await rows.card_digest(s, env_id)
         return env, status_card_text(view), status_card(view), shown
 

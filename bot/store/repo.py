@@ -258,3 +258,38 @@ async def forget_sightings(s: AsyncSession, now: datetime) -> int:
     """Drop remembered Slack requests whose time is up (`keep_until` before `now`)."""
     result = await s.execute(delete(SlackRequestSeen).where(SlackRequestSeen.keep_until < now))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- quotas, budget
+
+# What counts against a quota: live, and not on its way out.
+COUNTED_STATUSES = tuple(s for s in LIVE_STATUSES if s is not EnvStatus.DESTROYING)
+
+
+async def lock_for_quota(s: AsyncSession, key: str) -> None:
+    """A transaction-scoped advisory lock on `key` (a channel or a user): creates counting
+    against the same quota wait for each other, so two cannot both take the last place."""
+    await s.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(
+        "ephem-quota:" + key, 0))))
+
+
+async def counted_environments(
+    s: AsyncSession, *, owner_id: str | None = None, channel_id: str | None = None,
+) -> Sequence[Environment]:
+    """Environments counted against a quota (of an owner, or of a channel), oldest first."""
+    stmt = select(Environment).where(Environment.status.in_(COUNTED_STATUSES))
+    if owner_id is not None:
+        stmt = stmt.where(Environment.owner_id == owner_id)
+    if channel_id is not None:
+        stmt = stmt.where(Environment.channel_id == channel_id)
+    return (await s.execute(stmt.order_by(Environment.created_at, Environment.id))
+            ).scalars().all()
+
+
+async def channel_environments_since(s: AsyncSession, *, channel_id: str,
+                                     since: datetime) -> Sequence[Environment]:
+    """A channel's environments that lived at some point since `since` (for its budget)."""
+    stmt = select(Environment).where(
+        Environment.channel_id == channel_id,
+        (Environment.destroyed_at.is_(None)) | (Environment.destroyed_at >= since))
+    return (await s.execute(stmt)).scalars().all()
