@@ -146,7 +146,7 @@ async def _work(phase: Phase, action: PhaseAction, ctx: PhaseContext) -> PhaseRe
     except Exception:
         what = ""
     await phase.destroy(ctx)
-    return PhaseResult(summary=what or None)
+    return PhaseResult(summary=what)
 
 
 class _Run:
