@@ -32,13 +32,15 @@ from typing import Any, Protocol
 
 from sqlalchemy import delete, func, literal_column, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot import redaction
 from bot.ports import Orphan, OrphanFinding
 from bot.slack import messages
 from bot.store import Store, repo
+from bot.store import outbox as rows
 from bot.store.models import OrphanSighting
+from bot.store.outbox import NewRow
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,8 @@ _LOCK = 0x657068656D_01  # pg advisory lock key: one reconciliation at a time
 
 
 class Reporter(Protocol):
-    async def operators(self, s: AsyncSession, text: str) -> Sequence[int]:
-        """Add a report for the operators' channel to the outbox, in `s`; the rows' ids."""
+    def operators(self, text: str) -> Sequence[NewRow]:
+        """The outbox rows of a report for the operators' channel (none without one)."""
         ...
 
     def added(self, ids: Sequence[int]) -> None: ...
@@ -141,8 +143,8 @@ class Reconciler:
                 result.new = sorted((by_key[(r.kind, r.name)] for r in inserted if r.inserted),
                                     key=lambda o: order[(o.kind, o.name)])
             if result.new:
-                added += await self.report.operators(s, messages.orphans_found(
-                    [o.line() for o in result.new], grace=self.grace))
+                added += await rows.add_many(s, self.report.operators(messages.orphans_found(
+                    [o.line() for o in result.new], grace=self.grace)))
                 for o in result.new:
                     await repo.audit(s, actor=ACTOR, action="orphan-found", source="scheduler",
                                      details={"kind": o.kind, "name": o.name,
@@ -180,8 +182,9 @@ class Reconciler:
                 await repo.audit(s, actor=ACTOR, action="orphan-remove-failed",
                                  source="scheduler", details={**details, "attempt": tries,
                                                               "error": error})
-                added = await self.report.operators(s, messages.orphan_remove_failed(
-                    orphan.line(), error=error, attempt=tries, again_in=wait))
+                added = await rows.add_many(s, self.report.operators(
+                    messages.orphan_remove_failed(orphan.line(), error=error, attempt=tries,
+                                                  again_in=wait)))
             self.report.added(added)
             result.failed.append(orphan)
             return
@@ -189,6 +192,7 @@ class Reconciler:
             await s.execute(delete(OrphanSighting).where(*key))
             await repo.audit(s, actor=ACTOR, action="orphan-removed", source="scheduler",
                              details=details)
-            added = await self.report.operators(s, messages.orphan_removed(orphan.line()))
+            added = await rows.add_many(s, self.report.operators(
+                messages.orphan_removed(orphan.line())))
         self.report.added(added)
         result.removed.append(orphan)

@@ -28,16 +28,17 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import DateTime, Interval, bindparam, exists, func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import metrics
 from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
 from bot.ports import DatabaseSizes
 from bot.store import Store, repo
+from bot.store import outbox as rows
 from bot.store.models import Environment, Job
+from bot.store.outbox import NewRow
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,13 @@ _DUE = text("""(
 
 
 class Announcer(Protocol):
-    """What the scheduler says. Each method adds outbox rows in the scheduler's transaction
-    (so they commit with the decision) and returns their ids; `added` is called with them
-    after the commit, to have them sent now."""
+    """What the scheduler says. Each method returns the outbox rows that say it; the scheduler
+    adds them in the transaction of its decision (all of a tick's in one statement), and calls
+    `added` with their ids after the commit, to have them sent now."""
 
-    async def reminder(self, s: AsyncSession, env: Environment, *, last: bool,
-                       now: datetime) -> Sequence[int]: ...
+    def reminder(self, env: Environment, *, last: bool, now: datetime) -> Sequence[NewRow]: ...
 
-    async def expired(self, s: AsyncSession, env: Environment, *,
-                      now: datetime) -> Sequence[int]: ...
+    def expired(self, env: Environment, *, now: datetime) -> Sequence[NewRow]: ...
 
     def added(self, ids: Sequence[int]) -> None: ...
 
@@ -184,6 +183,8 @@ class Scheduler:
                 ).order_by(Environment.id)
                 .with_for_update(skip_locked=True)
             )).scalars().all()
+            said: list[NewRow] = []
+            audit: list[dict[str, Any]] = []
             for env in near:
                 is_last = env.expires_at - now <= self.last_lead_time(env)
                 if is_last:
@@ -193,11 +194,14 @@ class Scheduler:
                 else:
                     env.reminded_at = now
                     reminded.append(env.id)
-                added += await self.announce.reminder(s, env, last=is_last, now=now)
-                await repo.audit(s, actor=SCHEDULER_ACTOR, action="remind", source="scheduler",
-                                 env_id=env.id, details={
-                                     "reminder": "last" if is_last else "first",
-                                     "expires_at": env.expires_at.isoformat()})
+                said += self.announce.reminder(env, last=is_last, now=now)
+                audit.append({"actor": SCHEDULER_ACTOR, "action": "remind",
+                              "source": "scheduler", "env_id": env.id, "details": {
+                                  "reminder": "last" if is_last else "first",
+                                  "expires_at": env.expires_at.isoformat()}})
+            # One statement per kind of write, whatever the number of environments.
+            added += await rows.add_many(s, said)
+            await repo.audit_many(s, audit)
         pending = exists().where(Job.env_id == Environment.id,
                                  Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
         destroy_failed_lately = exists().where(
@@ -210,13 +214,15 @@ class Scheduler:
                     ~pending, ~destroy_failed_lately,
                 ).order_by(Environment.id).with_for_update(skip_locked=True)
             )).scalars().all()
-            for env in expired:
-                await repo.enqueue_job(s, env_id=env.id, kind=JobKind.DESTROY,
-                                       requested_by=SCHEDULER_ACTOR)
-                await repo.audit(s, actor=SCHEDULER_ACTOR, action="expire", source="scheduler",
-                                 env_id=env.id, details={"expired_at": env.expires_at.isoformat()})
-                added += await self.announce.expired(s, env, now=now)
-                reaped.append(env.id)
+            reaped = [env.id for env in expired]
+            await repo.enqueue_jobs(s, env_ids=reaped, kind=JobKind.DESTROY,
+                                    requested_by=SCHEDULER_ACTOR)
+            await repo.audit_many(s, [
+                {"actor": SCHEDULER_ACTOR, "action": "expire", "source": "scheduler",
+                 "env_id": env.id, "details": {"expired_at": env.expires_at.isoformat()}}
+                for env in expired])
+            added += await rows.add_many(s, [row for env in expired
+                                             for row in self.announce.expired(env, now=now)])
         async with self.store.transaction() as s:
             await repo.forget_sightings(s, now)
         if added:

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
 from bot.metrics import REGISTRY
 from bot.scheduler import Scheduler
 from bot.store import Store, repo
 from bot.store.models import AuditEvent, Environment, Job, SlackRequestSeen
+from bot.store.outbox import NewRow
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -26,13 +26,11 @@ class Recorded:
         self.reminders: list[tuple[int, bool]] = []
         self.expiries: list[int] = []
 
-    async def reminder(self, s: AsyncSession, env: Environment, *, last: bool,
-                       now: datetime) -> Sequence[int]:
+    def reminder(self, env: Environment, *, last: bool, now: datetime) -> Sequence[NewRow]:
         self.reminders.append((env.id, last))
         return []
 
-    async def expired(self, s: AsyncSession, env: Environment, *,
-                      now: datetime) -> Sequence[int]:
+    def expired(self, env: Environment, *, now: datetime) -> Sequence[NewRow]:
         self.expiries.append(env.id)
         return []
 

@@ -1,12 +1,12 @@
-"""What the scheduler and reconciliation say, as outbox rows in their own transactions.
+"""What the scheduler and reconciliation say, as outbox rows for their own transactions.
 
 Why a module: the scheduler decides *when* (a reminder is due, an environment expired, an
 orphan was found) and must write the message in the same transaction as the decision, so that a
 crash between the two loses nothing and sends nothing twice. This module decides *what*: the
 texts (`bot.slack.messages`), the buttons (`bot.slack.blocks`), the cost (`bot.cost`) and where
 each goes — a reminder to the owner in the environment's thread and as a direct message, an
-orphan report in the operators' channel. It adds rows through the notifier and never waits on
-Slack.
+orphan report in the operators' channel. It returns the rows; the caller adds them in its
+transaction. Nothing here waits on Slack or touches the database.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from bot import cost
 from bot.config import Blueprint
 from bot.domain import format_duration
@@ -24,6 +22,7 @@ from bot.slack import messages
 from bot.slack.blocks import reminder_blocks
 from bot.slack.notifier import Notifier
 from bot.store.models import Environment
+from bot.store.outbox import NewRow
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +45,26 @@ class LifecycleAnnouncer:
     def cost_of(self, env: Environment, now: datetime) -> str | None:
         return cost.describe(cost.estimate(env, self.blueprint, now))
 
-    async def reminder(self, s: AsyncSession, env: Environment, *, last: bool,
-                       now: datetime) -> Sequence[int]:
+    def reminder(self, env: Environment, *, last: bool, now: datetime) -> Sequence[NewRow]:
         text = messages.reminder(env.name, owner_id=env.owner_id, left=env.expires_at - now,
                                  expires=messages.slack_date(env.expires_at),
                                  cost=self.cost_of(env, now), last=last)
         blocks = reminder_blocks(env.name, text, extend_choices(self.blueprint, env, now))
-        return [await self.notifier.add_thread(s, env, text, blocks=blocks),
-                await self.notifier.add_direct(s, env.owner_id, text, blocks=blocks,
-                                               env_id=env.id)]
+        return [self.notifier.thread_row(env, text, blocks=blocks),
+                self.notifier.direct_row(env.owner_id, text, blocks=blocks, env_id=env.id)]
 
-    async def expired(self, s: AsyncSession, env: Environment, *,
-                      now: datetime) -> Sequence[int]:
+    def expired(self, env: Environment, *, now: datetime) -> Sequence[NewRow]:
         text = messages.expired(env.name, lived=cost.lived(env, now),
                                 cost=self.cost_of(env, now))
-        return [await self.notifier.add_thread(s, env, text)]
+        return [self.notifier.thread_row(env, text)]
 
-    async def operators(self, s: AsyncSession, text: str) -> Sequence[int]:
+    def operators(self, text: str) -> Sequence[NewRow]:
         """A report for the operators' channel (`channels.operators`); the log without one."""
         channel = self.blueprint.channels.operators
         if channel is None:
             log.warning("reconciliation (no channels.operators to tell): %s", text)
             return []
-        return [await self.notifier.add_post(s, channel, text)]
+        return [self.notifier.post_row(channel, text)]
 
     def added(self, ids: Sequence[int]) -> None:
         self.notifier.added(ids)

@@ -218,24 +218,25 @@ class Notifier:
                                         payload={**base, "via": "direct"}))
         return added
 
-    # ----------------------------------------------------------------------- rows in a
-    # transaction someone else holds (the scheduler's): they commit with its decision, and
-    # `added` has them sent once it committed.
+    # ----------------------------------------------------------------------- rows for a
+    # transaction someone else holds (the scheduler's): they commit with its decision
+    # (`bot.store.outbox.add_many`), and `added` has them sent once it committed.
 
-    async def add_thread(self, s: AsyncSession, env: Environment, text: str, *,
-                         blocks: Sequence[Mapping[str, Any]] | None = None) -> int:
-        return await rows.add(s, queue=env.channel_id, kind=THREAD, env_id=env.id,
-                              payload={"text": text, "blocks": _blocks(blocks)})
+    @staticmethod
+    def thread_row(env: Environment, text: str, *,
+                   blocks: Sequence[Mapping[str, Any]] | None = None) -> rows.NewRow:
+        return rows.NewRow(queue=env.channel_id, kind=THREAD, env_id=env.id,
+                           payload={"text": text, "blocks": _blocks(blocks)})
 
-    async def add_direct(self, s: AsyncSession, user: str, text: str, *,
-                         blocks: Sequence[Mapping[str, Any]] | None = None,
-                         env_id: int | None = None) -> int:
-        return await rows.add(s, queue=user_queue(user), kind=DIRECT, env_id=env_id,
-                              payload={"user": user, "text": text, "blocks": _blocks(blocks)})
+    @staticmethod
+    def direct_row(user: str, text: str, *, blocks: Sequence[Mapping[str, Any]] | None = None,
+                   env_id: int | None = None) -> rows.NewRow:
+        return rows.NewRow(queue=user_queue(user), kind=DIRECT, env_id=env_id,
+                           payload={"user": user, "text": text, "blocks": _blocks(blocks)})
 
-    async def add_post(self, s: AsyncSession, channel: str, text: str) -> int:
-        return await rows.add(s, queue=channel, kind=POST,
-                              payload={"channel": channel, "text": text})
+    @staticmethod
+    def post_row(channel: str, text: str) -> rows.NewRow:
+        return rows.NewRow(queue=channel, kind=POST, payload={"channel": channel, "text": text})
 
     def added(self, ids: Sequence[int]) -> None:
         """Rows were committed: send them now (any replica would, later)."""

@@ -133,6 +133,17 @@ async def enqueue_job(
     return job
 
 
+async def enqueue_jobs(s: AsyncSession, *, env_ids: Sequence[int], kind: JobKind,
+                       requested_by: str) -> None:
+    """Queue one job of `kind` for each environment, in one statement (and one wake-up)."""
+    if not env_ids:
+        return
+    await s.execute(insert(Job).values([
+        {"env_id": e, "kind": kind, "status": JobStatus.QUEUED, "requested_by": requested_by}
+        for e in env_ids]))
+    await s.execute(select(func.pg_notify(JOBS_CHANNEL, "batch")))
+
+
 async def pending_jobs(s: AsyncSession, env_id: int) -> Sequence[Job]:
     """Jobs of an environment that are queued or running, oldest first."""
     stmt = select(Job).where(
@@ -205,6 +216,14 @@ async def audit(
     s.add(AuditEvent(actor=actor, action=action, source=source, env_id=env_id,
                      details=details or {}))
     await s.flush()
+
+
+async def audit_many(s: AsyncSession, events: Sequence[dict[str, Any]]) -> None:
+    """Record many audit events (`audit`'s keyword arguments each) in one statement."""
+    if events:
+        await s.execute(insert(AuditEvent).values([
+            {"actor": e["actor"], "action": e["action"], "source": e["source"],
+             "env_id": e.get("env_id"), "details": e.get("details") or {}} for e in events]))
 
 
 async def first_sighting(s: AsyncSession, *, kind: str, key: str, keep: timedelta) -> bool:
