@@ -231,7 +231,10 @@ class Ephem:
 
 def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None,
           timing: OutboxTiming | None = None,
-          skipped: Mapping[PhaseName, str] | None = None) -> Ephem:
+          skipped: Mapping[PhaseName, str] | None = None, reconcile: bool = True) -> Ephem:
+    """Everything one process runs. `reconcile` False: the scheduler never runs the orphan
+    finder (the shell and the demo, which may share a server with others, leave that to
+    `ephem serve` and `ephem doctor --orphans`)."""
     store = open_store(settings)
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
@@ -262,12 +265,11 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
     announcer = LifecycleAnnouncer(notifier, blueprint)
     notifier.cost = lambda env: announcer.cost_of(env, datetime.now(UTC))
     periodic: list[Callable[[], Awaitable[None]]] = [keeper.tick] if keeper else []
-    reconcile = blueprint.reconcile
-    if reconcile.enabled:
+    rc = blueprint.reconcile
+    if reconcile and rc.enabled:
         reconciler = Reconciler(
             store=store, finder=orphan_finder(settings, blueprint, store), report=announcer,
-            grace=reconcile.grace, every=reconcile.every, retry_base=reconcile.retry_base,
-            retry_cap=reconcile.retry_cap)
+            grace=rc.grace, every=rc.every, retry_base=rc.retry_base, retry_cap=rc.retry_cap)
         periodic.append(reconciler.tick)
     scheduler = Scheduler(store=store, remind_before=blueprint.defaults.remind_before,
                           last_remind_before=blueprint.defaults.last_reminder,
