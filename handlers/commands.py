@@ -192,6 +192,13 @@ class Commands:
 
     async def action(self, inv: Invocation, *, action_id: str, value: str) -> list[Reply]:
         try:
+            # A reminder's Extend and Extend… carry the expiry they remind of (`name@<epoch>`):
+            # once that expiry has moved (the other copy of the reminder, or the card, was
+            # used), a click on them changes nothing.
+            stamp: int | None = None
+            if action_id in ("extend", "extend-by") and "@" in value:
+                value, _, at = value.rpartition("@")
+                stamp = int(at) if at.isascii() and at.isdigit() and len(at) < 12 else -1
             if action_id in ("retry", "destroy", "extend"):
                 # A button's value is the environment's name; anything else is not ours.
                 value = validate_name(value)
@@ -200,10 +207,11 @@ class Commands:
             if action_id == "destroy":
                 return await self._destroy(inv, Destroy(value))
             if action_id == "extend":
-                return await self._extend(inv, Extend(value))
+                return await self._extend(inv, Extend(value), reminded_of=stamp)
             if action_id == "extend-by":  # the reminder's Extend… menu: `name:3d`
                 name, _, by = value.partition(":")
-                return await self._extend(inv, Extend(validate_name(name), parse_duration(by)))
+                return await self._extend(inv, Extend(validate_name(name), parse_duration(by)),
+                                          reminded_of=stamp)
             if action_id == "reset-data":
                 return await self._reset_data(inv, ResetData(value))
             if action_id == "creds":
@@ -463,9 +471,11 @@ class Commands:
         return [Reply(f"Destroy requested by <@{inv.user_id}>.{note}",
                       visibility=Visibility.THREAD, env_id=env.id)]
 
-    async def _extend(self, inv: Invocation, cmd: Extend) -> list[Reply]:
+    async def _extend(self, inv: Invocation, cmd: Extend, *,
+                      reminded_of: int | None = None) -> list[Reply]:
         """Push expiry back by `by` (the blueprint's ttl by default); refused, saying how much
-        is possible, when that would take it past `max_ttl` from now."""
+        is possible, when that would take it past `max_ttl` from now. `reminded_of`: the
+        expiry (epoch seconds) a reminder's button was about; another one changes nothing."""
         by = cmd.by or self.blueprint.defaults.ttl
         now = self.clock()
         max_ttl = self.blueprint.defaults.max_ttl
@@ -476,6 +486,9 @@ class Commands:
             self._authorize(inv, env, "extend it")
             if env.status in (EnvStatus.DESTROYING, EnvStatus.DESTROYED):
                 raise UserError(f"*{escape(env.name)}* is being destroyed; it cannot be extended.")
+            if reminded_of is not None and int(env.expires_at.timestamp()) != reminded_of:
+                raise UserError(messages.reminder_stale(env.name, left=_ago(env.expires_at
+                                                                            - now)))
             base = max(env.expires_at, now)
             room = now + max_ttl - base
             if by > room:

@@ -157,10 +157,12 @@ async def test_both_reminders_reach_the_owner_in_the_thread_and_by_direct_messag
         assert re.search(r"It has cost (<)?\$[0-9.]+ so far · (<)?\$[0-9.]+/day\.",
                          message["text"]), message["text"]
         extend, menu, destroy = _buttons(message)
-        assert (extend["action_id"], extend["value"]) == ("ephem:extend", "rem-1")
+        stamp = int(env.expires_at.timestamp())  # the expiry it reminds of
+        assert (extend["action_id"], extend["value"]) == ("ephem:extend", f"rem-1@{stamp}")
         assert menu["type"] == "static_select" and menu["action_id"] == "ephem:extend-by"
         # 7d would take it past max_ttl (7d from now): only what fits is offered.
-        assert [o["value"] for o in menu["options"]] == ["rem-1:1d", "rem-1:3d"]
+        assert [o["value"] for o in menu["options"]] == [f"rem-1:1d@{stamp}",
+                                                         f"rem-1:3d@{stamp}"]
         assert (destroy["action_id"], destroy["text"]["text"]) == ("ephem:destroy",
                                                                    "Destroy now")
     assert env.db_bytes is not None and env.db_bytes > 0
@@ -204,9 +206,13 @@ async def test_the_extend_menu_extends_by_the_chosen_amount_and_past_the_maximum
     assert await bot.app.notifier.flush(20)
     [dm] = [ts for ts, m in bot.api.messages.items() if m["channel"] == f"D{OWNER}"
             and _buttons(m)]
+    [in_thread] = [ts for ts, m in bot.api.messages.items() if m["channel"] == CHANNEL
+                   and m["thread_ts"] == env.thread_ts and _buttons(m)]
+    _, menu, _ = _buttons(bot.api.messages[dm])
+    [three_days] = [o["value"] for o in menu["options"] if o["text"]["text"] == "by 3d"]
 
     # Extend… by 3d, chosen in the direct message.
-    status, _ = await bot.slack.action("ephem:extend-by", value="ext-1:3d", selected=True,
+    status, _ = await bot.slack.action("ephem:extend-by", value=three_days, selected=True,
                                        user_id=OWNER, channel_id=f"D{OWNER}", message_ts=dm)
     assert status == 200
     await bot.api.wait_for("chat.update", lambda c: c.params["ts"] == dm, timeout=20)
@@ -215,6 +221,17 @@ async def test_the_extend_menu_extends_by_the_chosen_amount_and_past_the_maximum
     assert extended.reminded_at is None and extended.last_reminded_at is None
     assert not _buttons(bot.api.messages[dm])  # used: the buttons are gone
     assert "extended *ext-1* by 3d" in bot.api.messages[dm]["blocks"][0]["text"]["text"]
+
+    # The thread's copy of the same reminder is out of date now: its Extend changes nothing.
+    [extend] = [b for b in _buttons(bot.api.messages[in_thread])
+                if b["action_id"] == "ephem:extend"]
+    await bot.slack.action("ephem:extend", value=extend["value"], user_id=OWNER,
+                           channel_id=CHANNEL, message_ts=in_thread, thread_ts=env.thread_ts)
+    [stale] = await bot.api.wait_for(
+        "chat.postEphemeral", lambda c: "out of date" in c.params["text"], timeout=20)
+    assert stale.params["text"].startswith("That reminder is out of date: *ext-1* was "
+                                           "extended since, and now expires in 4d23h")
+    assert (await bot.env("ext-1")).expires_at == extended.expires_at
 
     # 5d is 2d + 3d left + 5d: past the 7 days from now that an environment may live.
     status, _ = await bot.slack.command("extend ext-1 5d", user_id=OWNER, channel_id=CHANNEL)

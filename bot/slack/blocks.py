@@ -345,20 +345,28 @@ def status_card_text(view: CardView) -> str:
 # --------------------------------------------------------------------------- reminder
 
 
-def extend_by_value(name: str, by: str) -> str:
-    """The value of an Extend… menu option: the environment and the duration."""
-    return f"{name}:{by}"
+def extend_by_value(name: str, by: str, *, expires: int | None = None) -> str:
+    """The value of an Extend… menu option: the environment and the duration (and the expiry
+    it reminds of, in epoch seconds)."""
+    return f"{name}:{by}" + (f"@{expires}" if expires is not None else "")
 
 
-def reminder_blocks(name: str, text: str, choices: Sequence[str] = ()) -> Blocks:
+def reminder_blocks(name: str, text: str, choices: Sequence[str] = (), *,
+                    expires: int | None = None) -> Blocks:
     """The reminder before expiry: `text` (`messages.reminder`), then Extend (by the default),
-    Extend… (a menu of `choices`, durations like `3d`; none: no menu) and Destroy now."""
+    Extend… (a menu of `choices`, durations like `3d`; none: no menu) and Destroy now.
+
+    Extend and Extend… carry `expires` (the expiry reminded of, epoch seconds): the reminder
+    goes to the thread and to a direct message, and once one copy (or the card) extended it,
+    the other's extend buttons change nothing."""
+    stamp = f"@{expires}" if expires is not None else ""
     elements: list[Any] = [ButtonElement(text=messages.EXTEND, action_id=EXTEND_ACTION,
-                                         value=name, style="primary")]
+                                         value=name + stamp, style="primary")]
     if choices:
         elements.append(StaticSelectElement(
             placeholder=PlainTextObject(text=messages.EXTEND_BY), action_id=EXTEND_BY_ACTION,
-            options=[Option(value=extend_by_value(name, c), label=f"by {c}") for c in choices]))
+            options=[Option(value=extend_by_value(name, c, expires=expires), label=f"by {c}")
+                     for c in choices]))
     elements.append(_destroy_button(name, label=messages.DESTROY_NOW))
     blocks: list[Block] = [
         SectionBlock(text=MarkdownTextObject(text=truncate(text, MAX_SECTION_TEXT))),

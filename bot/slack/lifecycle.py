@@ -49,7 +49,8 @@ class LifecycleAnnouncer:
         text = messages.reminder(env.name, owner_id=env.owner_id, left=env.expires_at - now,
                                  expires=messages.slack_date(env.expires_at),
                                  cost=self.cost_of(env, now), last=last)
-        blocks = reminder_blocks(env.name, text, extend_choices(self.blueprint, env, now))
+        blocks = reminder_blocks(env.name, text, extend_choices(self.blueprint, env, now),
+                                 expires=int(env.expires_at.timestamp()))
         return [self.notifier.thread_row(env, text, blocks=blocks),
                 self.notifier.direct_row(env.owner_id, text, blocks=blocks, env_id=env.id)]
 

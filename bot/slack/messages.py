@@ -158,6 +158,11 @@ def destroyed(name: str, *, lived: timedelta, removed: Sequence[str], expired: b
     return f"`{escape(name)}` {how} after living {format_duration(lived)}. Removed: {what}."
 
 
+def reminder_stale(name: str, *, left: str) -> str:
+    return (f"That reminder is out of date: *{escape(name)}* was extended since, and now "
+            f"expires in {left}. Nothing was changed.")
+
+
 def extend_refused(name: str, *, asked: timedelta, room: timedelta, max_ttl: timedelta) -> str:
     limit = (f"environments live at most {format_duration(max_ttl)} from now, so "
              f"*{escape(name)}* ")
