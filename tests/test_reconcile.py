@@ -16,14 +16,14 @@ import asyncpg
 import pytest
 from sqlalchemy import select
 
-from bot.cli.app import orphan_finder
+from bot.cli.app import build, orphan_finder
 from bot.config import Blueprint, load_settings, parse_blueprint
 from bot.domain import DataMode, DataRequest, EnvStatus, ReleaseSet
 from bot.pg import asyncpg_dsn, quote_ident
 from bot.reconcile import Reconciler
 from bot.slack.lifecycle import LifecycleAnnouncer
 from bot.slack.notifier import Notifier
-from bot.slack.writer import WebApiWriter, make_web_client
+from bot.slack.writer import ConsoleWriter, WebApiWriter, make_web_client
 from bot.store import Store, repo
 from bot.store.models import AuditEvent, OrphanSighting
 from pipelines.base import PhaseContext
@@ -185,3 +185,19 @@ async def test_orphans_are_reported_once_destroyed_after_the_grace_and_failures_
         await conn.close()
     assert await notifier.flush(20)
     assert len([r for r in reports() if r.startswith(":broom:")]) == 3
+
+
+async def test_serve_reconciles_on_the_scheduler_beat_and_the_shell_does_not(
+    bot_db_url: str
+) -> None:
+    settings = load_settings(database_url=bot_db_url, slack_app_token=None)
+    for reconcile, blueprint, runs in ((True, {}, 1), (False, {}, 0),
+                                       (True, {"reconcile": {"enabled": False}}, 0)):
+        app = build(settings, parse_blueprint(blueprint), writer=ConsoleWriter(lambda _: None),
+                    reconcile=reconcile)
+        try:
+            found = [w for w in app.scheduler.periodic
+                     if isinstance(getattr(w, "__self__", None), Reconciler)]
+            assert len(found) == runs, (reconcile, blueprint)
+        finally:
+            await app.store.close()
