@@ -24,6 +24,7 @@ Every step is an audit event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,10 +79,31 @@ class Reconciler:
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self.clock = clock
+        self._running: asyncio.Task[None] | None = None
 
     async def tick(self) -> None:
-        """The scheduler's periodic hook: a run when one is due (here or in another replica)."""
-        await self.run()
+        """The scheduler's periodic hook: start a run, when one is due, as a task of its own
+        (a destroy may take minutes; reminders in this process do not wait for it)."""
+        if self._running is not None and not self._running.done():
+            return
+        self._running = asyncio.get_running_loop().create_task(self._logged(),
+                                                               name="ephem-reconcile")
+
+    async def _logged(self) -> None:
+        try:
+            await self.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reconciliation failed; it runs again at its next turn")
+
+    async def stop(self) -> None:
+        """Cut a run short (shutting down); what it had not removed yet stays in the store."""
+        if self._running is not None:
+            self._running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._running
+            self._running = None
 
     def backoff(self, attempt: int) -> timedelta:
         wait: timedelta = self.retry_base * (2 ** min(attempt - 1, 30))

@@ -199,5 +199,6 @@ async def test_serve_reconciles_on_the_scheduler_beat_and_the_shell_does_not(
             found = [w for w in app.scheduler.periodic
                      if isinstance(getattr(w, "__self__", None), Reconciler)]
             assert len(found) == runs, (reconcile, blueprint)
+            assert (app.reconciler is not None) == bool(runs)  # stopped with the app
         finally:
             await app.store.close()

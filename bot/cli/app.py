@@ -201,6 +201,7 @@ class Ephem:
     executor: Executor
     scheduler: Scheduler
     keeper: SnapshotKeeper | None = None
+    reconciler: Reconciler | None = None
     inflight: InFlight = field(default_factory=InFlight)
 
     async def start(self, *, executor: bool = True, scheduler: bool = True) -> None:
@@ -216,6 +217,8 @@ class Ephem:
         await self.scheduler.stop()
         if self.keeper is not None:
             await self.keeper.stop()
+        if self.reconciler is not None:
+            await self.reconciler.stop()
         await self.inflight.drain(self.settings.grace_seconds)
         await self.executor.stop()
         await self.notifier.close(timeout=min(self.settings.grace_seconds, 10.0))
@@ -266,6 +269,7 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
     notifier.cost = lambda env: announcer.cost_of(env, datetime.now(UTC))
     periodic: list[Callable[[], Awaitable[None]]] = [keeper.tick] if keeper else []
     rc = blueprint.reconcile
+    reconciler = None
     if reconcile and rc.enabled:
         reconciler = Reconciler(
             store=store, finder=orphan_finder(settings, blueprint, store), report=announcer,
@@ -277,4 +281,4 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
                           periodic=periodic, sizes=database_sizes(settings, blueprint))
     return Ephem(settings=settings, blueprint=blueprint, store=store, writer=writer,
                  notifier=notifier, commands=commands, runner=runner, executor=executor,
-                 scheduler=scheduler, keeper=keeper)
+                 scheduler=scheduler, keeper=keeper, reconciler=reconciler)
