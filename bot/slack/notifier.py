@@ -23,7 +23,10 @@ into Slack calls at the moment it is sent:
 - an ephemeral answer that cannot reach the person (Ephem is not in the channel) goes through
   the command's `response_url`, which works without membership, and else as a direct message;
 - a button on a message other than the card (the expiry reminder) is replaced, once used, by
-  what happened, so it cannot be clicked again.
+  what happened, so it cannot be clicked again;
+- the scheduler's messages (reminders, in the thread and as a direct message; the expiry
+  notice; reconciliation's reports) are rows it adds in its own transaction (`thread_row`,
+  `direct_row`, `post_row`, then `added`), so they commit with the decision to send them.
 
 It also answers `bot.ports.ChannelAccess` for the handlers: whether Ephem is in a channel, so a
 create in a channel where nobody could follow it is refused before anything exists.
