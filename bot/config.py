@@ -223,10 +223,67 @@ class Defaults(_Strict):
     reference: str | None = None
     data: DataMode = DataMode.SEED
     remind_before: Duration = timedelta(hours=4)
+    # The second, last reminder: this long before expiry (or a sixteenth of the lifetime,
+    # when shorter), so it always comes after the first. Unset: an hour, or a quarter of
+    # `remind_before` when that is shorter.
+    last_remind_before: Duration | None = None
+
+    @property
+    def last_reminder(self) -> timedelta:
+        if self.last_remind_before is not None:
+            return self.last_remind_before
+        return min(timedelta(hours=1), self.remind_before / 4)
+
+    @model_validator(mode="after")
+    def _last_after_first(self) -> Defaults:
+        last = self.last_remind_before
+        if last is not None and last >= self.remind_before:
+            raise ValueError("`last_remind_before` must be shorter than `remind_before` (the "
+                             "last reminder comes after the first)")
+        return self
 
 
 class Channels(_Strict):
     approvals: str | None = None
+    # Where reconciliation reports what it finds and removes (orphans); unset: the log only.
+    operators: str | None = None
+
+
+class Quotas(_Strict):
+    """Live environments allowed at once (destroyed ones do not count); None: no limit."""
+
+    per_user: int | None = Field(default=None, ge=1)
+    per_channel: int | None = Field(default=None, ge=1)
+
+
+class Cost(_Strict):
+    """Unit prices, to show what environments cost and keep a channel within its budget.
+
+    Compute is priced on what the environment's namespace may request (the ResourceQuota's
+    `requests.cpu` / `requests.memory`, else `cpu` / `memory`); the database on its measured
+    size. All prices zero (the default): no cost is shown."""
+
+    currency: str = Field(default="$", max_length=8)
+    cpu_hour: float = Field(default=0.0, ge=0)
+    gib_hour: float = Field(default=0.0, ge=0)
+    db_gb_day: float = Field(default=0.0, ge=0)
+    monthly_channel_budget: float | None = Field(default=None, gt=0)
+
+    @property
+    def priced(self) -> bool:
+        return bool(self.cpu_hour or self.gib_hour or self.db_gb_day)
+
+
+class Reconcile(_Strict):
+    """The scheduler's orphan reconciliation: how often it looks, how long a found orphan is
+    left alone (reported, not touched) before it is destroyed, and the backoff of a failing
+    destroy."""
+
+    enabled: bool = True
+    every: Duration = timedelta(minutes=10)
+    grace: Duration = timedelta(hours=1)
+    retry_base: Duration = timedelta(minutes=1)
+    retry_cap: Duration = timedelta(hours=1)
 
 
 def _version(value: object) -> object:
@@ -684,6 +741,9 @@ class Blueprint(_Strict):
     phases: Phases = Phases()
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
+    quotas: Quotas = Quotas()
+    cost: Cost = Cost()
+    reconcile: Reconcile = Reconcile()
 
 
 def _describe(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:

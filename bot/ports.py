@@ -160,3 +160,39 @@ class ReleaseResolver(Protocol):
         answers something that is not a release set.
         """
         ...
+
+
+# --------------------------------------------------------------------------- scheduler → pipelines
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """Something with Ephem's marks that no live environment owns (see `OrphanFinding`)."""
+
+    kind: str  # "terraform workspace", "namespace", "database", "role"
+    name: str
+    env_id: int | None = None
+    env_name: str | None = None
+
+    def line(self) -> str:
+        owner = f" (environment {self.env_id}, not live)" if self.env_id is not None else ""
+        return f"{self.kind} {self.name}{owner}"
+
+
+class OrphanFinding(Protocol):
+    """The infrastructure phase's orphan finder, as the scheduler's reconciliation uses it."""
+
+    async def find(self) -> Sequence[Orphan]:
+        """Every object with Ephem's marks that no live environment owns, now."""
+        ...
+
+    async def remove(self, orphan: Orphan) -> str:
+        """Destroy one (safe to repeat); one line saying what was done. Raises on failure."""
+        ...
+
+
+class DatabaseSizes(Protocol):
+    async def sizes(self, names: Sequence[str]) -> Mapping[str, int]:
+        """Environment name → its database's size in bytes (`pg_database_size`), for the
+        names that have a database now; the others are left out."""
+        ...

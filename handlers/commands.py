@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import releases
+from bot import cost, releases
 from bot.config import Blueprint
 from bot.domain import (
     CREATE_ORDER,
@@ -30,6 +31,7 @@ from bot.domain import (
     ReleaseSet,
     format_duration,
     generate_name,
+    parse_duration,
     quoted,
     validate_name,
 )
@@ -44,6 +46,7 @@ from bot.ports import (
     Visibility,
 )
 from bot.slack import messages
+from bot.slack.blocks import destroy_list_blocks
 from bot.store import Store, repo
 from bot.store.models import Environment
 from handlers import parser
@@ -141,6 +144,14 @@ def plan_limits(req: EnvRequest, blueprint: Blueprint) -> tuple[timedelta, DataR
     return ttl, data
 
 
+class Refused(UserError):
+    """A create refused by a quota or the budget; the answer may carry buttons."""
+
+    def __init__(self, text: str, *, blocks: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(text)
+        self.blocks = blocks
+
+
 def _ago(delta: timedelta) -> str:
     return format_duration(abs(delta)) if abs(delta) >= timedelta(minutes=1) else "<1m"
 
@@ -177,10 +188,17 @@ class Commands:
         try:
             return await self._run(inv, parsed.command)
         except UserError as exc:
-            return [Reply(str(exc))]
+            return [Reply(str(exc), blocks=getattr(exc, "blocks", None))]
 
     async def action(self, inv: Invocation, *, action_id: str, value: str) -> list[Reply]:
         try:
+            # A reminder's Extend and Extend… carry the expiry they remind of (`name@<epoch>`):
+            # once that expiry has moved (the other copy of the reminder, or the card, was
+            # used), a click on them changes nothing.
+            stamp: int | None = None
+            if action_id in ("extend", "extend-by") and "@" in value:
+                value, _, at = value.rpartition("@")
+                stamp = int(at) if at.isascii() and at.isdigit() and len(at) < 12 else -1
             if action_id in ("retry", "destroy", "extend"):
                 # A button's value is the environment's name; anything else is not ours.
                 value = validate_name(value)
@@ -189,13 +207,17 @@ class Commands:
             if action_id == "destroy":
                 return await self._destroy(inv, Destroy(value))
             if action_id == "extend":
-                return await self._extend(inv, Extend(value))
+                return await self._extend(inv, Extend(value), reminded_of=stamp)
+            if action_id == "extend-by":  # the reminder's Extend… menu: `name:3d`
+                name, _, by = value.partition(":")
+                return await self._extend(inv, Extend(validate_name(name), parse_duration(by)),
+                                          reminded_of=stamp)
             if action_id == "reset-data":
                 return await self._reset_data(inv, ResetData(value))
             if action_id == "creds":
                 return await self._creds(inv, Creds(value))
         except UserError as exc:
-            return [Reply(str(exc))]
+            return [Reply(str(exc), blocks=getattr(exc, "blocks", None))]
         return [Reply(f"That button ({quoted(action_id)}) is not one I know; it may be from an "
                       "older version of Ephem.")]
 
@@ -237,8 +259,8 @@ class Commands:
             try:
                 env = await self._persist_create(inv, plan)
                 break
-            except UserError:
-                if plan.name is not None:
+            except UserError as exc:
+                if plan.name is not None or isinstance(exc, Refused):
                     raise
         else:  # pragma: no cover - five generated names all taken at once
             raise UserError("I could not find a free name; please give one.")
@@ -289,6 +311,7 @@ class Commands:
 
     async def _persist_create(self, inv: Invocation, plan: CreatePlan) -> Environment:
         async with self.store.transaction() as s:
+            await self._within_limits(s, inv, plan)
             # A generated name is random over ~400k; a clash fails the insert and is retried.
             name = plan.name or generate_name()
             env = await repo.create_environment(
@@ -307,6 +330,56 @@ class Commands:
                                  "release_set": plan.release_set})
         return env
 
+    async def _within_limits(self, s: AsyncSession, inv: Invocation, plan: CreatePlan) -> None:
+        """Refuse a create over the blueprint's quotas or the channel's monthly budget.
+
+        Counted under transaction-scoped advisory locks on the channel and the user (always in
+        that order), so two creates at once cannot both take the last place."""
+        quotas, prices = self.blueprint.quotas, self.blueprint.cost
+        budget = prices.monthly_channel_budget if prices.priced else None
+        if quotas.per_user is None and quotas.per_channel is None and budget is None:
+            return
+        await repo.lock_for_quota(s, f"channel:{inv.channel_id}")
+        await repo.lock_for_quota(s, f"user:{inv.user_id}")
+        now = self.clock()
+        mine = await repo.counted_environments(s, owner_id=inv.user_id)
+        if quotas.per_user is not None and len(mine) >= quotas.per_user:
+            raise self._over_quota(mine, scope="you have", limit=quotas.per_user,
+                                   key="quotas.per_user", now=now)
+        if quotas.per_channel is not None:
+            theirs = await repo.counted_environments(s, channel_id=inv.channel_id)
+            if len(theirs) >= quotas.per_channel:
+                raise self._over_quota(mine, scope="this channel has",
+                                       limit=quotas.per_channel, key="quotas.per_channel",
+                                       now=now)
+        if budget is not None:
+            since = cost.month_start(now)
+            spent = cost.spent(await repo.channel_environments_since(
+                s, channel_id=inv.channel_id, since=since), self.blueprint, now, since=since)
+            month_end = (since + timedelta(days=32)).replace(day=1)
+            days = min(plan.ttl, month_end - now) / timedelta(days=1)
+            projected = spent + cost.per_day(self.blueprint) * days
+            if projected > budget:
+                c = prices.currency
+                raise Refused(messages.over_budget(
+                    projected=cost.money(projected, c), budget=cost.money(budget, c),
+                    over=cost.money(projected - budget, c), spent=cost.money(spent, c)))
+
+    def _over_quota(self, mine: Sequence[Environment], *, scope: str, limit: int, key: str,
+                    now: datetime) -> Refused:
+        text = messages.over_quota(scope=scope, limit=limit, key=key)
+        if not mine:
+            return Refused(text.removesuffix(" Destroy one first:") + " None of them is yours.")
+        listed = [(e.name, self._expiry_and_cost(e, now)) for e in mine]
+        lines = "\n".join(f"• *{escape(n)}* — {said}" for n, said in listed)
+        return Refused(f"{text}\n{lines}", blocks=destroy_list_blocks(text, listed))
+
+    def _expiry_and_cost(self, env: Environment, now: datetime) -> str:
+        said = (f"{env.status}, expires in {_ago(env.expires_at - now)}"
+                if env.expires_at > now else f"{env.status}, expired")
+        spent = cost.describe(cost.estimate(env, self.blueprint, now))
+        return f"{said}, {spent}" if spent else said
+
     # ------------------------------------------------------------------ read-only
 
     async def _list(self, inv: Invocation, cmd: ListEnvs) -> list[Reply]:
@@ -318,6 +391,8 @@ class Commands:
         lines = [
             f"• *{escape(e.name)}* — {e.status}, owner <@{e.owner_id}>, "
             + (f"expires in {_ago(e.expires_at - now)}" if e.expires_at > now else "expired")
+            + (f", cost {spent}" if (spent := cost.describe(
+                cost.estimate(e, self.blueprint, now))) else "")
             for e in envs
         ]
         return [Reply(f"{messages.count(len(envs), 'live environment')}:\n" + "\n".join(lines))]
@@ -331,6 +406,8 @@ class Commands:
             f"{messages.is_status(env.name, env.status)} (owner <@{env.owner_id}>, "
             f"reference {quoted(env.reference or '-')}, expires in {_ago(env.expires_at - now)})"
         ]
+        if spent := cost.describe(cost.estimate(env, self.blueprint, now)):
+            lines.append(f"cost: {spent}")
         if env.release_set:
             lines.append(f"releases: {escape(releases.summary(env.release_set))}")
         links = (env.outputs.get(PhaseName.CODE.value) or {}).get("links") or {}
@@ -394,10 +471,14 @@ class Commands:
         return [Reply(f"Destroy requested by <@{inv.user_id}>.{note}",
                       visibility=Visibility.THREAD, env_id=env.id)]
 
-    async def _extend(self, inv: Invocation, cmd: Extend) -> list[Reply]:
+    async def _extend(self, inv: Invocation, cmd: Extend, *,
+                      reminded_of: int | None = None) -> list[Reply]:
+        """Push expiry back by `by` (the blueprint's ttl by default); refused, saying how much
+        is possible, when that would take it past `max_ttl` from now. `reminded_of`: the
+        expiry (epoch seconds) a reminder's button was about; another one changes nothing."""
         by = cmd.by or self.blueprint.defaults.ttl
         now = self.clock()
-        limit = now + self.blueprint.defaults.max_ttl
+        max_ttl = self.blueprint.defaults.max_ttl
         # `by` may be thousands of years: compare it with what is left before the limit instead
         # of adding it to a date first (which overflows past year 9999).
         async with self.store.transaction() as s:
@@ -405,18 +486,32 @@ class Commands:
             self._authorize(inv, env, "extend it")
             if env.status in (EnvStatus.DESTROYING, EnvStatus.DESTROYED):
                 raise UserError(f"*{escape(env.name)}* is being destroyed; it cannot be extended.")
+            if reminded_of is not None and int(env.expires_at.timestamp()) != reminded_of:
+                raise UserError(messages.reminder_stale(env.name, left=_ago(env.expires_at
+                                                                            - now)))
             base = max(env.expires_at, now)
-            capped = by > limit - base
-            env.expires_at = limit if capped else base + by
-            env.reminded_at = None
-            await repo.audit(s, actor=inv.user_id, action="extend", source=inv.source,
-                             env_id=env.id, details={"by": format_duration(by)})
+            room = now + max_ttl - base
+            if by > room:
+                await repo.audit(s, actor=inv.user_id, action="extend-refused",
+                                 source=inv.source, env_id=env.id,
+                                 details={"by": format_duration(by),
+                                          "room": format_duration(max(room, timedelta(0)))})
+                refusal = messages.extend_refused(env.name, asked=by,
+                                                  room=max(room, timedelta(0)), max_ttl=max_ttl)
+            else:
+                refusal = None
+                env.expires_at = base + by
+                env.reminded_at = None  # both reminders again, before the new expiry
+                env.last_reminded_at = None
+                await repo.audit(s, actor=inv.user_id, action="extend", source=inv.source,
+                                 env_id=env.id, details={"by": format_duration(by),
+                                                         "expires_at": env.expires_at.isoformat()})
             expires = env.expires_at
-        text = (f"<@{inv.user_id}> extended *{escape(env.name)}*: it now expires in "
-                f"{_ago(expires - now)}.")
-        if capped:
-            text += (f" (capped: environments live at most "
-                     f"{format_duration(self.blueprint.defaults.max_ttl)} from now)")
+        if refusal is not None:
+            # Committed (the audit), then refused: the reminder keeps its buttons.
+            return [Reply(refusal)]
+        text = (f"<@{inv.user_id}> extended *{escape(env.name)}* by {format_duration(by)}: it "
+                f"now expires in {_ago(expires - now)}.")
         return [Reply(text, visibility=Visibility.THREAD, env_id=env.id)]
 
     async def _reset_data(self, inv: Invocation, cmd: ResetData) -> list[Reply]:

@@ -138,8 +138,15 @@ async def _work(phase: Phase, action: PhaseAction, ctx: PhaseContext) -> PhaseRe
         await ctx.emit(await phase.describe(ctx))
         return await phase.apply(ctx)
     await ctx.emit(f"removing {phase.name} of {ctx.name}")
+    # What is removed, said before it goes (the thread's last message lists it).
+    try:
+        what = await phase.describe(ctx)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        what = ""
     await phase.destroy(ctx)
-    return PhaseResult()
+    return PhaseResult(summary=what)
 
 
 class _Run:

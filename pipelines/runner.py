@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,6 +41,7 @@ from bot.domain import (
     ReleaseSet,
 )
 from bot.ports import ClaimedJob, Events, JobOutcome, OutcomeKind
+from bot.slack import messages
 from bot.store import Store, repo
 from bot.store.models import Environment
 from pipelines.attempt import Emit, Failure, Superseded, error_id, run_attempts
@@ -235,14 +237,28 @@ class Runner:
     # ------------------------------------------------------------------ endings
 
     async def _finish_ok(self, job: ClaimedJob, plan: _Plan, *, name: str) -> None:
+        detail = f"{name} is {plan.done}"
         async with self.store.transaction() as s:
             env = await repo.get_environment(s, job.env_id, for_update=True)
             await repo.set_status(s, env, plan.done)
             env.last_error = None
+            details: dict[str, object] = {"job_id": job.id}
+            if plan.done is EnvStatus.DESTROYED:
+                # The end of the thread: what went, and how long it lived.
+                runs = await repo.latest_phase_runs(s, job.env_id)
+                removed = [f"{p} ({run.detail})" if run.detail else str(p)
+                           for p in plan.order
+                           if (run := runs.get(p)) is not None
+                           and run.action is PhaseAction.DESTROY
+                           and run.status is PhaseStatus.SUCCEEDED]
+                lived = max(datetime.now(UTC) - env.created_at, timedelta(0))
+                detail = messages.destroyed(name, lived=lived, removed=removed,
+                                            expired=job.requested_by == "ephem")
+                details |= {"lived_seconds": int(lived.total_seconds()), "removed": removed}
             await repo.audit(s, actor="ephem", action=f"{job.kind}-succeeded", source="executor",
-                             env_id=job.env_id, details={"job_id": job.id})
+                             env_id=job.env_id, details=details)
         await self._progress(ProgressEvent(job.env_id, None, PhaseStatus.SUCCEEDED,
-                                           detail=f"{name} is {plan.done}", milestone=True))
+                                           detail=detail, milestone=True))
 
     async def _finish_failed(self, job: ClaimedJob, *, last_error: str) -> None:
         async with self.store.transaction() as s:

@@ -441,7 +441,10 @@ class SlackSender:
 
     async def action(self, action_id: str, *, value: str, user_id: str = "U1",
                      channel_id: str = "C1", message_ts: str = "1700000000.000001",
-                     thread_ts: str | None = None, **kw: Any) -> tuple[int, str]:
+                     thread_ts: str | None = None, selected: bool = False,
+                     **kw: Any) -> tuple[int, str]:
+        """A click on a button carrying `value`; with `selected`, the choice of the menu
+        option whose value is `value` (a static_select)."""
         message = {"ts": message_ts, "text": "card"}
         if thread_ts is not None:  # the button is on a reply in a thread (the reminder)
             message["thread_ts"] = thread_ts
@@ -451,7 +454,12 @@ class SlackSender:
             "container": {"type": "message", "message_ts": message_ts, "channel_id": channel_id},
             "message": message, "trigger_id": "1.2.3",
             "response_url": "https://hooks.slack.invalid/actions/1",
-            "actions": [{"type": "button", "action_id": action_id, "value": value,
+            "actions": [{"type": "static_select", "action_id": action_id,
+                         "selected_option": {"value": value,
+                                             "text": {"type": "plain_text", "text": value}},
+                         "block_id": "b1", "action_ts": str(time.time())}
+                        if selected else
+                        {"type": "button", "action_id": action_id, "value": value,
                          "block_id": "b1", "action_ts": str(time.time())}],
         }
         body = urlencode({"payload": json.dumps(payload)})

@@ -109,17 +109,28 @@ async def test_destroy_is_refused_for_others_and_allowed_for_admins(
     assert "already being destroyed" in again[0].text
 
 
-async def test_extend_adds_time_and_is_capped(commands: Commands, store: Store) -> None:
+async def test_extend_adds_time_and_beyond_the_maximum_is_refused(commands: Commands,
+                                                                   store: Store) -> None:
     await commands.command(inv("create pr-1"))  # expires NOW + 1d
     await commands.command(inv("extend pr-1 1d"))
     async with store.transaction() as s:
         env = await repo.find_live_environment(s, "pr-1")
         assert env is not None and env.expires_at == NOW + timedelta(days=2)
-    capped = await commands.command(inv("extend pr-1 5d"))
-    assert "capped" in capped[0].text
+    refused = await commands.command(inv("extend pr-1 5d"))
+    assert refused[0].visibility is Visibility.EPHEMERAL
+    assert refused[0].text == ("*pr-1* cannot be extended by 5d: environments live at most 3d "
+                               "from now, so *pr-1* can gain at most 1d. Nothing was changed; "
+                               "try `/ephem extend pr-1 1d`.")
     async with store.transaction() as s:
         env = await repo.find_live_environment(s, "pr-1")
-        assert env is not None and env.expires_at == NOW + timedelta(days=3)
+        assert env is not None and env.expires_at == NOW + timedelta(days=2)
+    await commands.command(inv("extend pr-1 1d"))
+    full = await commands.command(inv("extend pr-1 1m"))
+    assert "cannot be extended any further" in full[0].text
+    async with store.transaction() as s:
+        actions = (await s.execute(select(AuditEvent.action).order_by(AuditEvent.id))
+                   ).scalars().all()
+    assert actions == ["create", "extend", "extend-refused", "extend", "extend-refused"]
 
 
 async def test_retry_only_for_failed_and_repeats_the_last_job_kind(
@@ -209,14 +220,14 @@ async def test_data_snapshot_resolves_the_default_and_rejects_unknown_names(stor
     assert "no snapshot `nightly`" in unknown[0].text and "`shop`" in unknown[0].text
 
 
-async def test_a_huge_extension_is_capped_instead_of_overflowing(commands: Commands,
-                                                                 store: Store) -> None:
+async def test_a_huge_extension_is_refused_instead_of_overflowing(commands: Commands,
+                                                                  store: Store) -> None:
     await commands.command(inv("create pr-1"))
-    capped = await commands.command(inv("extend pr-1 500000w"))
-    assert "capped" in capped[0].text
+    refused = await commands.command(inv("extend pr-1 500000w"))
+    assert "cannot be extended by 3500000d" in refused[0].text
     async with store.transaction() as s:
         env = await repo.find_live_environment(s, "pr-1")
-        assert env is not None and env.expires_at == NOW + timedelta(days=3)
+        assert env is not None and env.expires_at == NOW + timedelta(days=1)
 
 
 @pytest.mark.parametrize("value", ["pr-1\x00", "", "<!channel>", "x" * 300, "\ud800"])

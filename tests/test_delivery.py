@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -177,7 +178,9 @@ async def test_a_used_reminder_loses_its_buttons(bot: Bot) -> None:
     await bot.slack.command("create remind-1", user_id=OWNER, channel_id=CHANNEL)
     await bot.wait_job_done("remind-1")
     env = await bot.env("remind-1")
-    await bot.app.scheduler.remind(env.id)
+    # The scheduler's clock stands 3 hours before the expiry: the first reminder is due.
+    bot.app.scheduler.clock = lambda: env.expires_at - timedelta(hours=3)
+    assert (await bot.app.scheduler.tick()).reminded == [env.id]
     assert await bot.app.notifier.flush(20)
     root = env.thread_ts or (await bot.env("remind-1")).thread_ts
     assert root is not None

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -25,15 +25,15 @@ from bot.domain import PhaseName
 from bot.errors import PermanentError
 from bot.executor import Executor
 from bot.pg import asyncpg_dsn
-from bot.ports import Invocation, Reply, Visibility
+from bot.ports import Invocation, Reply
+from bot.reconcile import Reconciler
 from bot.redaction import register
 from bot.scheduler import Scheduler
-from bot.slack import messages
-from bot.slack.blocks import reminder_blocks
+from bot.slack.lifecycle import LifecycleAnnouncer
 from bot.slack.notifier import Notifier
 from bot.slack.outbox import OutboxTiming
 from bot.slack.writer import ConsoleWriter, SlackWriter, WebApiWriter, make_web_client
-from bot.store import Store, repo
+from bot.store import Store
 from bot.tasks import InFlight
 from handlers.commands import Commands
 from pipelines.base import Phase, PhaseContext, PhaseResult
@@ -43,6 +43,7 @@ from pipelines.code.phase import CodePhase
 from pipelines.code.sources import Resolver
 from pipelines.data.clone import WarmPool
 from pipelines.data.keeper import SnapshotKeeper
+from pipelines.data.orphans import DatabaseSizes
 from pipelines.data.postgres import DatabasePhase
 from pipelines.infra.namespace import NamespaceProvider
 from pipelines.infra.orphans import DataServer, OrphanFinder
@@ -87,6 +88,15 @@ def orphan_finder(settings: Settings, blueprint: Blueprint, store: Store) -> Orp
                             keep=frozenset({own}))
     return OrphanFinder(store=store, terraform=infra.terraform if infra else None,
                         namespace=infra.namespace if infra else None, data=server)
+
+
+def database_sizes(settings: Settings, blueprint: Blueprint) -> DatabaseSizes | None:
+    """What measures environment databases for their cost: the shared data server's (a
+    per-environment server from the infra phase is not measured)."""
+    data = blueprint.phases.data
+    if data is None or INFRA_OUTPUT.match(data.server or "") or not blueprint.cost.priced:
+        return None
+    return DatabaseSizes(data.server or settings.database_url, prefix=data.database_prefix)
 
 
 class ServerFromInfra:
@@ -192,6 +202,7 @@ class Ephem:
     executor: Executor
     scheduler: Scheduler
     keeper: SnapshotKeeper | None = None
+    reconciler: Reconciler | None = None
     inflight: InFlight = field(default_factory=InFlight)
 
     async def start(self, *, executor: bool = True, scheduler: bool = True) -> None:
@@ -208,6 +219,8 @@ class Ephem:
         await self.scheduler.stop()
         if self.keeper is not None:
             await self.keeper.stop()
+        if self.reconciler is not None:
+            await self.reconciler.stop()
         await self.inflight.drain(self.settings.grace_seconds)
         await self.executor.stop()
         await self.notifier.close(timeout=min(self.settings.grace_seconds, 10.0))
@@ -223,7 +236,10 @@ class Ephem:
 
 def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None,
           timing: OutboxTiming | None = None,
-          skipped: Mapping[PhaseName, str] | None = None) -> Ephem:
+          skipped: Mapping[PhaseName, str] | None = None, reconcile: bool = True) -> Ephem:
+    """Everything one process runs. `reconcile` False: the scheduler never runs the orphan
+    finder (the shell and the demo, which may share a server with others, leave that to
+    `ephem serve` and `ephem doctor --orphans`)."""
     store = open_store(settings)
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
@@ -251,27 +267,20 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
         poll_seconds=settings.poll_seconds, grace_seconds=settings.grace_seconds,
     )
 
-    async def remind(env_id: int) -> None:
-        async with store.transaction() as s:
-            env = await repo.get_environment(s, env_id)
-        left = env.expires_at - datetime.now(UTC)
-        text = messages.reminder(env.name, owner_id=env.owner_id, left=left,
-                                 expires=messages.slack_date(env.expires_at))
-        await notifier.deliver(
-            Invocation(user_id=env.owner_id, channel_id=env.channel_id, source="scheduler"),
-            [Reply(text, visibility=Visibility.THREAD, env_id=env_id,
-                   blocks=reminder_blocks(env.name, text))],
-        )
-
-    async def reaped(env_id: int) -> None:
-        await notifier.deliver(
-            Invocation(user_id="ephem", channel_id="", source="scheduler"),
-            [Reply("Expired: destroying it now.", visibility=Visibility.THREAD, env_id=env_id)],
-        )
-
+    announcer = LifecycleAnnouncer(notifier, blueprint)
+    notifier.cost = lambda env: announcer.cost_of(env, datetime.now(UTC))
+    periodic: list[Callable[[], Awaitable[None]]] = [keeper.tick] if keeper else []
+    rc = blueprint.reconcile
+    reconciler = None
+    if reconcile and rc.enabled:
+        reconciler = Reconciler(
+            store=store, finder=orphan_finder(settings, blueprint, store), report=announcer,
+            grace=rc.grace, every=rc.every, retry_base=rc.retry_base, retry_cap=rc.retry_cap)
+        periodic.append(reconciler.tick)
     scheduler = Scheduler(store=store, remind_before=blueprint.defaults.remind_before,
-                          remind=remind, reaped=reaped, interval=settings.scheduler_seconds,
-                          periodic=[keeper.tick] if keeper else [])
+                          last_remind_before=blueprint.defaults.last_reminder,
+                          announce=announcer, interval=settings.scheduler_seconds,
+                          periodic=periodic, sizes=database_sizes(settings, blueprint))
     return Ephem(settings=settings, blueprint=blueprint, store=store, writer=writer,
                  notifier=notifier, commands=commands, runner=runner, executor=executor,
-                 scheduler=scheduler, keeper=keeper)
+                 scheduler=scheduler, keeper=keeper, reconciler=reconciler)

@@ -149,7 +149,8 @@ async def run_demo(settings: Settings, *, keep: bool = False) -> int:
             production, blueprint = await _production(cfg, blueprint)
         blueprint, skipped = _infra_or_skip(blueprint)
         transcript = Transcript()
-        app = build(cfg, blueprint, writer=ConsoleWriter(transcript), skipped=skipped)
+        app = build(cfg, blueprint, writer=ConsoleWriter(transcript), skipped=skipped,
+                    reconcile=False)
         await app.start(scheduler=False)
         try:
             if production is not None and not await _snapshot(app, cfg):

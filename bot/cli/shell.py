@@ -229,7 +229,8 @@ async def run_shell(settings: Settings, *, user: str, channel: str) -> int:
                      "shell. Nothing made here is kept.")
     async with state_database(settings) as url:
         writer = ShellWriter(terminal.write, ansi=interactive)
-        app = build(settings.model_copy(update={"database_url": url}), blueprint, writer=writer)
+        app = build(settings.model_copy(update={"database_url": url}), blueprint, writer=writer,
+                    reconcile=False)
         await app.start()
         print(f"Ephem shell as {user} in {channel}. Type `help`; Ctrl-D to leave.", flush=True)
         for note in notes:

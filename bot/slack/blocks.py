@@ -25,8 +25,10 @@ from slack_sdk.models.blocks import (
     ContextBlock,
     HeaderBlock,
     MarkdownTextObject,
+    Option,
     PlainTextObject,
     SectionBlock,
+    StaticSelectElement,
 )
 
 from bot.domain import CREATE_ORDER, DataMode, EnvStatus, PhaseAction, PhaseName, PhaseStatus
@@ -48,6 +50,7 @@ ACTION_PREFIX = "ephem:"
 RETRY_ACTION = ACTION_PREFIX + "retry"
 DESTROY_ACTION = ACTION_PREFIX + "destroy"
 EXTEND_ACTION = ACTION_PREFIX + "extend"
+EXTEND_BY_ACTION = ACTION_PREFIX + "extend-by"
 RESET_DATA_ACTION = ACTION_PREFIX + "reset-data"
 CREDS_ACTION = ACTION_PREFIX + "creds"
 
@@ -179,9 +182,11 @@ class CardView:
     data_mode: DataMode | None = None
     data_snapshot: str | None = None
     reason: str | None = None
+    cost: str | None = None  # `bot.cost.describe`: so far and per day
 
 
-def card_view(env: Environment, runs: Mapping[PhaseName, PhaseRun]) -> CardView:
+def card_view(env: Environment, runs: Mapping[PhaseName, PhaseRun], *,
+              cost: str | None = None) -> CardView:
     """The card's values from an environment row and the latest run of each phase."""
     lines = []
     for phase in CREATE_ORDER:
@@ -199,6 +204,7 @@ def card_view(env: Environment, runs: Mapping[PhaseName, PhaseRun]) -> CardView:
         expires_at=env.expires_at, phases=tuple(lines), last_error=env.last_error,
         release_set=tuple(sorted((str(c), str(v)) for c, v in env.release_set.items())),
         data_mode=env.data_mode, data_snapshot=env.data_snapshot, reason=env.reason,
+        cost=cost,
     )
 
 
@@ -291,9 +297,9 @@ def _card_buttons(view: CardView) -> list[ButtonElement]:
     return buttons
 
 
-def _destroy_button(name: str) -> ButtonElement:
+def _destroy_button(name: str, *, label: str = messages.DESTROY) -> ButtonElement:
     return ButtonElement(
-        text=messages.DESTROY, action_id=DESTROY_ACTION, value=name, style="danger",
+        text=label, action_id=DESTROY_ACTION, value=name, style="danger",
         confirm=ConfirmObject(title=messages.confirm_destroy_title(),
                               text=messages.confirm_destroy(name),
                               confirm=messages.DESTROY, deny="Cancel", style="danger"),
@@ -304,7 +310,7 @@ def status_card(view: CardView) -> Blocks:
     """The card at the root of an environment's thread, as Block Kit."""
     title = f"{messages.status_emoji(view.status)} {messages.card_title(view.name, view.status)}"
     facts = messages.card_facts(owner_id=view.owner_id, reference=view.reference,
-                                expires=messages.slack_date(view.expires_at))
+                                expires=messages.slack_date(view.expires_at), cost=view.cost)
     phases = "\n".join(f"{_MARKS[line.status][0]} {phase_text(line)}" for line in view.phases)
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=truncate(title, MAX_HEADER_TEXT), emoji=True)),
@@ -327,7 +333,7 @@ def status_card_text(view: CardView) -> str:
     lines = [
         messages.card_title(view.name, view.status),
         messages.card_facts(owner_id=view.owner_id, reference=view.reference,
-                            expires=messages.plain_date(view.expires_at)),
+                            expires=messages.plain_date(view.expires_at), cost=view.cost),
         *([choices] if (choices := card_choices(view)) else []),
         *(f"{_MARKS[line.status][1]} {phase_text(line)}" for line in view.phases),
     ]
@@ -339,16 +345,46 @@ def status_card_text(view: CardView) -> str:
 # --------------------------------------------------------------------------- reminder
 
 
-def reminder_blocks(name: str, text: str) -> Blocks:
-    """The reminder before expiry: `text` (`messages.reminder`), then Extend and Destroy."""
+def extend_by_value(name: str, by: str, *, expires: int | None = None) -> str:
+    """The value of an Extend… menu option: the environment and the duration (and the expiry
+    it reminds of, in epoch seconds)."""
+    return f"{name}:{by}" + (f"@{expires}" if expires is not None else "")
+
+
+def reminder_blocks(name: str, text: str, choices: Sequence[str] = (), *,
+                    expires: int | None = None) -> Blocks:
+    """The reminder before expiry: `text` (`messages.reminder`), then Extend (by the default),
+    Extend… (a menu of `choices`, durations like `3d`; none: no menu) and Destroy now.
+
+    Extend and Extend… carry `expires` (the expiry reminded of, epoch seconds): the reminder
+    goes to the thread and to a direct message, and once one copy (or the card) extended it,
+    the other's extend buttons change nothing."""
+    stamp = f"@{expires}" if expires is not None else ""
+    elements: list[Any] = [ButtonElement(text=messages.EXTEND, action_id=EXTEND_ACTION,
+                                         value=name + stamp, style="primary")]
+    if choices:
+        elements.append(StaticSelectElement(
+            placeholder=PlainTextObject(text=messages.EXTEND_BY), action_id=EXTEND_BY_ACTION,
+            options=[Option(value=extend_by_value(name, c, expires=expires), label=f"by {c}")
+                     for c in choices]))
+    elements.append(_destroy_button(name, label=messages.DESTROY_NOW))
     blocks: list[Block] = [
         SectionBlock(text=MarkdownTextObject(text=truncate(text, MAX_SECTION_TEXT))),
-        ActionsBlock(elements=[
-            ButtonElement(text=messages.EXTEND, action_id=EXTEND_ACTION, value=name,
-                          style="primary"),
-            _destroy_button(name),
-        ]),
+        ActionsBlock(elements=elements),
     ]
+    return [b.to_dict() for b in blocks]
+
+
+def destroy_list_blocks(text: str, envs: Sequence[tuple[str, str]]) -> Blocks:
+    """`text`, then one line per environment (name, what to say of it) with a Destroy button:
+    the answer to a create refused by a quota."""
+    blocks: list[Block] = [SectionBlock(text=MarkdownTextObject(
+        text=truncate(text, MAX_SECTION_TEXT)))]
+    for name, said in envs[: MAX_BLOCKS - 2]:
+        blocks.append(SectionBlock(
+            text=MarkdownTextObject(text=truncate(f"*{escape(name)}* — {said}",
+                                                  MAX_SECTION_TEXT)),
+            accessory=_destroy_button(name)))
     return [b.to_dict() for b in blocks]
 
 

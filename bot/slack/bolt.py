@@ -50,7 +50,7 @@ COMMAND = "/ephem"
 ACTIONS = re.compile("^" + re.escape(ACTION_PREFIX))
 # Metric labels must stay few: anything else is counted as "unknown".
 _VERBS = frozenset({"create", "list", "status", "diff", "extend", "destroy", "approve", "deny",
-                    "help", "retry", "creds", "reset-data"})
+                    "help", "retry", "creds", "reset-data", "extend-by"})
 
 
 def new_error_id() -> str:
@@ -152,7 +152,7 @@ class _Listeners:
                              message_ts=message.ts if message else None,
                              response_url=click.response_url)
             action_id = action.action_id.removeprefix(ACTION_PREFIX)
-            value = action.value
+            value = action.chosen
             verb = action_id if action_id in _VERBS else "unknown"
             self._spawn(inv, verb,
                         lambda: self._handler.action(inv, action_id=action_id, value=value),

@@ -190,10 +190,22 @@ class _Message(_Shape):
     thread_ts: Ts | None = None
 
 
+class _Option(_Shape):
+    value: str = Field(default="", max_length=2000)
+
+
 class Action(_Shape):
     action_id: ShortText
     value: str = Field(default="", max_length=2000)
     action_ts: Ts | None = None
+    selected_option: _Option | None = None  # a menu (static_select): what was chosen
+
+    @property
+    def chosen(self) -> str:
+        """The button's value, or the chosen option's."""
+        if not self.value and self.selected_option is not None:
+            return self.selected_option.value
+        return self.value
 
 
 class BlockActions(_Shape):

@@ -11,7 +11,7 @@ so `<!channel>` in a reason is shown, never sent as a mention. Callers pass raw 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from bot.domain import EnvStatus, PhaseName, format_duration
@@ -20,6 +20,8 @@ from bot.mrkdwn import escape
 RETRY = "Retry"
 DESTROY = "Destroy"
 EXTEND = "Extend"
+EXTEND_BY = "Extend…"
+DESTROY_NOW = "Destroy now"
 RESET_DATA = "Reset data"
 CONNECTION_DETAILS = "Connection details"
 ELLIPSIS = "…"
@@ -90,9 +92,11 @@ def status_emoji(status: EnvStatus) -> str:
     return _STATUS_EMOJI[status]
 
 
-def card_facts(*, owner_id: str, reference: str | None, expires: str) -> str:
+def card_facts(*, owner_id: str, reference: str | None, expires: str,
+               cost: str | None = None) -> str:
     ref = f"matches `{escape(reference)}`" if reference else "no reference"
-    return f"Owner <@{owner_id}> · {ref} · expires {expires}"
+    spent = f" · cost {cost}" if cost else ""
+    return f"Owner <@{owner_id}> · {ref} · expires {expires}{spent}"
 
 
 def card_error(error: str) -> str:
@@ -131,11 +135,74 @@ def phase_interrupted(phase: PhaseName) -> str:
     return f"*{phase}* — interrupted; the next attempt takes over"
 
 
-def reminder(name: str, *, owner_id: str, left: timedelta, expires: str) -> str:
+def reminder(name: str, *, owner_id: str, left: timedelta, expires: str,
+             cost: str | None = None, last: bool = False) -> str:
+    first = "Last reminder: " if last else ""
+    spent = f" It has cost {cost}." if cost else ""
     return (
-        f"<@{owner_id}> `{escape(name)}` expires in {format_duration(left)} ({expires}). "
-        "Extend it if you still need it, or destroy it now to free its resources."
+        f"{first}<@{owner_id}> `{escape(name)}` expires in {format_duration(left)} "
+        f"({expires}).{spent} Extend it if you still need it, or destroy it now to free its "
+        "resources."
     )
+
+
+def expired(name: str, *, lived: timedelta, cost: str | None = None) -> str:
+    spent = f" It cost {cost}." if cost else ""
+    return (f"`{escape(name)}` expired after {format_duration(lived)}: destroying it now.{spent}")
+
+
+def destroyed(name: str, *, lived: timedelta, removed: Sequence[str], expired: bool) -> str:
+    """The end of an environment: what was removed and how long it lived."""
+    how = "expired and was destroyed" if expired else "was destroyed"
+    what = "; ".join(escape(r) for r in removed) if removed else "nothing was left to remove"
+    return f"`{escape(name)}` {how} after living {format_duration(lived)}. Removed: {what}."
+
+
+def reminder_stale(name: str, *, left: str) -> str:
+    return (f"That reminder is out of date: *{escape(name)}* was extended since, and now "
+            f"expires in {left}. Nothing was changed.")
+
+
+def extend_refused(name: str, *, asked: timedelta, room: timedelta, max_ttl: timedelta) -> str:
+    limit = (f"environments live at most {format_duration(max_ttl)} from now, so "
+             f"*{escape(name)}* ")
+    if room < timedelta(minutes=1):
+        return (f"*{escape(name)}* cannot be extended by {format_duration(asked)}: {limit}"
+                "cannot be extended any further. Nothing was changed.")
+    return (f"*{escape(name)}* cannot be extended by {format_duration(asked)}: {limit}can "
+            f"gain at most {format_duration(room)}. Nothing was changed; try "
+            f"`/ephem extend {escape(name)} {format_duration(room)}`.")
+
+
+def over_quota(*, scope: str, limit: int, key: str) -> str:
+    """`scope` is `you have` or `this channel has`."""
+    return (f"Nothing was created: {scope} {count(limit, 'live environment')}, the most "
+            f"this project allows (`{key}`). Destroy one first:")
+
+
+def over_budget(*, projected: str, budget: str, over: str, spent: str) -> str:
+    return (f"Nothing was created: this channel has spent {spent} this month, and with this "
+            f"environment it would reach {projected}, {over} over its monthly budget of "
+            f"{budget} (`cost.monthly_channel_budget`). Destroy an environment, ask for a "
+            "shorter `--ttl`, or ask an admin to raise the budget.")
+
+
+def orphans_found(lines: Sequence[str], *, grace: timedelta) -> str:
+    listed = "\n".join(f"• {escape(line)}" for line in lines)
+    return (f":mag: Reconciliation found {count(len(lines), 'object')} with Ephem's marks that "
+            f"no live environment owns:\n{listed}\nEach is destroyed "
+            f"{format_duration(grace)} after it was first seen, unless it belongs to an "
+            "environment by then.")
+
+
+def orphan_removed(line: str) -> str:
+    return f":broom: Reconciliation destroyed {escape(line)}."
+
+
+def orphan_remove_failed(line: str, *, error: str, attempt: int, again_in: timedelta) -> str:
+    return (f":warning: Reconciliation could not destroy {escape(line)} (try {attempt}): "
+            f"{escape(error)}. Trying again in {format_duration(again_in)}; "
+            "`ephem doctor --orphans --fix` does it by hand.")
 
 
 def confirm_reset_title() -> str:

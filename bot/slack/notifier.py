@@ -23,7 +23,10 @@ into Slack calls at the moment it is sent:
 - an ephemeral answer that cannot reach the person (Ephem is not in the channel) goes through
   the command's `response_url`, which works without membership, and else as a direct message;
 - a button on a message other than the card (the expiry reminder) is replaced, once used, by
-  what happened, so it cannot be clicked again.
+  what happened, so it cannot be clicked again;
+- the scheduler's messages (reminders, in the thread and as a direct message; the expiry
+  notice; reconciliation's reports) are rows it adds in its own transaction (`thread_row`,
+  `direct_row`, `post_row`, then `added`), so they commit with the decision to send them.
 
 It also answers `bot.ports.ChannelAccess` for the handlers: whether Ephem is in a channel, so a
 create in a channel where nobody could follow it is refused before anything exists.
@@ -42,7 +45,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,6 +72,7 @@ POST = "post"  # a message in a channel, or in a thread that is no environment's
 EPHEMERAL = "ephemeral"  # a message only one person sees
 CREDENTIALS = "credentials"  # an environment's credentials, derived when sent
 REPLACE = "replace"  # a used reminder's buttons replaced by what happened
+DIRECT = "direct"  # a direct message to one person (a reminder's copy for the owner)
 
 _LEGACY_PENDING = "pending:"  # a root claim marker older versions wrote into thread_ts
 _MEMBER_SECONDS = 300.0  # how long "Ephem is in this channel" is believed
@@ -111,6 +115,9 @@ class Notifier:
         self._members: dict[str, float] = {}
         self._asking: dict[str, asyncio.Task[bool | None]] = {}
         self._closed = False
+        # What the card says the environment costs (`bot.cost`); plugged in by the
+        # composition root, None: no cost on the card.
+        self.cost: Callable[[Environment], str | None] | None = None
 
     def start(self) -> None:
         """Start sending the outbox from this process (adding a row also starts it)."""
@@ -214,6 +221,30 @@ class Notifier:
                                         payload={**base, "via": "direct"}))
         return added
 
+    # ----------------------------------------------------------------------- rows for a
+    # transaction someone else holds (the scheduler's): they commit with its decision
+    # (`bot.store.outbox.add_many`), and `added` has them sent once it committed.
+
+    @staticmethod
+    def thread_row(env: Environment, text: str, *,
+                   blocks: Sequence[Mapping[str, Any]] | None = None) -> rows.NewRow:
+        return rows.NewRow(queue=env.channel_id, kind=THREAD, env_id=env.id,
+                           payload={"text": text, "blocks": _blocks(blocks)})
+
+    @staticmethod
+    def direct_row(user: str, text: str, *, blocks: Sequence[Mapping[str, Any]] | None = None,
+                   env_id: int | None = None) -> rows.NewRow:
+        return rows.NewRow(queue=user_queue(user), kind=DIRECT, env_id=env_id,
+                           payload={"user": user, "text": text, "blocks": _blocks(blocks)})
+
+    @staticmethod
+    def post_row(channel: str, text: str) -> rows.NewRow:
+        return rows.NewRow(queue=channel, kind=POST, payload={"channel": channel, "text": text})
+
+    def added(self, ids: Sequence[int]) -> None:
+        """Rows were committed: send them now (any replica would, later)."""
+        self._added(ids)
+
     # ----------------------------------------------------------------------- waiting
 
     def _added(self, ids: Sequence[int]) -> None:
@@ -291,6 +322,10 @@ class Notifier:
                 return await self._send_credentials(entry)
             case "replace":
                 return await self._send_replace(entry)
+            case "direct":
+                await self._writer.post_direct(str(p["user"]), text=str(p["text"]),
+                                               blocks=p.get("blocks"))
+                return Sent.DONE
         raise SlackWriteError("outbox", f"unknown kind {entry.kind!r}")
 
     async def _environment(self, env_id: int | None) -> Environment:
@@ -302,7 +337,8 @@ class Notifier:
                                                        str | None]:
         async with self._store.transaction() as s:
             env = await repo.get_environment(s, env_id)
-            view = card_view(env, await repo.latest_phase_runs(s, env_id))
+            view = card_view(env, await repo.latest_phase_runs(s, env_id),
+                             cost=self.cost(env) if self.cost is not None else None)
             shown = await rows.card_digest(s, env_id)
         return env, status_card_text(view), status_card(view), shown
 

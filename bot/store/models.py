@@ -85,8 +85,12 @@ class Environment(TimestampMixin, Base):
     outputs: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     last_error: Mapped[str | None] = mapped_column(Text)
     expires_at: Mapped[datetime] = mapped_column(index=True)
-    reminded_at: Mapped[datetime | None]
+    reminded_at: Mapped[datetime | None]  # the first reminder was decided (and queued)
+    last_reminded_at: Mapped[datetime | None]  # the last reminder was decided (and queued)
     destroyed_at: Mapped[datetime | None]
+    # The environment database's size (pg_database_size), measured by the scheduler; for cost.
+    db_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    db_measured_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class Job(TimestampMixin, Base):
@@ -222,3 +226,32 @@ class SlackCard(Base):
         ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True)
     digest: Mapped[str] = mapped_column(String(64))
     sent_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class OrphanSighting(Base):
+    """Something with Ephem's marks that no live environment owns, as reconciliation last saw
+    it: reported once when first seen, destroyed once `first_seen_at` is a grace period old,
+    tried again after `next_try_at` when the destroy failed. Kept in the store so that restarts
+    and replicas agree on what was reported and when the grace period started."""
+
+    __tablename__ = "orphan_sightings"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    env_id: Mapped[int | None] = mapped_column(BigInteger)
+    env_name: Mapped[str | None] = mapped_column(String(63))
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_try_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class SchedulerMark(Base):
+    """When a periodic piece of work (reconciliation, database sizes) last ran, across
+    replicas: the one that moves the mark does the run."""
+
+    __tablename__ = "scheduler_marks"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime]

@@ -15,7 +15,7 @@ at a time sends a queue, in order, at Slack's pace.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,6 +68,30 @@ async def add(s: AsyncSession, *, queue: str, kind: str, payload: Mapping[str, A
     s.add(row)
     await s.flush()
     return row.id
+
+
+@dataclass(frozen=True)
+class NewRow:
+    """A write to add, for `add_many`."""
+
+    queue: str
+    kind: str
+    payload: Mapping[str, Any]
+    env_id: int | None = None
+
+
+async def add_many(s: AsyncSession, new: Sequence[NewRow]) -> list[int]:
+    """Queue many writes in two statements (their queues, then the rows, in the order given,
+    which is their order within each queue); returns their ids."""
+    if not new:
+        return []
+    queues = sorted({r.queue for r in new})
+    await s.execute(insert(SlackQueue).values([{"queue": q} for q in queues])
+                    .on_conflict_do_nothing())
+    added = await s.execute(insert(SlackOutbox).values([
+        {"queue": r.queue, "kind": r.kind, "env_id": r.env_id, "payload": dict(r.payload)}
+        for r in new]).returning(SlackOutbox.id))
+    return [int(i) for i in added.scalars().all()]
 
 
 async def request_card(s: AsyncSession, *, queue: str, env_id: int) -> int:

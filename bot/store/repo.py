@@ -133,6 +133,17 @@ async def enqueue_job(
     return job
 
 
+async def enqueue_jobs(s: AsyncSession, *, env_ids: Sequence[int], kind: JobKind,
+                       requested_by: str) -> None:
+    """Queue one job of `kind` for each environment, in one statement (and one wake-up)."""
+    if not env_ids:
+        return
+    await s.execute(insert(Job).values([
+        {"env_id": e, "kind": kind, "status": JobStatus.QUEUED, "requested_by": requested_by}
+        for e in env_ids]))
+    await s.execute(select(func.pg_notify(JOBS_CHANNEL, "batch")))
+
+
 async def pending_jobs(s: AsyncSession, env_id: int) -> Sequence[Job]:
     """Jobs of an environment that are queued or running, oldest first."""
     stmt = select(Job).where(
@@ -207,6 +218,14 @@ async def audit(
     await s.flush()
 
 
+async def audit_many(s: AsyncSession, events: Sequence[dict[str, Any]]) -> None:
+    """Record many audit events (`audit`'s keyword arguments each) in one statement."""
+    if events:
+        await s.execute(insert(AuditEvent).values([
+            {"actor": e["actor"], "action": e["action"], "source": e["source"],
+             "env_id": e.get("env_id"), "details": e.get("details") or {}} for e in events]))
+
+
 async def first_sighting(s: AsyncSession, *, kind: str, key: str, keep: timedelta) -> bool:
     """Record a request from Slack for `keep`; True the first time, False for a copy of it.
 
@@ -258,3 +277,38 @@ async def forget_sightings(s: AsyncSession, now: datetime) -> int:
     """Drop remembered Slack requests whose time is up (`keep_until` before `now`)."""
     result = await s.execute(delete(SlackRequestSeen).where(SlackRequestSeen.keep_until < now))
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- quotas, budget
+
+# What counts against a quota: live, and not on its way out.
+COUNTED_STATUSES = tuple(s for s in LIVE_STATUSES if s is not EnvStatus.DESTROYING)
+
+
+async def lock_for_quota(s: AsyncSession, key: str) -> None:
+    """A transaction-scoped advisory lock on `key` (a channel or a user): creates counting
+    against the same quota wait for each other, so two cannot both take the last place."""
+    await s.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(
+        "ephem-quota:" + key, 0))))
+
+
+async def counted_environments(
+    s: AsyncSession, *, owner_id: str | None = None, channel_id: str | None = None,
+) -> Sequence[Environment]:
+    """Environments counted against a quota (of an owner, or of a channel), oldest first."""
+    stmt = select(Environment).where(Environment.status.in_(COUNTED_STATUSES))
+    if owner_id is not None:
+        stmt = stmt.where(Environment.owner_id == owner_id)
+    if channel_id is not None:
+        stmt = stmt.where(Environment.channel_id == channel_id)
+    return (await s.execute(stmt.order_by(Environment.created_at, Environment.id))
+            ).scalars().all()
+
+
+async def channel_environments_since(s: AsyncSession, *, channel_id: str,
+                                     since: datetime) -> Sequence[Environment]:
+    """A channel's environments that lived at some point since `since` (for its budget)."""
+    stmt = select(Environment).where(
+        Environment.channel_id == channel_id,
+        (Environment.destroyed_at.is_(None)) | (Environment.destroyed_at >= since))
+    return (await s.execute(stmt)).scalars().all()

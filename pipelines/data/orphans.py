@@ -10,7 +10,7 @@ this module for them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from bot.pg import quote_ident
 from pipelines.data import pgconn
@@ -51,3 +51,21 @@ async def drop_database(admin_url: str, database: str) -> None:
 async def drop_role(admin_url: str, role: str) -> None:
     async with pgconn.connect(admin_url) as conn:
         await conn.execute(f"DROP ROLE IF EXISTS {quote_ident(role)}")
+
+
+class DatabaseSizes:
+    """Implements `bot.ports.DatabaseSizes` for the shared data server: one query for all."""
+
+    def __init__(self, admin_url: str, *, prefix: str) -> None:
+        self.admin_url = admin_url
+        self.prefix = prefix
+
+    async def sizes(self, names: Sequence[str]) -> dict[str, int]:
+        by_db = {self.prefix + name.replace("-", "_"): name for name in names}
+        if not by_db:
+            return {}
+        async with pgconn.connect(self.admin_url) as conn:
+            rows = await conn.fetch(
+                "SELECT datname, pg_database_size(datname) FROM pg_database "
+                "WHERE datname = ANY($1::text[])", list(by_db))
+        return {by_db[r[0]]: int(r[1]) for r in rows}

@@ -18,22 +18,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import NoResultFound
 
+from bot.ports import Orphan
 from bot.store import Store, repo
 from pipelines.data import orphans as data_orphans
 from pipelines.infra.namespace import NamespaceProvider
 from pipelines.infra.terraform import WORKSPACE, Target, TerraformProvider
-
-
-@dataclass(frozen=True)
-class Orphan:
-    kind: str  # "terraform workspace", "namespace", "database", "role"
-    name: str
-    env_id: int | None = None
-    env_name: str | None = None
-
-    def line(self) -> str:
-        owner = f" (environment {self.env_id}, not live)" if self.env_id is not None else ""
-        return f"{self.kind} {self.name}{owner}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +34,12 @@ class DataServer:
     keep: frozenset[str] = frozenset()  # never orphans (Ephem's own state database)
 
 
+__all__ = ["DataServer", "Orphan", "OrphanFinder"]
+
+
 class OrphanFinder:
+    """Implements `bot.ports.OrphanFinding` (the scheduler's reconciliation uses it)."""
+
     def __init__(self, *, store: Store, terraform: TerraformProvider | None = None,
                  namespace: NamespaceProvider | None = None,
                  data: DataServer | None = None) -> None:
