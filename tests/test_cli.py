@@ -180,7 +180,7 @@ def test_shell_on_the_private_server_destroys_what_it_made(tmp_path: Path) -> No
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Nothing made here is kept." in done.stdout
     assert "leaving: destroying 1 live environment made here" in done.stderr
-    assert "sh-kept is destroyed" in done.stdout, done.stdout
+    assert "sh-kept was destroyed" in done.stdout, done.stdout
     state = tmp_path / ".local" / "state" / "ephem" / "local"
     running = [p for p in Path("/proc").iterdir() if p.name.isdigit()
                and str(state) in _cmdline(p)]
