@@ -40,6 +40,8 @@ Masker = Callable[[str | None], str | None]
 NULL = b"\\N"
 QUEUE_CHUNKS = 16  # chunks in flight between source and target (each a few dozen kB)
 FIELD_CACHE = 65_536  # entries per masked column before the cache starts over
+CACHE_TRIAL = 8_192  # rows after which a masked column's cache is kept only if it is useful:
+CACHE_USEFUL = 0.9  # fewer than this share of its values were new
 BLOCK_BYTES = 256 * 1024  # rows sent to a pool process at a time: big enough to pay for IPC
 
 _UNESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.DOTALL)
@@ -123,6 +125,23 @@ def mask_block(plan: MaskPlan, block: bytes) -> bytes:
     return masker.rows(block[:-1])
 
 
+def _field_masker(mask: Masker) -> Callable[[bytes], bytes]:
+    """`mask` on one COPY text field: unescape, mask, escape — each only when needed (a field
+    without a backslash has nothing to unescape; most masked text has nothing to escape)."""
+    def field(raw: bytes) -> bytes:
+        if b"\\" in raw:
+            out = mask(None if raw == NULL else _UNESCAPE.sub(_unescape_one, raw).decode("utf-8"))
+        else:
+            out = mask(raw.decode("utf-8"))
+        if out is None:
+            return NULL
+        if out.isprintable() and "\\" not in out:
+            return out.encode("utf-8")
+        return out.translate(_ESCAPES).encode("utf-8")
+
+    return field
+
+
 class RowMasker:
     """Rewrites a COPY text stream chunk by chunk, masking the fields at the given positions.
 
@@ -132,14 +151,18 @@ class RowMasker:
 
     def __init__(self, maskers: Mapping[int, Masker], *, columns: Sequence[str],
                  plan: MaskPlan | None = None) -> None:
-        self._maskers = sorted(maskers.items())
         self._columns = tuple(columns)
         self._width = len(columns)
         self._pending: list[bytes] = []
-        # Per masked column, raw field → masked field: a repeated value (a status, a city, a
-        # product) skips unescaping, masking and escaping. Masking is deterministic, so a
-        # cached result is the result.
-        self._caches: list[dict[bytes, bytes]] = [{} for _ in self._maskers]
+        # Per masked column: its position, the field masker, and a cache raw field → masked
+        # field, so a repeated value (a status, a city, a customer's e-mail on each of their
+        # orders) skips unescaping, masking and escaping. Masking is deterministic, so a cached
+        # result is the result. A column whose values hardly repeat (a JSON document per row)
+        # gets no cache: it would only cost a lookup and an insert per row.
+        self._fields: list[tuple[int, Callable[[bytes], bytes], dict[bytes, bytes] | None]] = [
+            (i, _field_masker(mask), {}) for i, mask in sorted(maskers.items())]
+        self._misses = [0] * len(self._fields)
+        self._seen = 0
         self.plan = plan  # set when the masking may run in a process pool
 
     def split(self, chunk: bytes) -> bytes:
@@ -161,35 +184,59 @@ class RowMasker:
 
     def rows(self, block: bytes) -> bytes:
         """Mask whole rows (separated, not ended, by newlines); the result ends in one."""
-        return self._rows(block)
+        lines = block.split(b"\n")
+        sizes = [0 if cache is None else len(cache) for _, _, cache in self._fields]
+        out = self._rows(lines)
+        self._tune(len(lines), sizes)
+        return out
 
     def close(self) -> None:
         """The stream has ended: it must not end inside a row."""
         if any(self._pending):
             raise CopyFormatError("the COPY stream ended inside a row")
 
-    def _rows(self, block: bytes) -> bytes:
-        width, maskers, caches = self._width, self._maskers, self._caches
+    def _rows(self, lines: list[bytes]) -> bytes:
+        width, fields_ = self._width, self._fields
         out = []
-        for line in block.split(b"\n"):
-            fields = line.split(b"\t")
-            if len(fields) != width:
-                raise CopyFormatError(f"a COPY row has {len(fields)} fields, expected {width}")
-            for (i, mask), cache in zip(maskers, caches, strict=True):
-                raw = fields[i]
-                done = cache.get(raw)
-                if done is None:
-                    try:
-                        done = encode_field(mask(decode_field(raw)))
-                    except (ValueError, UnicodeError) as exc:
-                        raise ColumnMaskingError(self._columns[i], exc) from None
-                    if len(cache) >= FIELD_CACHE:
-                        cache.clear()
-                    cache[raw] = done
-                fields[i] = done
-            out.append(b"\t".join(fields))
+        i = -1
+        try:
+            for line in lines:
+                fields = line.split(b"\t")
+                if len(fields) != width:
+                    raise CopyFormatError(
+                        f"a COPY row has {len(fields)} fields, expected {width}")
+                for i, mask, cache in fields_:
+                    raw = fields[i]
+                    if cache is None:
+                        fields[i] = mask(raw)
+                        continue
+                    done = cache.get(raw)
+                    if done is None:
+                        done = cache[raw] = mask(raw)
+                    fields[i] = done
+                out.append(b"\t".join(fields))
+        except CopyFormatError:
+            raise
+        except (ValueError, UnicodeError) as exc:
+            raise ColumnMaskingError(self._columns[i], exc) from None
         out.append(b"")
         return b"\n".join(out)
+
+    def _tune(self, rows: int, sizes: list[int]) -> None:
+        """After a block: bound each cache, and drop the cache of a column whose values have
+        mostly been new so far (judged on the first `CACHE_TRIAL` rows)."""
+        trial = self._seen < CACHE_TRIAL
+        self._seen += rows
+        for n, (i, mask, cache) in enumerate(self._fields):
+            if cache is None:
+                continue
+            if trial:
+                self._misses[n] += len(cache) - sizes[n]
+                if self._seen >= CACHE_TRIAL and self._misses[n] > CACHE_USEFUL * self._seen:
+                    self._fields[n] = (i, mask, None)
+                    continue
+            if len(cache) >= FIELD_CACHE:
+                cache.clear()
 
 
 @dataclass(frozen=True)

@@ -595,6 +595,11 @@ def _matches(rule: JsonPath, path: tuple[str | int, ...]) -> bool:
 class _JsonMasker:
     """Masks the values at the rules' paths inside JSON text; see `_JSON_STRING` for how.
 
+    Text without a backslash (jsonb's output, unless a string holds a quote, a backslash or a
+    control character) is cut at its quotes instead: every quote there delimits a string, so
+    `str.split('"')` is the split, at a fraction of the regex's cost, and the document's
+    structure itself (its text outside strings) is looked up before its shape is worked out.
+
     What it cannot do by replacing strings — a rule on a number, true, false, null, object or
     array — and text that is not JSON, it leaves to `_slow`, which parses and writes the
     document (text that is not JSON at all becomes the JSON string "[redacted]")."""
@@ -603,11 +608,13 @@ class _JsonMasker:
         self._paths = paths
         self._shapes: dict[str, tuple[list[_Slot], list[int], Callable[[list[str]], Any]]
                            | None] = {}
-        self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[int, list[Masker]]] | None] = {}
+        self._structures: dict[str, tuple[str, list[_Slot], list[int],
+                                          Callable[[list[str]], Any]] | None] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], bool],
+                          list[tuple[int, list[Masker]]] | None] = {}
 
-    def __call__(self, value: str) -> str:
-        parts = _JSON_STRING.split(value)
-        structure = _STRING.join(parts[0::2])
+    def _known(self, structure: str) -> tuple[str, list[_Slot], list[int],
+                                               Callable[[list[str]], Any]] | None:
         shape = _SCALARS.sub(_SCALAR, structure.translate(_SCALAR_CHARS))
         if shape not in self._shapes:
             if len(self._shapes) >= SHAPE_CACHE:
@@ -617,13 +624,57 @@ class _JsonMasker:
             self._shapes[shape] = None if found is None else (
                 found[0], found[1], _picker([2 * k + 1 for k in found[1]]))
         known = self._shapes[shape]
+        return None if known is None else (shape, *known)
+
+    def _planned(self, shape: str, slots: list[_Slot], key_strings: list[int],
+                 keys: tuple[str, ...], *, quoted: bool) -> list[tuple[int, list[Masker]]] | None:
+        at = (shape, keys, quoted)
+        if at not in self._plans:
+            names = [json.loads(k) for k in keys] if quoted else list(keys)
+            self._plans[at] = self._plan(slots, key_strings, names)
+        return self._plans[at]
+
+    def __call__(self, value: str) -> str:
+        if "\\" not in value and value.isprintable():
+            return self._quick(value)
+        return self._escaped(value)
+
+    def _quick(self, value: str) -> str:
+        """`__call__` for text without backslashes or control characters: the parts between
+        quotes alternate between structure and string contents."""
+        parts = value.split('"')
+        if not len(parts) & 1:
+            return self._slow(value)
+        structure = _STRING.join(parts[0::2])
+        if structure in self._structures:
+            known = self._structures[structure]
+        else:
+            if len(self._structures) >= SHAPE_CACHE:
+                self._structures.clear()
+            known = self._structures[structure] = self._known(structure)
         if known is None:
             return self._slow(value)
-        slots, key_strings, pick_keys = known
-        keys = pick_keys(parts)
-        if (shape, keys) not in self._plans:
-            self._plans[(shape, keys)] = self._plan(slots, key_strings, keys)
-        plan = self._plans[(shape, keys)]
+        shape, slots, key_strings, pick_keys = known
+        plan = self._planned(shape, slots, key_strings, pick_keys(parts), quoted=False)
+        if plan is None:
+            return self._slow(value)
+        for index, maskers in plan:
+            text: str | None = parts[index]
+            for masker in maskers:
+                text = masker(text)
+            if text is None:  # `null` in place of a string: the quotes must go too
+                return self._escaped(value)
+            parts[index] = encode_basestring(text)[1:-1]
+        return '"'.join(parts)
+
+    def _escaped(self, value: str) -> str:
+        """The regex path of `__call__`, for any text."""
+        parts = _JSON_STRING.split(value)
+        known = self._known(_STRING.join(parts[0::2]))
+        if known is None:
+            return self._slow(value)
+        shape, slots, key_strings, pick_keys = known
+        plan = self._planned(shape, slots, key_strings, pick_keys(parts), quoted=True)
         if plan is None:
             return self._slow(value)
         for index, maskers in plan:
@@ -634,14 +685,14 @@ class _JsonMasker:
             parts[index] = "null" if text is None else encode_basestring(text)
         return "".join(parts)
 
-    def _plan(self, slots: list[_Slot], key_strings: list[int], keys: tuple[str, ...]
+    def _plan(self, slots: list[_Slot], key_strings: list[int], names: list[str]
               ) -> list[tuple[int, list[Masker]]] | None:
         """(index in the split parts, maskers in rule order) of each string a rule reaches;
         None when a rule reaches anything but a string (that needs parsing)."""
-        names = {k: json.loads(raw) for k, raw in zip(key_strings, keys, strict=True)}
+        by_index = dict(zip(key_strings, names, strict=True))
         plan = []
         for slot in slots:
-            path = tuple(names[n] if is_key else n for is_key, n in slot.path)
+            path = tuple(by_index[n] if is_key else n for is_key, n in slot.path)
             maskers = [m for rule, m in self._paths if _matches(rule, path)]
             if not maskers:
                 continue
