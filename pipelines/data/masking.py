@@ -30,7 +30,7 @@ import hashlib
 import json
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
@@ -39,6 +39,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from pipelines.data.rules import (
+    PASS_THROUGH,
     WILDCARD,
     ColumnRule,
     JsonPath,
@@ -276,8 +277,13 @@ def phone_parts(value: str, *, keep_prefix: int | None = None) -> PhoneParts:
     code 20. `(415) 555-0123`: area code 415. A number written without groups (`07000000001`,
     `+447700900123`) keeps the first two digits of the national number (three in North
     America). `keep_prefix` replaces that guess with a fixed count of national digits."""
-    runs = [m.end() - m.start() for m in _DIGIT_RUN.finditer(value)]
-    digits = "".join(_DIGIT_RUN.findall(value))
+    runs = _DIGIT_RUN.findall(value)
+    return PhoneParts(*_phone_parts(value, runs, "".join(runs), keep_prefix))
+
+
+def _phone_parts(value: str, runs: list[str], digits: str, keep_prefix: int | None
+                 ) -> tuple[int, int, bool]:
+    """`phone_parts` from the number's digit groups: (lead, area, nanp)."""
     if value.lstrip().startswith("+"):
         lead = country_code_length(digits)
     elif digits.startswith("00") and len(digits) > 9:
@@ -286,20 +292,20 @@ def phone_parts(value: str, *, keep_prefix: int | None = None) -> PhoneParts:
         lead = 1
     else:
         lead = 0
+    if keep_prefix is not None:
+        return lead, keep_prefix, False
     nanp = (lead == 1 and digits[:1] == "1" and not digits.startswith("0")) or (
         lead == 0 and len(digits) == 10 and digits[0] not in "01")
-    if keep_prefix is not None:
-        return PhoneParts(lead=lead, area=keep_prefix, nanp=False)
     # The area code is the rest of the group the national number starts in, or the next group
     # when the country code or trunk prefix is a group of its own.
     end = 0
-    for length in runs:
-        end += length
+    for run in runs:
+        end += len(run)
         if end > lead:
             break
     if end >= len(digits):  # no groups after the prefix: a guess
-        return PhoneParts(lead=lead, area=3 if nanp else 2, nanp=nanp)
-    return PhoneParts(lead=lead, area=end - lead, nanp=nanp)
+        return lead, 3 if nanp else 2, nanp
+    return lead, end - lead, nanp
 
 
 def _phone(params: Mapping[str, Any], key: bytes) -> Transform:
@@ -311,24 +317,25 @@ def _phone(params: Mapping[str, Any], key: bytes) -> Transform:
     keep_prefix = params.get("keep_prefix")
 
     def phone(value: str) -> str:
-        digits = "".join(_DIGIT_RUN.findall(value))
-        count = len(digits)
-        if not count:
+        runs = _DIGIT_RUN.findall(value)
+        if not runs:
             return value
-        parts = phone_parts(value, keep_prefix=keep_prefix)
-        kept = min(parts.lead + parts.area, max(0, count - MIN_CHANGED_DIGITS))
-        fresh = _digits(keyed.digest(digits[parts.lead:]), count - kept)
-        if parts.nanp and kept == parts.lead + parts.area and parts.area == 3:
+        digits = "".join(runs)
+        count = len(digits)
+        lead, area, nanp = _phone_parts(value, runs, digits, keep_prefix)
+        kept = min(lead + area, max(0, count - MIN_CHANGED_DIGITS))
+        fresh = _digits(keyed.digest(digits[lead:]), count - kept)
+        if nanp and kept == lead + area and area == 3:
             fresh = "23456789"[int(fresh[0]) % 8] + fresh[1:]  # an exchange code is 2-9
         new = digits[:kept] + fresh
-        out, pos, used = [], 0, 0
-        for m in _DIGIT_RUN.finditer(value):
-            out.append(value[pos:m.start()])
-            width = m.end() - m.start()
+        between = _DIGIT_RUN.split(value)  # the text around the digit groups
+        out = [between[0]]
+        used = 0
+        for run, after in zip(runs, between[1:], strict=True):
+            width = len(run)
             out.append(new[used:used + width])
+            out.append(after)
             used += width
-            pos = m.end()
-        out.append(value[pos:])
         return "".join(out)
 
     return phone
@@ -492,6 +499,8 @@ def _apply(node: object, path: JsonPath, masker: Masker) -> object:
     return node
 
 
+_Plan = list[tuple[int, list["Masker"], bool]]  # (part index, maskers, generated), see _plan
+
 # A JSON document as text: its strings (split out by `_JSON_STRING`) and its *shape* — the rest,
 # with every string replaced by `_STRING`, every number, true, false and null by `_SCALAR`, and
 # no whitespace. Documents in one column mostly share a few shapes and differ only in their
@@ -604,14 +613,17 @@ class _JsonMasker:
     array — and text that is not JSON, it leaves to `_slow`, which parses and writes the
     document (text that is not JSON at all becomes the JSON string "[redacted]")."""
 
-    def __init__(self, paths: list[tuple[JsonPath, Masker]]) -> None:
+    def __init__(self, paths: list[tuple[JsonPath, Masker]],
+                 generated: Sequence[bool] = ()) -> None:
         self._paths = paths
+        # Per path: whether its rule writes the value (for the leak search, which leaves
+        # what the rules wrote out; `keep` and `regex` write what they leave).
+        self._generated = {id(m): g for (_, m), g in zip(paths, generated, strict=False)}
         self._shapes: dict[str, tuple[list[_Slot], list[int], Callable[[list[str]], Any]]
                            | None] = {}
         self._structures: dict[str, tuple[str, list[_Slot], list[int],
                                           Callable[[list[str]], Any]] | None] = {}
-        self._plans: dict[tuple[str, tuple[str, ...], bool],
-                          list[tuple[int, list[Masker]]] | None] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], bool], _Plan | None] = {}
 
     def _known(self, structure: str) -> tuple[str, list[_Slot], list[int],
                                                Callable[[list[str]], Any]] | None:
@@ -627,7 +639,7 @@ class _JsonMasker:
         return None if known is None else (shape, *known)
 
     def _planned(self, shape: str, slots: list[_Slot], key_strings: list[int],
-                 keys: tuple[str, ...], *, quoted: bool) -> list[tuple[int, list[Masker]]] | None:
+                 keys: tuple[str, ...], *, quoted: bool) -> _Plan | None:
         at = (shape, keys, quoted)
         if at not in self._plans:
             names = [json.loads(k) for k in keys] if quoted else list(keys)
@@ -636,15 +648,41 @@ class _JsonMasker:
 
     def __call__(self, value: str) -> str:
         if "\\" not in value and value.isprintable():
-            return self._quick(value)
+            masked = self._quick(value)
+            if masked is not None:
+                return '"'.join(masked[0])
         return self._escaped(value)
 
-    def _quick(self, value: str) -> str:
-        """`__call__` for text without backslashes or control characters: the parts between
-        quotes alternate between structure and string contents."""
+    def with_searched(self, value: str) -> tuple[str, str]:
+        """The masked document, and the same without the strings the rules generated (what
+        the leak search looks at: a fake name picked from the same list as a real one is no
+        leak, and a rule's output owes nothing to the input)."""
+        if "\\" not in value and value.isprintable():
+            masked = self._quick(value)
+            if masked is not None:
+                parts, plan = masked
+                text = '"'.join(parts)
+                for index, _, generated in plan:
+                    if generated:
+                        parts[index] = ""
+                return text, '"'.join(parts)
+        text = self._escaped(value)
+        try:
+            doc = json.loads(text, parse_float=Decimal)
+        except ValueError:
+            return text, text
+        for path, masker in self._paths:
+            if self._generated.get(id(masker), True):
+                doc = _apply(doc, path, _blank)
+        return text, _dumps(doc)
+
+    def _quick(self, value: str) -> tuple[list[str], _Plan] | None:
+        """`__call__` for text without backslashes or control characters, where the parts
+        between quotes alternate between structure and string contents: the parts, masked,
+        and the plan; None when the text needs the regex path."""
         parts = value.split('"')
         if not len(parts) & 1:
-            return self._slow(value)
+            return None
         structure = _STRING.join(parts[0::2])
         if structure in self._structures:
             known = self._structures[structure]
@@ -653,19 +691,19 @@ class _JsonMasker:
                 self._structures.clear()
             known = self._structures[structure] = self._known(structure)
         if known is None:
-            return self._slow(value)
+            return None
         shape, slots, key_strings, pick_keys = known
         plan = self._planned(shape, slots, key_strings, pick_keys(parts), quoted=False)
         if plan is None:
-            return self._slow(value)
-        for index, maskers in plan:
+            return None
+        for index, maskers, _ in plan:
             text: str | None = parts[index]
             for masker in maskers:
                 text = masker(text)
             if text is None:  # `null` in place of a string: the quotes must go too
-                return self._escaped(value)
+                return None
             parts[index] = encode_basestring(text)[1:-1]
-        return '"'.join(parts)
+        return parts, plan
 
     def _escaped(self, value: str) -> str:
         """The regex path of `__call__`, for any text."""
@@ -677,7 +715,7 @@ class _JsonMasker:
         plan = self._planned(shape, slots, key_strings, pick_keys(parts), quoted=True)
         if plan is None:
             return self._slow(value)
-        for index, maskers in plan:
+        for index, maskers, _ in plan:
             raw = parts[index]
             text: str | None = json.loads(raw) if "\\" in raw else raw[1:-1]
             for masker in maskers:
@@ -686,7 +724,7 @@ class _JsonMasker:
         return "".join(parts)
 
     def _plan(self, slots: list[_Slot], key_strings: list[int], names: list[str]
-              ) -> list[tuple[int, list[Masker]]] | None:
+              ) -> _Plan | None:
         """(index in the split parts, maskers in rule order) of each string a rule reaches;
         None when a rule reaches anything but a string (that needs parsing)."""
         by_index = dict(zip(key_strings, names, strict=True))
@@ -698,7 +736,8 @@ class _JsonMasker:
                 continue
             if slot.kind != "string":
                 return None
-            plan.append((2 * slot.string + 1, maskers))
+            plan.append((2 * slot.string + 1, maskers,
+                         any(self._generated.get(id(m), True) for m in maskers)))
         return plan
 
     def _slow(self, value: str) -> str:
@@ -711,10 +750,24 @@ class _JsonMasker:
         return _dumps(doc)
 
 
-def _json(params: Mapping[str, Any], key: bytes) -> Transform:
+def _json(params: Mapping[str, Any], key: bytes) -> _JsonMasker:
     """Mask the values at each path with its nested rule."""
     return _JsonMasker([(parse_json_path(p), make_masker(rule, key=key))
-                        for p, rule in params["paths"].items()])
+                        for p, rule in params["paths"].items()],
+                       [rule.transformer not in PASS_THROUGH for rule in params["paths"].values()])
+
+
+def json_masker_with_search(rule: ColumnRule, *, key: bytes) -> Callable[[str], tuple[str, str]]:
+    """For a `json` rule: a function from a document to its masked text and the text the leak
+    search looks at (`_JsonMasker.with_searched`)."""
+    rule = check_rule(rule)
+    if rule.transformer != "json":
+        raise ValueError("json_masker_with_search needs a json rule")
+    return _json(rule.params, key).with_searched
+
+
+def _blank(value: str | None) -> str:
+    return ""
 
 
 # --------------------------------------------------------------------------- entry point
