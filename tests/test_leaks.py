@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipelines.data.copy import flat_field
 from pipelines.data.leaks import Haystack, find, needles
-from pipelines.data.masking import json_masker_with_search, last_names, make_masker
+from pipelines.data.masking import SharedMaskers, last_names, make_masker
 from pipelines.data.rules import ColumnRule
 
 KEY = b"leaks-key"
@@ -52,7 +52,7 @@ def test_values_a_json_rule_generates_are_left_out_of_the_search() -> None:
                                          "$.items[*].who": ColumnRule("full_name"),
                                          "$.note": ColumnRule("keep"),
                                          "$.text": ColumnRule("regex", {"pattern": "x"})}})
-    both = json_masker_with_search(rule, key=KEY)
+    both = SharedMaskers(KEY).json_with_search(rule)
     masker = make_masker(rule, key=KEY)
     for doc in ('{"note": "Ann Lee", "text": "Bo Chan", "items": [{"who": "Cy Dunn"}], '
                 '"contact": {"name": "Di Egan"}}',

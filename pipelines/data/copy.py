@@ -36,9 +36,12 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.data.rules import ColumnRule
+
+if TYPE_CHECKING:
+    from pipelines.data.masking import SharedMaskers
 
 Masker = Callable[[str | None], str | None]
 # The leak search (`leaks.find` bound to the build's sampled values): searched fields of many
@@ -118,23 +121,24 @@ class MaskPlan:
         return cls(columns=tuple(columns), rules=tuple(rules.items()), key=key,
                    search=tuple((search or {}).items()))
 
-    def row_masker(self, finder: Finder | None = None) -> RowMasker:
-        from pipelines.data.masking import json_masker_with_search, make_masker
+    def row_masker(self, finder: Finder | None = None,
+                   shared: SharedMaskers | None = None) -> RowMasker:
+        """The row masker of this plan; its maskers from `shared` (a fresh set when None)."""
+        from pipelines.data.masking import SharedMaskers
 
+        shared = shared or SharedMaskers(self.key)
         searched = {i for i, _ in self.search} if finder is not None else set()
         # A searched column under a `json` rule is masked and made searchable in one pass.
-        paired = {i: json_masker_with_search(rule, key=self.key) for i, rule in self.rules
+        paired = {i: shared.json_with_search(rule) for i, rule in self.rules
                   if i in searched and rule.transformer == "json"}
-        # RowMasker caches each column's raw field → masked field itself; a second cache in
-        # the masker would only cost a lookup per miss.
-        maskers = {i: make_masker(rule, key=self.key, cache_size=0) for i, rule in self.rules
-                   if i not in paired}
+        maskers = {i: shared.masker(rule) for i, rule in self.rules if i not in paired}
         return RowMasker(maskers, columns=self.columns, plan=self, finder=finder,
                          search=sorted(searched - paired.keys()), paired=paired)
 
 
 _POOLED: dict[str, RowMasker] = {}  # in a pool process: plan token → its row masker
 _FINDER: list[Finder] = []  # in a pool process: the build's leak finder (`install_finder`)
+_SHARED: dict[bytes, SharedMaskers] = {}  # in a pool process: the build's maskers, by key
 
 
 def install_finder(finder: Finder | None) -> None:
@@ -148,7 +152,13 @@ def mask_block(plan: MaskPlan, block: bytes) -> tuple[bytes, Hits]:
     values found in its searched columns."""
     masker = _POOLED.get(plan.token)
     if masker is None:
-        masker = _POOLED[plan.token] = plan.row_masker(_FINDER[0] if _FINDER else None)
+        from pipelines.data.masking import SharedMaskers
+
+        if plan.key not in _SHARED:  # a process serves one build: one key
+            _SHARED.clear()
+            _SHARED[plan.key] = SharedMaskers(plan.key)
+        masker = _POOLED[plan.token] = plan.row_masker(_FINDER[0] if _FINDER else None,
+                                                       _SHARED[plan.key])
     return masker.rows(block[:-1]), masker.take_hits()
 
 

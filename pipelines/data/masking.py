@@ -55,6 +55,7 @@ REDACTED = "[redacted]"
 EMAIL_DOMAINS = ("example.com", "example.net", "example.org")  # RFC 2606: nobody's mailbox
 DEFAULT_LOCALE = "en_US"
 DEFAULT_CACHE_SIZE = 1 << 16
+SHARED_CACHE = 1 << 17  # values per rule cached by `SharedMaskers` before it starts over
 
 
 class MaskingError(ValueError):
@@ -750,20 +751,66 @@ class _JsonMasker:
         return _dumps(doc)
 
 
-def _json(params: Mapping[str, Any], key: bytes) -> _JsonMasker:
-    """Mask the values at each path with its nested rule."""
-    return _JsonMasker([(parse_json_path(p), make_masker(rule, key=key))
-                        for p, rule in params["paths"].items()],
+def _json(params: Mapping[str, Any], key: bytes,
+          nested: Callable[[ColumnRule], Masker] | None = None) -> _JsonMasker:
+    """Mask the values at each path with its nested rule (made by `nested` when given)."""
+    make = nested or (lambda rule: make_masker(rule, key=key))
+    return _JsonMasker([(parse_json_path(p), make(rule)) for p, rule in params["paths"].items()],
                        [rule.transformer not in PASS_THROUGH for rule in params["paths"].values()])
 
 
-def json_masker_with_search(rule: ColumnRule, *, key: bytes) -> Callable[[str], tuple[str, str]]:
-    """For a `json` rule: a function from a document to its masked text and the text the leak
-    search looks at (`_JsonMasker.with_searched`)."""
-    rule = check_rule(rule)
-    if rule.transformer != "json":
-        raise ValueError("json_masker_with_search needs a json rule")
-    return _json(rule.params, key).with_searched
+class SharedMaskers:
+    """The maskers of one build's rules under one key, made once per rule: every column and
+    JSON path with the same rule shares a masker and its cache, so an e-mail address masked in
+    `customers.email` is not hashed again in `orders.customer_email` or inside `orders.meta`.
+
+    Each cache is a plain dict that starts over when full (cheaper per value than an LRU). Meant
+    for one build's masking processes, which end with the build; rules seen by a long-lived
+    process would otherwise accumulate."""
+
+    def __init__(self, key: bytes, *, cache_size: int = SHARED_CACHE) -> None:
+        if not key:
+            raise ValueError("the masking key is empty (set EPHEM_MASKING_KEY)")
+        self._key, self._size = key, cache_size
+        self._maskers: dict[str, Masker] = {}
+
+    def masker(self, rule: ColumnRule) -> Masker:
+        """The shared masker of `rule` (as `make_masker` makes it, cache aside)."""
+        ident = repr(rule)
+        found = self._maskers.get(ident)
+        if found is None:
+            found = self._maskers[ident] = self._make(check_rule(rule))
+        return found
+
+    def json_with_search(self, rule: ColumnRule) -> Callable[[str], tuple[str, str]]:
+        """For a `json` rule: a function from a document to its masked text and the text the
+        leak search looks at (`_JsonMasker.with_searched`)."""
+        rule = check_rule(rule)
+        if rule.transformer != "json":
+            raise ValueError("json_with_search needs a json rule")
+        return _json(rule.params, self._key, self.masker).with_searched
+
+    def _make(self, rule: ColumnRule) -> Masker:
+        if rule.transformer in ("keep", "null", "redact"):
+            return make_masker(rule, key=self._key, cache_size=0)
+        if rule.transformer == "json":  # documents rarely repeat; their parts are cached
+            json_masker = _json(rule.params, self._key, self.masker)
+            return lambda value: None if value is None else json_masker(value)
+        transform = _BUILDERS[rule.transformer](rule.params, self._key)
+        cache: dict[str, str | None] = {}
+        size = self._size
+
+        def masker(value: str | None) -> str | None:
+            if value is None:
+                return None
+            if value in cache:
+                return cache[value]
+            if len(cache) >= size:
+                cache.clear()
+            out = cache[value] = transform(value)
+            return out
+
+        return masker
 
 
 def _blank(value: str | None) -> str:
