@@ -622,8 +622,9 @@ class _JsonMasker:
         self._generated = {id(m): g for (_, m), g in zip(paths, generated, strict=False)}
         self._shapes: dict[str, tuple[list[_Slot], list[int], Callable[[list[str]], Any]]
                            | None] = {}
-        self._structures: dict[str, tuple[str, list[_Slot], list[int],
-                                          Callable[[list[str]], Any]] | None] = {}
+        # structure → (shape, its key picker, the keys last seen, their plan)
+        self._structures: dict[str, tuple[str, Callable[[list[str]], Any], tuple[str, ...],
+                                          _Plan | None]] = {}
         self._plans: dict[tuple[str, tuple[str, ...], bool], _Plan | None] = {}
 
     def _known(self, structure: str) -> tuple[str, list[_Slot], list[int],
@@ -685,16 +686,21 @@ class _JsonMasker:
         if not len(parts) & 1:
             return None
         structure = _STRING.join(parts[0::2])
-        if structure in self._structures:
-            known = self._structures[structure]
+        # Documents of one structure mostly have the same keys too: the plan of the last
+        # keys seen with this structure, when they match, saves hashing them.
+        recent = self._structures.get(structure)
+        if recent is not None and recent[1](parts) == recent[2]:
+            plan = recent[3]
         else:
+            known = self._known(structure)
+            if known is None:
+                return None
+            shape, slots, key_strings, pick_keys = known
+            keys = pick_keys(parts)
+            plan = self._planned(shape, slots, key_strings, keys, quoted=False)
             if len(self._structures) >= SHAPE_CACHE:
                 self._structures.clear()
-            known = self._structures[structure] = self._known(structure)
-        if known is None:
-            return None
-        shape, slots, key_strings, pick_keys = known
-        plan = self._planned(shape, slots, key_strings, pick_keys(parts), quoted=False)
+            self._structures[structure] = (shape, pick_keys, keys, plan)
         if plan is None:
             return None
         for index, maskers, _ in plan:
