@@ -55,7 +55,7 @@ REDACTED = "[redacted]"
 EMAIL_DOMAINS = ("example.com", "example.net", "example.org")  # RFC 2606: nobody's mailbox
 DEFAULT_LOCALE = "en_US"
 DEFAULT_CACHE_SIZE = 1 << 16
-SHARED_CACHE = 1 << 17  # values per rule cached by `SharedMaskers` before it starts over
+SHARED_CACHE = 1 << 16  # values per rule cached by `SharedMaskers` before it starts over
 
 
 class MaskingError(ValueError):
@@ -194,15 +194,12 @@ def _email(params: Mapping[str, Any], key: bytes) -> Transform:
 
     def email(value: str) -> str:
         n = int.from_bytes(keyed.digest(value)[:16], "big")  # 128 bits: plenty, and faster
-        f = first[n % nf]
-        n //= nf
-        la = last[n % nl]
-        n //= nl
+        n, f = divmod(n, nf)
+        n, la = divmod(n, nl)
         # 12 digits: ~10^18 addresses, so even 10 million distinct emails practically never
         # collide (a unique index on the masked column must keep holding).
-        number = n % 1_000_000_000_000
-        n //= 1_000_000_000_000
-        return f"{f}.{la}+{number:012d}@{domains[n % nd]}"
+        n, number = divmod(n, 1_000_000_000_000)
+        return f"{first[f]}.{last[la]}+{number:012d}@{domains[n % nd]}"
 
     return email
 
@@ -809,11 +806,11 @@ class SharedMaskers:
         def masker(value: str | None) -> str | None:
             if value is None:
                 return None
-            if value in cache:
-                return cache[value]
-            if len(cache) >= size:
-                cache.clear()
-            out = cache[value] = transform(value)
+            out = cache.get(value)
+            if out is None:  # these transformers never give None: a miss
+                if len(cache) >= size:
+                    cache.clear()
+                out = cache[value] = transform(value)
             return out
 
         return masker
