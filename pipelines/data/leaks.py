@@ -114,15 +114,10 @@ def sampled_columns(catalog: Catalog, rules: Rules, *,
     return out
 
 
-def searched_columns(catalog: Catalog, rules: Rules) -> list[tuple[Table, str]]:
-    """The snapshot's text columns whose content may carry an input through."""
-    return [found for table in catalog.tables.values()
-            for found in searched_columns_of(table, rules)]
-
-
 def searched_columns_of(table: Table, rules: Rules) -> list[tuple[Table, str]]:
-    """`searched_columns` of one table: its copied text columns without a replacing rule
-    (generated columns are computed from copied ones, which are searched)."""
+    """The columns of `table` whose content may carry an input through: its copied text
+    columns without a replacing rule (generated columns are computed from copied ones, which
+    are searched)."""
     out = []
     textlike = {c.name for c in table.columns if c.textlike}
     for column in table.copy_columns:
