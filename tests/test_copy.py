@@ -180,3 +180,32 @@ async def test_pipe_masks_in_a_process_pool_and_keeps_row_order(copy_db: str) ->
     finally:
         await source.close()
         await target.close()
+
+
+def test_the_row_masker_hands_searched_fields_to_the_leak_search() -> None:
+    """Searched columns reach the finder masked and flattened; a json rule's generated values
+    are blanked there, what it leaves is not; what was found is named by column position."""
+    meta = ColumnRule("json", {"paths": {"$.name": ColumnRule("full_name")}})
+    plan = MaskPlan.of(["id", "email", "meta", "note"], {1: ColumnRule("email"), 2: meta},
+                       key=b"search-key", search={2: meta, 3: None})
+    seen: list[list[bytes]] = []
+
+    def finder(values: list[bytes]) -> dict[str, set[bytes]]:
+        seen.append(values)
+        hits = {v for v in values if b"ann@corp.example" in v}
+        return {"customers.email": hits} if hits else {}
+
+    masker = plan.row_masker(finder)
+    rows = b"".join(f"{i}\tann@corp.example\t{encode_field(m).decode()}\t{n}\n".encode()
+                    for i, m, n in [(1, '{"name": "Ann Lee", "to": "ann@corp.example"}', "ok"),
+                                    (2, '{"name": "Bo Chan"}', "mail ann@corp.example\\tnow")])
+    masked = masker.feed(rows)
+    assert b"ann@corp.example" not in masked.split(b"\t")[1]  # the masked column
+    assert sorted(seen) == sorted([[b'{"name": "", "to": "ann@corp.example"}',
+                                   b'{"name": ""}'], [b"ok", b"mail ann@corp.example now"]])
+    assert masker.take_hits() == {
+        2: {"customers.email": {b'{"name": "", "to": "ann@corp.example"}'}},
+        3: {"customers.email": {b"mail ann@corp.example now"}}}
+    assert masker.take_hits() == {}
+    # Without a finder nothing is searched.
+    assert plan.row_masker().feed(rows) == masked

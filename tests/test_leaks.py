@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pipelines.data.leaks import needles, searched_expression
-from pipelines.data.masking import last_names, make_masker
+from pipelines.data.copy import flat_field
+from pipelines.data.leaks import Haystack, find, needles
+from pipelines.data.masking import SharedMaskers, last_names, make_masker
 from pipelines.data.rules import ColumnRule
 
 KEY = b"leaks-key"
@@ -49,8 +50,30 @@ def test_the_personal_data_inside_a_value_is_looked_for_on_its_own() -> None:
 def test_values_a_json_rule_generates_are_left_out_of_the_search() -> None:
     rule = ColumnRule("json", {"paths": {"$.contact.name": ColumnRule("full_name"),
                                          "$.items[*].who": ColumnRule("full_name"),
-                                         "$.note": ColumnRule("keep")}})
-    expr = searched_expression("meta", rule, jsonb=True)
-    assert "#- '{\"contact\",\"name\"}'" in expr
-    assert "items" not in expr and "note" not in expr  # wildcards and kept values stay
-    assert "#-" not in searched_expression("meta", rule, jsonb=False)  # json text: as it is
+                                         "$.note": ColumnRule("keep"),
+                                         "$.text": ColumnRule("regex", {"pattern": "x"})}})
+    both = SharedMaskers(KEY).json_with_search(rule)
+    masker = make_masker(rule, key=KEY)
+    for doc in ('{"note": "Ann Lee", "text": "Bo Chan", "items": [{"who": "Cy Dunn"}], '
+                '"contact": {"name": "Di Egan"}}',
+                # escapes and whitespace take the slower path, to the same effect
+                '{"note": "Ann \\"Lee\\"",\n "text": "Bo Chan", "items": [{"who": "Cy Dunn"}], '
+                '"contact": {"name": "Di Egan"}}'):
+        masked, searched = both(doc)
+        assert masked == masker(doc)
+        # What the rules generated is blanked; what `keep` and `regex` leave is searched.
+        assert "Ann" in searched and "Bo Chan" in searched
+        assert "Cy Dunn" not in searched and "Di Egan" not in searched
+        assert '"who": ""' in searched and '"name": ""' in searched
+
+
+def test_the_search_finds_sampled_values_whole_and_inside_copy_fields() -> None:
+    haystack = Haystack.build({"customers.email": ["ann.lee@mail.example"],
+                               "customers.phone": ["+44 20 7946 0958"]})
+    fields = [b"nothing here", b"ann.lee@mail.example",
+              b"Call +44 20 7946 0958\\tbefore noon", b"\\N"]
+    values = [flat_field(raw) for raw in fields]
+    assert values[2] == b"Call +44 20 7946 0958 before noon"  # escapes flattened
+    assert find(haystack, values) == {"customers.email": {b"ann.lee@mail.example"},
+                                      "customers.phone": {b"+44 20 7946 0958"}}
+    assert find(haystack, [b"bob.lee@mail.example", b"+44 20 7946 0000"]) == {}

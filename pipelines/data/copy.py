@@ -5,8 +5,8 @@ columns must be transformed before they reach it. COPY is the fastest way in and
 PostgreSQL, and its text format is simple enough to rewrite on the fly: rows end in a newline,
 fields are separated by tabs, NULL is `\\N`, and tabs, newlines and backslashes inside a value
 are escaped — so splitting a chunk on `b"\\n"` and a row on `b"\\t"` is always right, and only the
-masked fields need to be unescaped, transformed and escaped again. A table without masked
-columns is passed through byte for byte.
+masked fields need to be unescaped, transformed and escaped again. A table with nothing to mask
+or search is passed through byte for byte.
 
 Memory stays flat whatever the size: the source's COPY OUT feeds a bounded `asyncio.Queue` that
 the target's COPY IN drains; when the target is slow, the queue fills, the source callback
@@ -17,6 +17,11 @@ Masking is CPU-bound Python, and one process has one core. Given an executor (a 
 it keeps reading and writing; the blocks' results are queued in order, so the target still
 receives the rows as the source sent them. Each pool process rebuilds the row masker from a
 picklable `MaskPlan` once, and keeps it (and its caches) for the rest of the build.
+
+The leak check's search (`pipelines.data.leaks`) runs here too, so the golden database is never
+read back: given a finder, the row masker hands it the masked fields of the searched columns
+block by block, and collects what it found (`RowMasker.hits`). A table without masked columns
+but with searched ones then goes through the row masker as well.
 
 Neighbours: `pipelines.data.masking` makes the per-column maskers (functions on PostgreSQL text
 representations); `pipelines.data.snapshot` and `pipelines.data.subset` call `pipe`.
@@ -31,20 +36,30 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.data.rules import ColumnRule
 
+if TYPE_CHECKING:
+    from pipelines.data.masking import SharedMaskers
+
 Masker = Callable[[str | None], str | None]
+# The leak search (`leaks.find` bound to the build's sampled values): searched fields of many
+# rows → source column → the sampled values found among them.
+Finder = Callable[[list[bytes]], dict[str, set[bytes]]]
+Hits = dict[int, dict[str, set[bytes]]]  # column position → source column → values found
 
 NULL = b"\\N"
 QUEUE_CHUNKS = 16  # chunks in flight between source and target (each a few dozen kB)
 FIELD_CACHE = 65_536  # entries per masked column before the cache starts over
+CACHE_TRIAL = 8_192  # rows after which a masked column's cache is kept only if it is useful:
+CACHE_USEFUL = 0.9  # fewer than this share of its values were new
 BLOCK_BYTES = 256 * 1024  # rows sent to a pool process at a time: big enough to pay for IPC
 
 _UNESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.DOTALL)
 _SIMPLE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
 _NEEDS_ESCAPE = re.compile(r"[\\\t\n\r\b\f\v]")
+FLAT = str.maketrans("\n\r\t\\", "    ")  # how the leak search sees a value (`leaks`)
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r",
                           "\b": "\\b", "\f": "\\f", "\v": "\\v"})
 
@@ -97,30 +112,102 @@ class MaskPlan:
     rules: tuple[tuple[int, ColumnRule], ...]  # column position, its rule
     key: bytes = field(repr=False)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Columns searched for leaks after masking (position, rule), when a finder is given.
+    search: tuple[tuple[int, ColumnRule | None], ...] = ()
 
     @classmethod
-    def of(cls, columns: Sequence[str], rules: Mapping[int, ColumnRule], *, key: bytes
-           ) -> MaskPlan:
-        return cls(columns=tuple(columns), rules=tuple(rules.items()), key=key)
+    def of(cls, columns: Sequence[str], rules: Mapping[int, ColumnRule], *, key: bytes,
+           search: Mapping[int, ColumnRule | None] | None = None) -> MaskPlan:
+        return cls(columns=tuple(columns), rules=tuple(rules.items()), key=key,
+                   search=tuple((search or {}).items()))
 
-    def row_masker(self) -> RowMasker:
-        from pipelines.data.masking import make_masker
+    def row_masker(self, finder: Finder | None = None,
+                   shared: SharedMaskers | None = None) -> RowMasker:
+        """The row masker of this plan; its maskers from `shared` (a fresh set when None)."""
+        from pipelines.data.masking import SharedMaskers
 
-        # RowMasker caches each column's raw field → masked field itself; a second cache in
-        # the masker would only cost a lookup per miss.
-        maskers = {i: make_masker(rule, key=self.key, cache_size=0) for i, rule in self.rules}
-        return RowMasker(maskers, columns=self.columns, plan=self)
+        shared = shared or SharedMaskers(self.key)
+        searched = {i for i, _ in self.search} if finder is not None else set()
+        # A searched column under a `json` rule is masked and made searchable in one pass.
+        paired = {i: shared.json_with_search(rule) for i, rule in self.rules
+                  if i in searched and rule.transformer == "json"}
+        maskers = {i: shared.masker(rule) for i, rule in self.rules if i not in paired}
+        return RowMasker(maskers, columns=self.columns, plan=self, finder=finder,
+                         search=sorted(searched - paired.keys()), paired=paired)
 
 
 _POOLED: dict[str, RowMasker] = {}  # in a pool process: plan token → its row masker
+_FINDER: list[Finder] = []  # in a pool process: the build's leak finder (`install_finder`)
+_SHARED: dict[bytes, SharedMaskers] = {}  # in a pool process: the build's maskers, by key
 
 
-def mask_block(plan: MaskPlan, block: bytes) -> bytes:
-    """In a pool process: mask a block of whole rows (ending in a newline)."""
+def install_finder(finder: Finder | None) -> None:
+    """A pool's initializer: the finder every plan with searched columns uses in this
+    process (sent once per process rather than with every block)."""
+    _FINDER[:] = [] if finder is None else [finder]
+
+
+def mask_block(plan: MaskPlan, block: bytes) -> tuple[bytes, Hits]:
+    """In a pool process: mask a block of whole rows (ending in a newline); and the sampled
+    values found in its searched columns."""
     masker = _POOLED.get(plan.token)
     if masker is None:
-        masker = _POOLED[plan.token] = plan.row_masker()
-    return masker.rows(block[:-1])
+        from pipelines.data.masking import SharedMaskers
+
+        if plan.key not in _SHARED:  # a process serves one build: one key
+            _SHARED.clear()
+            _SHARED[plan.key] = SharedMaskers(plan.key)
+        masker = _POOLED[plan.token] = plan.row_masker(_FINDER[0] if _FINDER else None,
+                                                       _SHARED[plan.key])
+    return masker.rows(block[:-1]), masker.take_hits()
+
+
+def _field_masker(mask: Masker) -> Callable[[bytes], bytes]:
+    """`mask` on one COPY text field: unescape, mask, escape — each only when needed (a field
+    without a backslash has nothing to unescape; most masked text has nothing to escape)."""
+    def field(raw: bytes) -> bytes:
+        if b"\\" in raw:
+            out = mask(None if raw == NULL else _UNESCAPE.sub(_unescape_one, raw).decode("utf-8"))
+        else:
+            out = mask(raw.decode("utf-8"))
+        if out is None:
+            return NULL
+        if out.isprintable() and "\\" not in out:
+            return out.encode("utf-8")
+        return out.translate(_ESCAPES).encode("utf-8")
+
+    return field
+
+
+def _paired_masker(both: Callable[[str], tuple[str, str]]
+                   ) -> Callable[[bytes], tuple[bytes, bytes]]:
+    """`both` on one COPY text field: the masked field, and the searched text (flattened
+    as `flat_field` does)."""
+    def field(raw: bytes) -> tuple[bytes, bytes]:
+        if b"\\" in raw:
+            if raw == NULL:
+                return NULL, b""
+            text = _UNESCAPE.sub(_unescape_one, raw).decode("utf-8")
+        else:
+            text = raw.decode("utf-8")
+        out, searched = both(text)
+        plain = out.isprintable() and "\\" not in out
+        masked = out.encode("utf-8") if plain else out.translate(_ESCAPES).encode("utf-8")
+        if not plain or not searched.isprintable():
+            searched = searched.translate(FLAT)
+        return masked, searched.encode("utf-8")
+
+    return field
+
+
+def flat_field(raw: bytes) -> bytes:
+    """A COPY text field as the leak search reads it: its value with tabs, newlines, carriage
+    returns and backslashes made spaces (as the sampled values are); NULL is empty."""
+    if raw == NULL:
+        return b""
+    text = decode_field(raw)
+    assert text is not None
+    return text.translate(FLAT).encode("utf-8")
 
 
 class RowMasker:
@@ -131,16 +218,48 @@ class RowMasker:
     """
 
     def __init__(self, maskers: Mapping[int, Masker], *, columns: Sequence[str],
-                 plan: MaskPlan | None = None) -> None:
-        self._maskers = sorted(maskers.items())
+                 plan: MaskPlan | None = None, search: Sequence[int] = (),
+                 paired: Mapping[int, Callable[[str], tuple[str, str]]] | None = None,
+                 finder: Finder | None = None) -> None:
         self._columns = tuple(columns)
         self._width = len(columns)
         self._pending: list[bytes] = []
-        # Per masked column, raw field → masked field: a repeated value (a status, a city, a
-        # product) skips unescaping, masking and escaping. Masking is deterministic, so a
-        # cached result is the result.
-        self._caches: list[dict[bytes, bytes]] = [{} for _ in self._maskers]
+        # Per masked column: its position, the field masker, and a cache raw field → masked
+        # field, so a repeated value (a status, a city, a customer's e-mail on each of their
+        # orders) skips unescaping, masking and escaping. Masking is deterministic, so a cached
+        # result is the result. A column whose values hardly repeat (a JSON document per row)
+        # gets no cache: it would only cost a lookup and an insert per row.
+        self._fields: list[tuple[int, Callable[[bytes], bytes], dict[bytes, bytes] | None]] = [
+            (i, _field_masker(mask), {}) for i, mask in sorted(maskers.items())]
+        self._misses = [0] * len(self._fields)
+        self._seen = 0
         self.plan = plan  # set when the masking may run in a process pool
+        # Leak search: the masked rows' fields at `search` positions go to `finder`, and so
+        # does what the `paired` maskers (masking and making searchable in one pass) return
+        # beside the masked field.
+        self._finder = finder
+        self._search = list(search) if finder is not None else []
+        self._paired = [(i, _paired_masker(both)) for i, both in sorted((paired or {}).items())]
+        self.hits: Hits = {}
+
+    @property
+    def searching(self) -> bool:
+        return bool(self._search)
+
+    def take_hits(self) -> Hits:
+        """The values found since the last call."""
+        hits, self.hits = self.hits, {}
+        return hits
+
+    def merge(self, hits: Hits) -> None:
+        """Add values found elsewhere (in a pool process) to `hits`."""
+        for position, found in hits.items():
+            mine = self.hits.setdefault(position, {})
+            for source, values in found.items():
+                mine.setdefault(source, set()).update(values)
+
+    def column(self, position: int) -> str:
+        return self._columns[position]
 
     def split(self, chunk: bytes) -> bytes:
         """The complete rows that `chunk` finishes, unmasked, each ending in a newline."""
@@ -161,35 +280,87 @@ class RowMasker:
 
     def rows(self, block: bytes) -> bytes:
         """Mask whole rows (separated, not ended, by newlines); the result ends in one."""
-        return self._rows(block)
+        lines = block.split(b"\n")
+        sizes = [0 if cache is None else len(cache) for _, _, cache in self._fields]
+        searched: list[list[bytes]] = [[] for _ in self._search]
+        beside: list[list[bytes]] = [[] for _ in self._paired]
+        out = self._rows(lines, searched, beside)
+        self._tune(len(lines), sizes)
+        if self._finder is not None:
+            self._find(searched, beside)
+        return out
+
+    def _find(self, searched: list[list[bytes]], beside: list[list[bytes]]) -> None:
+        assert self._finder is not None
+        for position, raws in zip(self._search, searched, strict=True):
+            self._found(position, [raw if b"\\" not in raw else flat_field(raw)
+                                   for raw in raws])
+        for (position, _), values in zip(self._paired, beside, strict=True):
+            self._found(position, values)
+
+    def _found(self, position: int, values: list[bytes]) -> None:
+        assert self._finder is not None
+        found = self._finder(values)
+        if found:
+            self.merge({position: found})
 
     def close(self) -> None:
         """The stream has ended: it must not end inside a row."""
         if any(self._pending):
             raise CopyFormatError("the COPY stream ended inside a row")
 
-    def _rows(self, block: bytes) -> bytes:
-        width, maskers, caches = self._width, self._maskers, self._caches
+    def _rows(self, lines: list[bytes], searched: list[list[bytes]],
+              beside: list[list[bytes]]) -> bytes:
+        width, fields_ = self._width, self._fields
+        search = [(position, into.append)
+                  for position, into in zip(self._search, searched, strict=True)]
+        paired = [(position, both, into.append)
+                  for (position, both), into in zip(self._paired, beside, strict=True)]
         out = []
-        for line in block.split(b"\n"):
-            fields = line.split(b"\t")
-            if len(fields) != width:
-                raise CopyFormatError(f"a COPY row has {len(fields)} fields, expected {width}")
-            for (i, mask), cache in zip(maskers, caches, strict=True):
-                raw = fields[i]
-                done = cache.get(raw)
-                if done is None:
-                    try:
-                        done = encode_field(mask(decode_field(raw)))
-                    except (ValueError, UnicodeError) as exc:
-                        raise ColumnMaskingError(self._columns[i], exc) from None
-                    if len(cache) >= FIELD_CACHE:
-                        cache.clear()
-                    cache[raw] = done
-                fields[i] = done
-            out.append(b"\t".join(fields))
+        i = -1
+        try:
+            for line in lines:
+                fields = line.split(b"\t")
+                if len(fields) != width:
+                    raise CopyFormatError(
+                        f"a COPY row has {len(fields)} fields, expected {width}")
+                for i, mask, cache in fields_:
+                    raw = fields[i]
+                    if cache is None:
+                        fields[i] = mask(raw)
+                        continue
+                    done = cache.get(raw)
+                    if done is None:
+                        done = cache[raw] = mask(raw)
+                    fields[i] = done
+                for i, both, keep in paired:
+                    fields[i], found = both(fields[i])
+                    keep(found)
+                for position, keep in search:
+                    keep(fields[position])
+                out.append(b"\t".join(fields))
+        except CopyFormatError:
+            raise
+        except (ValueError, UnicodeError) as exc:
+            raise ColumnMaskingError(self._columns[i], exc) from None
         out.append(b"")
         return b"\n".join(out)
+
+    def _tune(self, rows: int, sizes: list[int]) -> None:
+        """After a block: bound each cache, and drop the cache of a column whose values have
+        mostly been new so far (judged on the first `CACHE_TRIAL` rows)."""
+        trial = self._seen < CACHE_TRIAL
+        self._seen += rows
+        for n, (i, mask, cache) in enumerate(self._fields):
+            if cache is None:
+                continue
+            if trial:
+                self._misses[n] += len(cache) - sizes[n]
+                if self._seen >= CACHE_TRIAL and self._misses[n] > CACHE_USEFUL * self._seen:
+                    self._fields[n] = (i, mask, None)
+                    continue
+            if len(cache) >= FIELD_CACHE:
+                cache.clear()
 
 
 @dataclass(frozen=True)
@@ -211,7 +382,7 @@ async def pipe(source: Any, query: str, *args: Any, target: Any, table: str, sch
     if masker is not None and binary:
         raise ValueError("masking needs the text format")
     fmt = "binary" if binary else "text"
-    queue: asyncio.Queue[bytes | asyncio.Future[bytes] | None] = asyncio.Queue(
+    queue: asyncio.Queue[bytes | asyncio.Future[tuple[bytes, Hits]] | None] = asyncio.Queue(
         maxsize=queue_chunks)
     sent = 0
     plan = masker.plan if masker is not None and pool is not None else None
@@ -228,7 +399,7 @@ async def pipe(source: Any, query: str, *args: Any, target: Any, table: str, sch
             await queue.put(loop.run_in_executor(pool, mask_block, plan, block))
 
     async def output(chunk: bytes) -> None:
-        nonlocal sent, held_bytes
+        nonlocal held_bytes
         if plan is not None:
             assert masker is not None
             rows = masker.split(bytes(chunk))
@@ -240,7 +411,6 @@ async def pipe(source: Any, query: str, *args: Any, target: Any, table: str, sch
             return
         data = masker.feed(bytes(chunk)) if masker is not None else bytes(chunk)
         if data:
-            sent += len(data)
             await queue.put(data)
 
     async def produce() -> None:
@@ -253,9 +423,8 @@ async def pipe(source: Any, query: str, *args: Any, target: Any, table: str, sch
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal sent
         while (item := await queue.get()) is not None:
-            data = await item if isinstance(item, asyncio.Future) else item
-            if plan is not None:
-                sent += len(data)
+            data = await _merged(item, masker) if isinstance(item, asyncio.Future) else item
+            sent += len(data)
             yield data
 
     async def consume() -> str:
@@ -267,6 +436,15 @@ async def pipe(source: Any, query: str, *args: Any, target: Any, table: str, sch
         group.create_task(produce())
         consumer = group.create_task(consume())
     return CopyStats(rows=_copied(consumer.result()), bytes=sent)
+
+
+async def _merged(block: asyncio.Future[tuple[bytes, Hits]], masker: RowMasker | None
+                  ) -> bytes:
+    """A block masked in a pool process; what its leak search found goes to `masker`."""
+    data, hits = await block
+    if masker is not None and hits:
+        masker.merge(hits)
+    return data
 
 
 @asynccontextmanager

@@ -3,9 +3,9 @@
 Why: masking rules can be wrong in ways no linter sees — the same email also sits, unmasked, in
 a `contact` column someone kept; a regex rule misses a format; a JSON rule misses a path. So
 before the snapshot is finished, values are sampled from the source (the kept rows, in the
-build's snapshot) of every masked text column and of every column the detector flagged (whatever
-its rule, but `keep`: a kept column's values are meant to be there), and the golden database is
-searched for them:
+build's snapshot, before the copy starts) of every masked text column and of every column the
+detector flagged (whatever its rule, but `keep`: a kept column's values are meant to be there),
+and every row is searched for them on its way into the golden database:
 
 - a column whose rule replaces the whole value (`email`, `hash`, `full_name`, …) must not
   return the value unchanged;
@@ -21,28 +21,29 @@ not sampled (a note without a phone number in it is not sensitive to its `regex`
 `regex` rules the sensitive parts are the matches and the personal data the detector sees.
 
 How: searching N values with `strpos` costs N scans' worth of comparisons (measured: 200 values
-over 1M rows, 26 s; a regex alternation of them, minutes). Instead each searched column is
-streamed once with COPY and, per chunk, compared at C speed in Python: whole values by set
-intersection, and values inside text by an *anchor*: each value's most distinctive word (one
-that no other sampled value has, preferring a word in its middle) is looked up in the chunk's
-set of words, and only chunks holding an anchor are searched for the values it stands for. A
-value inside text is thus found when it stands apart from its neighbours at its anchor word —
-as emails, names, phone numbers and addresses do. The cost is one pass over the text,
-whatever the number of values.
+over 1M rows, 26 s; a regex alternation of them, minutes), and reading the golden database back
+costs as much as writing it. Instead the copy (`copy.RowMasker`, in the masking processes)
+hands each block of masked rows' searched fields to `find`, which compares them at C speed:
+whole values by set intersection, and values inside text by an *anchor*: each value's most
+distinctive word (one that no other sampled value has, preferring a word in its middle) is
+looked up in the block's set of words, and only blocks holding an anchor are searched for the
+values it stands for. A value inside text is thus found when it stands apart from its
+neighbours at its anchor word — as emails, names, phone numbers and addresses do. The cost is
+one pass over the text, whatever the number of values.
 
 Values are never logged or put in an error: a `Leak` names columns and a count."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from bot.pg import quote_ident, quote_literal
+from bot.pg import quote_ident
 from pipelines.data import patterns
 from pipelines.data.catalog import Catalog, Table
-from pipelines.data.rules import WILDCARD, ColumnRule, Rules, parse_json_path
+from pipelines.data.copy import FLAT
+from pipelines.data.rules import ColumnRule, Rules
 
 Masker = Callable[[str | None], str | None]
 
@@ -64,8 +65,6 @@ OVERSAMPLE = 20  # rows read per value wanted (values repeat; short ones are ski
 
 _DELIMITERS = ".,;:!?()<>[]{}\"'|=/*\\"
 _WORDS = bytes.maketrans(_DELIMITERS.encode(), b" " * len(_DELIMITERS))
-_FLAT = str.maketrans("\n\r\t\\", "    ")  # what the searched COPY stream looks like
-_FLAT_SQL = "translate({}::text, E'\\n\\r\\t\\\\', '    ')"
 
 
 @dataclass(frozen=True)
@@ -115,31 +114,17 @@ def sampled_columns(catalog: Catalog, rules: Rules, *,
     return out
 
 
-def searched_columns(catalog: Catalog, rules: Rules) -> list[tuple[Table, str]]:
-    """The snapshot's text columns whose content may carry an input through."""
+def searched_columns_of(table: Table, rules: Rules) -> list[tuple[Table, str]]:
+    """The columns of `table` whose content may carry an input through: its copied text
+    columns without a replacing rule (generated columns are computed from copied ones, which
+    are searched)."""
     out = []
-    for table in catalog.tables.values():
-        for col in table.columns:
-            rule = rules.rule_for(table.display, col.name)
-            if col.textlike and (rule is None or rule.transformer not in REPLACING):
-                out.append((table, col.name))
+    textlike = {c.name for c in table.columns if c.textlike}
+    for column in table.copy_columns:
+        rule = rules.rule_for(table.display, column)
+        if column in textlike and (rule is None or rule.transformer not in REPLACING):
+            out.append((table, column))
     return out
-
-
-def searched_expression(column: str, rule: ColumnRule | None, *, jsonb: bool) -> str:
-    """SQL for the text searched in a column (alias `t`): a jsonb column masked by path leaves
-    out the keys whose values its rules generated (only paths of plain keys can be)."""
-    expr = f"t.{quote_ident(column)}"
-    if jsonb and rule is not None and rule.transformer == "json":
-        for written, nested in rule.params["paths"].items():
-            path = parse_json_path(written)
-            if nested.transformer in ("keep", "regex") or any(
-                    p is WILDCARD or isinstance(p, int) for p in path):
-                continue
-            keys = ",".join('"' + str(p).replace("\\", "\\\\").replace('"', '\\"') + '"'
-                            for p in path)
-            expr = f"({expr} #- {quote_literal('{' + keys + '}')})"
-    return _FLAT_SQL.format(expr)
 
 
 def needles(rule: ColumnRule, values: Iterable[str], *, masker: Masker) -> tuple[list[str], int]:
@@ -183,7 +168,7 @@ class Haystack:
         inside: list[tuple[bytes, str]] = []
         for source, texts in values.items():
             for text in texts:
-                flat = text.translate(_FLAT).encode()
+                flat = text.translate(FLAT).encode()
                 out.whole.setdefault(flat, set()).add(source)
                 if len(text) >= MIN_INSIDE:
                     inside.append((flat, source))
@@ -201,80 +186,16 @@ class Haystack:
         return out
 
 
-class Search:
-    """Feeds a COPY stream of searched columns (one row per line, tab between columns) through
-    a `Haystack`."""
-
-    def __init__(self, haystack: Haystack) -> None:
-        self._haystack = haystack
-        self._pending = b""
-        self.hits: dict[str, set[bytes]] = {}  # source column → values found
-
-    def feed(self, chunk: bytes) -> None:
-        data = self._pending + chunk
-        end = data.rfind(b"\n")
-        if end < 0:
-            self._pending = data
-            return
-        self._pending = data[end + 1:]
-        self._search(data[:end])
-
-    def close(self) -> None:
-        if self._pending:
-            self._search(self._pending)
-            self._pending = b""
-
-    def _search(self, block: bytes) -> None:
-        hay = self._haystack
-        for value in hay.whole.keys() & set(block.replace(b"\t", b"\n").split(b"\n")):
-            for source in hay.whole[value]:
-                self.hits.setdefault(source, set()).add(value)
-        for anchor in hay.anchors.keys() & set(_words(block)):
-            for value, source in hay.anchors[anchor]:
-                if value in block:
-                    self.hits.setdefault(source, set()).add(value)
-
-
-async def search_column(conn: Any, table: Table, *, column: str, haystack: Haystack,
-                        rule: ColumnRule | None = None) -> list[Leak]:
-    """Stream one snapshot column and report which sampled values it contains."""
-    search = Search(haystack)
-    jsonb = any(c.name == column and c.type == "jsonb" for c in table.columns)
-    col = searched_expression(column, rule, jsonb=jsonb)
-
-    async def output(chunk: bytes) -> None:
-        search.feed(bytes(chunk))
-
-    await conn.copy_from_query(
-        f"SELECT {col} FROM ONLY {table.ident} t WHERE t.{quote_ident(column)} IS NOT NULL",
-        output=output)
-    search.close()
-    found_in = f"{table.display}.{column}"
-    return [Leak(column=source, found_in=found_in, values=len(values))
-            for source, values in sorted(search.hits.items())]
-
-
-async def search_table(conn: Any, table: Table, *,
-                       columns: Sequence[tuple[str, ColumnRule | None]],
-                       haystack: Haystack) -> list[Leak]:
-    """Stream a table's searched columns in one pass and report which sampled values they
-    contain; only when something is found is each column searched again, to name it."""
-    if len(columns) == 1:
-        column, rule = columns[0]
-        return await search_column(conn, table, column=column, haystack=haystack, rule=rule)
-    jsonb = {c.name for c in table.columns if c.type == "jsonb"}
-    search = Search(haystack)
-
-    async def output(chunk: bytes) -> None:
-        search.feed(bytes(chunk))
-
-    exprs = ", ".join(searched_expression(c, r, jsonb=c in jsonb) for c, r in columns)
-    await conn.copy_from_query(f"SELECT {exprs} FROM ONLY {table.ident} t", output=output)
-    search.close()
-    if not search.hits:
-        return []
-    found: list[Leak] = []
-    for column, rule in columns:
-        found.extend(await search_column(conn, table, column=column, haystack=haystack,
-                                         rule=rule))
-    return found
+def find(haystack: Haystack, values: Iterable[bytes]) -> dict[str, set[bytes]]:
+    """Which sampled values are in `values` (searched fields as `copy.flat_field` makes
+    them): source column → the values found."""
+    block = b"\n".join(values)
+    hits: dict[str, set[bytes]] = {}
+    for value in haystack.whole.keys() & set(block.split(b"\n")):
+        for source in haystack.whole[value]:
+            hits.setdefault(source, set()).add(value)
+    for anchor in haystack.anchors.keys() & set(_words(block)):
+        for value, source in haystack.anchors[anchor]:
+            if value in block:
+                hits.setdefault(source, set()).add(value)
+    return hits

@@ -30,7 +30,7 @@ import hashlib
 import json
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
@@ -39,6 +39,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from pipelines.data.rules import (
+    PASS_THROUGH,
     WILDCARD,
     ColumnRule,
     JsonPath,
@@ -54,6 +55,7 @@ REDACTED = "[redacted]"
 EMAIL_DOMAINS = ("example.com", "example.net", "example.org")  # RFC 2606: nobody's mailbox
 DEFAULT_LOCALE = "en_US"
 DEFAULT_CACHE_SIZE = 1 << 16
+SHARED_CACHE = 1 << 16  # values per rule cached by `SharedMaskers` before it starts over
 
 
 class MaskingError(ValueError):
@@ -192,15 +194,12 @@ def _email(params: Mapping[str, Any], key: bytes) -> Transform:
 
     def email(value: str) -> str:
         n = int.from_bytes(keyed.digest(value)[:16], "big")  # 128 bits: plenty, and faster
-        f = first[n % nf]
-        n //= nf
-        la = last[n % nl]
-        n //= nl
+        n, f = divmod(n, nf)
+        n, la = divmod(n, nl)
         # 12 digits: ~10^18 addresses, so even 10 million distinct emails practically never
         # collide (a unique index on the masked column must keep holding).
-        number = n % 1_000_000_000_000
-        n //= 1_000_000_000_000
-        return f"{f}.{la}+{number:012d}@{domains[n % nd]}"
+        n, number = divmod(n, 1_000_000_000_000)
+        return f"{first[f]}.{last[la]}+{number:012d}@{domains[n % nd]}"
 
     return email
 
@@ -276,8 +275,13 @@ def phone_parts(value: str, *, keep_prefix: int | None = None) -> PhoneParts:
     code 20. `(415) 555-0123`: area code 415. A number written without groups (`07000000001`,
     `+447700900123`) keeps the first two digits of the national number (three in North
     America). `keep_prefix` replaces that guess with a fixed count of national digits."""
-    runs = [m.end() - m.start() for m in _DIGIT_RUN.finditer(value)]
-    digits = "".join(_DIGIT_RUN.findall(value))
+    runs = _DIGIT_RUN.findall(value)
+    return PhoneParts(*_phone_parts(value, runs, "".join(runs), keep_prefix))
+
+
+def _phone_parts(value: str, runs: list[str], digits: str, keep_prefix: int | None
+                 ) -> tuple[int, int, bool]:
+    """`phone_parts` from the number's digit groups: (lead, area, nanp)."""
     if value.lstrip().startswith("+"):
         lead = country_code_length(digits)
     elif digits.startswith("00") and len(digits) > 9:
@@ -286,20 +290,20 @@ def phone_parts(value: str, *, keep_prefix: int | None = None) -> PhoneParts:
         lead = 1
     else:
         lead = 0
+    if keep_prefix is not None:
+        return lead, keep_prefix, False
     nanp = (lead == 1 and digits[:1] == "1" and not digits.startswith("0")) or (
         lead == 0 and len(digits) == 10 and digits[0] not in "01")
-    if keep_prefix is not None:
-        return PhoneParts(lead=lead, area=keep_prefix, nanp=False)
     # The area code is the rest of the group the national number starts in, or the next group
     # when the country code or trunk prefix is a group of its own.
     end = 0
-    for length in runs:
-        end += length
+    for run in runs:
+        end += len(run)
         if end > lead:
             break
     if end >= len(digits):  # no groups after the prefix: a guess
-        return PhoneParts(lead=lead, area=3 if nanp else 2, nanp=nanp)
-    return PhoneParts(lead=lead, area=end - lead, nanp=nanp)
+        return lead, 3 if nanp else 2, nanp
+    return lead, end - lead, nanp
 
 
 def _phone(params: Mapping[str, Any], key: bytes) -> Transform:
@@ -311,24 +315,25 @@ def _phone(params: Mapping[str, Any], key: bytes) -> Transform:
     keep_prefix = params.get("keep_prefix")
 
     def phone(value: str) -> str:
-        digits = "".join(_DIGIT_RUN.findall(value))
-        count = len(digits)
-        if not count:
+        runs = _DIGIT_RUN.findall(value)
+        if not runs:
             return value
-        parts = phone_parts(value, keep_prefix=keep_prefix)
-        kept = min(parts.lead + parts.area, max(0, count - MIN_CHANGED_DIGITS))
-        fresh = _digits(keyed.digest(digits[parts.lead:]), count - kept)
-        if parts.nanp and kept == parts.lead + parts.area and parts.area == 3:
+        digits = "".join(runs)
+        count = len(digits)
+        lead, area, nanp = _phone_parts(value, runs, digits, keep_prefix)
+        kept = min(lead + area, max(0, count - MIN_CHANGED_DIGITS))
+        fresh = _digits(keyed.digest(digits[lead:]), count - kept)
+        if nanp and kept == lead + area and area == 3:
             fresh = "23456789"[int(fresh[0]) % 8] + fresh[1:]  # an exchange code is 2-9
         new = digits[:kept] + fresh
-        out, pos, used = [], 0, 0
-        for m in _DIGIT_RUN.finditer(value):
-            out.append(value[pos:m.start()])
-            width = m.end() - m.start()
+        between = _DIGIT_RUN.split(value)  # the text around the digit groups
+        out = [between[0]]
+        used = 0
+        for run, after in zip(runs, between[1:], strict=True):
+            width = len(run)
             out.append(new[used:used + width])
+            out.append(after)
             used += width
-            pos = m.end()
-        out.append(value[pos:])
         return "".join(out)
 
     return phone
@@ -492,6 +497,8 @@ def _apply(node: object, path: JsonPath, masker: Masker) -> object:
     return node
 
 
+_Plan = list[tuple[int, list["Masker"], bool]]  # (part index, maskers, generated), see _plan
+
 # A JSON document as text: its strings (split out by `_JSON_STRING`) and its *shape* — the rest,
 # with every string replaced by `_STRING`, every number, true, false and null by `_SCALAR`, and
 # no whitespace. Documents in one column mostly share a few shapes and differ only in their
@@ -595,19 +602,30 @@ def _matches(rule: JsonPath, path: tuple[str | int, ...]) -> bool:
 class _JsonMasker:
     """Masks the values at the rules' paths inside JSON text; see `_JSON_STRING` for how.
 
+    Text without a backslash (jsonb's output, unless a string holds a quote, a backslash or a
+    control character) is cut at its quotes instead: every quote there delimits a string, so
+    `str.split('"')` is the split, at a fraction of the regex's cost, and the document's
+    structure itself (its text outside strings) is looked up before its shape is worked out.
+
     What it cannot do by replacing strings — a rule on a number, true, false, null, object or
     array — and text that is not JSON, it leaves to `_slow`, which parses and writes the
     document (text that is not JSON at all becomes the JSON string "[redacted]")."""
 
-    def __init__(self, paths: list[tuple[JsonPath, Masker]]) -> None:
+    def __init__(self, paths: list[tuple[JsonPath, Masker]],
+                 generated: Sequence[bool] = ()) -> None:
         self._paths = paths
+        # Per path: whether its rule writes the value (for the leak search, which leaves
+        # what the rules wrote out; `keep` and `regex` write what they leave).
+        self._generated = {id(m): g for (_, m), g in zip(paths, generated, strict=False)}
         self._shapes: dict[str, tuple[list[_Slot], list[int], Callable[[list[str]], Any]]
                            | None] = {}
-        self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[int, list[Masker]]] | None] = {}
+        # structure → (shape, its key picker, the keys last seen, their plan)
+        self._structures: dict[str, tuple[str, Callable[[list[str]], Any], tuple[str, ...],
+                                          _Plan | None]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], bool], _Plan | None] = {}
 
-    def __call__(self, value: str) -> str:
-        parts = _JSON_STRING.split(value)
-        structure = _STRING.join(parts[0::2])
+    def _known(self, structure: str) -> tuple[str, list[_Slot], list[int],
+                                               Callable[[list[str]], Any]] | None:
         shape = _SCALARS.sub(_SCALAR, structure.translate(_SCALAR_CHARS))
         if shape not in self._shapes:
             if len(self._shapes) >= SHAPE_CACHE:
@@ -617,16 +635,91 @@ class _JsonMasker:
             self._shapes[shape] = None if found is None else (
                 found[0], found[1], _picker([2 * k + 1 for k in found[1]]))
         known = self._shapes[shape]
+        return None if known is None else (shape, *known)
+
+    def _planned(self, shape: str, slots: list[_Slot], key_strings: list[int],
+                 keys: tuple[str, ...], *, quoted: bool) -> _Plan | None:
+        at = (shape, keys, quoted)
+        if at not in self._plans:
+            names = [json.loads(k) for k in keys] if quoted else list(keys)
+            self._plans[at] = self._plan(slots, key_strings, names)
+        return self._plans[at]
+
+    def __call__(self, value: str) -> str:
+        if "\\" not in value and value.isprintable():
+            masked = self._quick(value)
+            if masked is not None:
+                return '"'.join(masked[0])
+        return self._escaped(value)
+
+    def with_searched(self, value: str) -> tuple[str, str]:
+        """The masked document, and the same without the strings the rules generated (what
+        the leak search looks at: a fake name picked from the same list as a real one is no
+        leak, and a rule's output owes nothing to the input)."""
+        if "\\" not in value and value.isprintable():
+            masked = self._quick(value)
+            if masked is not None:
+                parts, plan = masked
+                text = '"'.join(parts)
+                for index, _, generated in plan:
+                    if generated:
+                        parts[index] = ""
+                return text, '"'.join(parts)
+        text = self._escaped(value)
+        try:
+            doc = json.loads(text, parse_float=Decimal)
+        except ValueError:
+            return text, text
+        for path, masker in self._paths:
+            if self._generated.get(id(masker), True):
+                doc = _apply(doc, path, _blank)
+        return text, _dumps(doc)
+
+    def _quick(self, value: str) -> tuple[list[str], _Plan] | None:
+        """`__call__` for text without backslashes or control characters, where the parts
+        between quotes alternate between structure and string contents: the parts, masked,
+        and the plan; None when the text needs the regex path."""
+        parts = value.split('"')
+        if not len(parts) & 1:
+            return None
+        structure = _STRING.join(parts[0::2])
+        # Documents of one structure mostly have the same keys too: the plan of the last
+        # keys seen with this structure, when they match, saves hashing them.
+        recent = self._structures.get(structure)
+        if recent is not None and recent[1](parts) == recent[2]:
+            plan = recent[3]
+        else:
+            known = self._known(structure)
+            if known is None:
+                return None
+            shape, slots, key_strings, pick_keys = known
+            keys = pick_keys(parts)
+            plan = self._planned(shape, slots, key_strings, keys, quoted=False)
+            if len(self._structures) >= SHAPE_CACHE:
+                self._structures.clear()
+            self._structures[structure] = (shape, pick_keys, keys, plan)
+        if plan is None:
+            return None
+        for index, maskers, _ in plan:
+            text: str | None = parts[index]
+            for masker in maskers:
+                text = masker(text)
+            if text is None:  # `null` in place of a string: the quotes must go too
+                return None
+            parts[index] = encode_basestring(text)[1:-1]
+        return parts, plan
+
+    def _escaped(self, value: str) -> str:
+        """The regex path of `__call__`, for any text."""
+        parts = _JSON_STRING.split(value)
+        known = self._known(_STRING.join(parts[0::2]))
         if known is None:
             return self._slow(value)
-        slots, key_strings, pick_keys = known
-        keys = pick_keys(parts)
-        if (shape, keys) not in self._plans:
-            self._plans[(shape, keys)] = self._plan(slots, key_strings, keys)
-        plan = self._plans[(shape, keys)]
+        shape, slots, key_strings, pick_keys = known
+        plan = self._planned(shape, slots, key_strings, pick_keys(parts), quoted=True)
         if plan is None:
             return self._slow(value)
-        for index, maskers in plan:
+        for index, maskers, _ in plan:
             raw = parts[index]
             text: str | None = json.loads(raw) if "\\" in raw else raw[1:-1]
             for masker in maskers:
@@ -634,20 +727,21 @@ class _JsonMasker:
             parts[index] = "null" if text is None else encode_basestring(text)
         return "".join(parts)
 
-    def _plan(self, slots: list[_Slot], key_strings: list[int], keys: tuple[str, ...]
-              ) -> list[tuple[int, list[Masker]]] | None:
+    def _plan(self, slots: list[_Slot], key_strings: list[int], names: list[str]
+              ) -> _Plan | None:
         """(index in the split parts, maskers in rule order) of each string a rule reaches;
         None when a rule reaches anything but a string (that needs parsing)."""
-        names = {k: json.loads(raw) for k, raw in zip(key_strings, keys, strict=True)}
+        by_index = dict(zip(key_strings, names, strict=True))
         plan = []
         for slot in slots:
-            path = tuple(names[n] if is_key else n for is_key, n in slot.path)
+            path = tuple(by_index[n] if is_key else n for is_key, n in slot.path)
             maskers = [m for rule, m in self._paths if _matches(rule, path)]
             if not maskers:
                 continue
             if slot.kind != "string":
                 return None
-            plan.append((2 * slot.string + 1, maskers))
+            plan.append((2 * slot.string + 1, maskers,
+                         any(self._generated.get(id(m), True) for m in maskers)))
         return plan
 
     def _slow(self, value: str) -> str:
@@ -660,10 +754,70 @@ class _JsonMasker:
         return _dumps(doc)
 
 
-def _json(params: Mapping[str, Any], key: bytes) -> Transform:
-    """Mask the values at each path with its nested rule."""
-    return _JsonMasker([(parse_json_path(p), make_masker(rule, key=key))
-                        for p, rule in params["paths"].items()])
+def _json(params: Mapping[str, Any], key: bytes,
+          nested: Callable[[ColumnRule], Masker] | None = None) -> _JsonMasker:
+    """Mask the values at each path with its nested rule (made by `nested` when given)."""
+    make = nested or (lambda rule: make_masker(rule, key=key))
+    return _JsonMasker([(parse_json_path(p), make(rule)) for p, rule in params["paths"].items()],
+                       [rule.transformer not in PASS_THROUGH for rule in params["paths"].values()])
+
+
+class SharedMaskers:
+    """The maskers of one build's rules under one key, made once per rule: every column and
+    JSON path with the same rule shares a masker and its cache, so an e-mail address masked in
+    `customers.email` is not hashed again in `orders.customer_email` or inside `orders.meta`.
+
+    Each cache is a plain dict that starts over when full (cheaper per value than an LRU). Meant
+    for one build's masking processes, which end with the build; rules seen by a long-lived
+    process would otherwise accumulate."""
+
+    def __init__(self, key: bytes, *, cache_size: int = SHARED_CACHE) -> None:
+        if not key:
+            raise ValueError("the masking key is empty (set EPHEM_MASKING_KEY)")
+        self._key, self._size = key, cache_size
+        self._maskers: dict[str, Masker] = {}
+
+    def masker(self, rule: ColumnRule) -> Masker:
+        """The shared masker of `rule` (as `make_masker` makes it, cache aside)."""
+        ident = repr(rule)
+        found = self._maskers.get(ident)
+        if found is None:
+            found = self._maskers[ident] = self._make(check_rule(rule))
+        return found
+
+    def json_with_search(self, rule: ColumnRule) -> Callable[[str], tuple[str, str]]:
+        """For a `json` rule: a function from a document to its masked text and the text the
+        leak search looks at (`_JsonMasker.with_searched`)."""
+        rule = check_rule(rule)
+        if rule.transformer != "json":
+            raise ValueError("json_with_search needs a json rule")
+        return _json(rule.params, self._key, self.masker).with_searched
+
+    def _make(self, rule: ColumnRule) -> Masker:
+        if rule.transformer in ("keep", "null", "redact"):
+            return make_masker(rule, key=self._key, cache_size=0)
+        if rule.transformer == "json":  # documents rarely repeat; their parts are cached
+            json_masker = _json(rule.params, self._key, self.masker)
+            return lambda value: None if value is None else json_masker(value)
+        transform = _BUILDERS[rule.transformer](rule.params, self._key)
+        cache: dict[str, str | None] = {}
+        size = self._size
+
+        def masker(value: str | None) -> str | None:
+            if value is None:
+                return None
+            out = cache.get(value)
+            if out is None:  # these transformers never give None: a miss
+                if len(cache) >= size:
+                    cache.clear()
+                out = cache[value] = transform(value)
+            return out
+
+        return masker
+
+
+def _blank(value: str | None) -> str:
+    return ""
 
 
 # --------------------------------------------------------------------------- entry point

@@ -10,10 +10,13 @@ server can copy (`pipelines.data.clone`). This module is that once:
    imported by `config.workers` more sessions (as `pg_dump -j` does), so parallel copiers see
    one consistent state; compute the subset there (`subset`);
 3. create `{prefix}snap_{name}_{YYYYmmddHHMMSS}` from `template0` with bare tables (`schema`),
-   stream every table's kept rows through the maskers with COPY, biggest tables first
-   (`copy`; memory stays flat: bounded queues, nothing fetched whole), and as soon as a table
-   is loaded, build its keys, checks and indexes and ANALYZE it while others still load;
-4. leak check (`leaks`), then foreign keys (validated), views, triggers, sequence positions;
+   sample the source's personal values for the leak check (`leaks`), stream every table's
+   kept rows through the maskers with COPY, biggest tables first (`copy`; memory stays flat:
+   bounded queues, nothing fetched whole), searching the masked rows for the sampled values
+   on the way, and as soon as a table is loaded, build its keys, checks and indexes and
+   ANALYZE it while others still load;
+4. refuse the snapshot if the leak search found anything, then foreign keys (validated),
+   views, triggers, sequence positions;
 5. record the metadata as the database's comment, make it a template nobody may connect to,
    and drop all but the newest `config.keep` snapshots of this name (`golden`) together with
    their warm pools (`clone.WarmPool`) — wherever the build runs: `serve`, the CLI, the demo.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -49,9 +53,11 @@ from pipelines.data.clone import WarmPool
 from pipelines.data.copy import (
     ColumnMaskingError,
     CopyStats,
+    Finder,
     MaskPlan,
     RowMasker,
     first_error,
+    install_finder,
     pipe,
 )
 from pipelines.data.detect import lint
@@ -193,17 +199,24 @@ class _Build:
         self.database: str | None = None
         self.coordinator_lock = asyncio.Lock()
         self.pool: ProcessPoolExecutor | None = None
+        self.finder: Finder | None = None  # the leak search, when anything was sampled
+        self.found: list[leaks.Leak] = []  # leaks found so far
 
     async def run(self, *, started: datetime, clock: float) -> SnapshotInfo:
-        # Masking is CPU-bound Python: it runs in worker processes (one per core) while this
-        # process streams rows in and out. Forked, so the workers start at once.
-        self.pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
-                                        mp_context=multiprocessing.get_context("fork"))
         try:
             return await self._run(started=started, clock=clock)
         finally:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = None
+
+    def _start_pool(self, finder: Finder | None) -> None:
+        """Masking and the leak search are CPU-bound Python: they run in worker processes
+        (one per core) while this process streams rows in and out. Forked, so the workers
+        start at once; each gets the leak finder once, as it starts."""
+        self.pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 2,
+                                        mp_context=multiprocessing.get_context("fork"),
+                                        initializer=install_finder, initargs=(finder,))
 
     async def _run(self, *, started: datetime, clock: float) -> SnapshotInfo:
         admin = await _connect(self.admin_url)
@@ -270,13 +283,18 @@ class _Build:
             await schema.prepare_session(conn)
         await schema.apply_in_order(self.writers[0], schema.pre_data(catalog))
         step.done("tables", "database and tables")
+        values, self.found = await self._sample(catalog, kept)
+        if any(values.values()):
+            self.finder = functools.partial(leaks.find, leaks.Haystack.build(values))
+        self._start_pool(self.finder)
+        step.done("leak sample", "sampling the source for the leak check")
         rows = await self._copy(catalog, kept)
-        step.done("copy", f"copy, keys and indexes ({rows} rows)")
-        samples = await self._sample(catalog, kept)
+        step.done("copy", f"copy, leak search, keys and indexes ({rows} rows)")
         await _close([self.coordinator, *self.readers])
         self.coordinator, self.readers = None, []
-        await self._leak_check(catalog, kept=kept, samples=samples)
-        step.done("leak check")
+        if self.found:
+            raise PermanentError(f"leak check failed, the snapshot was discarded: "
+                                 f"{leaks.describe(sorted(self.found, key=str))}")
         await self._post_data(catalog)
         step.done("constraints", "foreign keys, views, triggers, sequences")
         await _close(self.writers)
@@ -335,17 +353,24 @@ class _Build:
             await admin.execute(f"CREATE DATABASE {ident} TEMPLATE template0")
 
     def _masker(self, table: Table) -> RowMasker | None:
+        """The table's row masker: its masked columns, and the columns searched for leaks
+        (none when nothing was sampled); None when there is nothing to do to its rows."""
         columns = table.copy_columns
         masked = set(self.rules.masked_columns(table.display))
-        rules = {}
+        searched = {c for t, c in leaks.searched_columns_of(table, self.rules)} \
+            if self.finder is not None else set()
+        rules: dict[int, ColumnRule] = {}
+        search: dict[int, ColumnRule | None] = {}
         for i, column in enumerate(columns):
             rule = self.rules.rule_for(table.display, column)
             if column in masked and rule is not None:
                 rules[i] = rule
-        if not rules:
+            if column in searched:
+                search[i] = rule
+        if not rules and not search:
             return None
-        plan = MaskPlan.of(columns, rules, key=self.key)
-        return plan.row_masker()
+        plan = MaskPlan.of(columns, rules, key=self.key, search=search)
+        return plan.row_masker(self.finder)
 
     async def _copy(self, catalog: Catalog, kept: subset.Subset) -> int:
         """Every table's kept rows, biggest first, then its keys, checks and indexes, and
@@ -389,12 +414,20 @@ class _Build:
         if not kept.everything:
             await subset.ship_keys(self.coordinator, reader, table=table,
                                    lock=self.coordinator_lock)
+        masker = self._masker(table)
         try:
-            return await pipe(reader, query, target=writer, table=table.name,
-                              schema=table.schema, columns=table.copy_columns,
-                              masker=self._masker(table), pool=self.pool)
+            stats = await pipe(reader, query, target=writer, table=table.name,
+                               schema=table.schema, columns=table.copy_columns,
+                               masker=masker, pool=self.pool)
         except ColumnMaskingError as exc:
             raise PermanentError(f"masking {table.display}: {exc}") from None
+        if masker is not None:
+            for position, found in sorted(masker.take_hits().items()):
+                found_in = f"{table.display}.{masker.column(position)}"
+                self.found.extend(leaks.Leak(column=source, found_in=found_in,
+                                             values=len(values))
+                                  for source, values in sorted(found.items()))
+        return stats
 
     async def _sample(self, catalog: Catalog, kept: subset.Subset
                       ) -> tuple[dict[str, list[str]], list[leaks.Leak]]:
@@ -420,30 +453,6 @@ class _Build:
             if passed:
                 unchanged.append(leaks.Leak(column=source, found_in=source, values=passed))
         return values, unchanged
-
-    async def _leak_check(self, catalog: Catalog, *, kept: subset.Subset,
-                          samples: tuple[dict[str, list[str]], list[leaks.Leak]]) -> None:
-        values, found = samples
-        if any(values.values()):
-            haystack = leaks.Haystack.build(values)
-            by_table: dict[str, tuple[Table, list[tuple[str, ColumnRule | None]]]] = {}
-            for table, column in leaks.searched_columns(catalog, self.rules):
-                if kept.rows(table.key) != 0:
-                    by_table.setdefault(table.key, (table, []))[1].append(
-                        (column, self.rules.rule_for(table.display, column)))
-
-            async def job(conn: Any, item: tuple[Table, list[tuple[str, ColumnRule | None]]]
-                          ) -> None:
-                table, columns = item
-                found.extend(await leaks.search_table(conn, table, columns=columns,
-                                                      haystack=haystack))
-
-            # Biggest tables first, so the workers finish together.
-            await _parallel(self.writers, sorted(by_table.values(), key=lambda i: -i[0].size),
-                            job=job)
-        if found:
-            raise PermanentError(f"leak check failed, the snapshot was discarded: "
-                                 f"{leaks.describe(sorted(found, key=str))}")
 
     async def _post_data(self, catalog: Catalog) -> None:
         """What spans tables: foreign keys, views, triggers, sequences (each table's own keys
