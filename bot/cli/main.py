@@ -17,18 +17,12 @@ from bot.errors import ConfigError, EphemError
 
 
 def _setup_logging(level: str) -> None:
-    """Log to stderr, every line scrubbed of every secret `bot.redaction` knows (the filter
-    sits on the handlers, so records from every library's logger pass through it)."""
-    from bot.redaction import ScrubFilter
+    """Log to stderr: JSON lines when stderr is not a terminal, plain text when it is; every
+    line scrubbed of every secret `bot.redaction` knows and tagged with the environment and job
+    it is about (`bot.logs`)."""
+    from bot.logs import setup
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
-            handler.addFilter(ScrubFilter())
+    setup(level)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

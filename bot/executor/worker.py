@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from bot import metrics
+from bot import logs, metrics
 from bot.executor import claims
 from bot.pg import asyncpg_dsn
 from bot.ports import ClaimedJob, JobOutcome, JobWork, OutcomeKind
@@ -198,6 +198,11 @@ class Executor:
     async def _run(self, job: ClaimedJob, *, held_since: float) -> None:
         me = asyncio.current_task()
         assert me is not None
+        logs.set_context(job_id=job.id, env_id=job.env_id)  # this task's lines, and its children's
+        log.info("job %s: %s of environment %s claimed (attempt %d)", job.id, job.kind,
+                 job.env_id, job.attempts, extra={"event": "job", "kind": str(job.kind),
+                                                  "status": "running", "attempt": job.attempts,
+                                                  "owner": self._owner})
         keeper = asyncio.create_task(self._keep_lease(job, me, held_since=held_since),
                                      name=f"ephem-lease-{job.id}")
         metrics.JOBS_RUNNING.inc()
@@ -239,6 +244,10 @@ class Executor:
             return
         if recorded:
             metrics.JOBS.labels(kind=str(job.kind), outcome=str(outcome.kind)).inc()
+            log.info("job %s: %s of environment %s %s%s", job.id, job.kind, job.env_id,
+                     outcome.kind, f": {outcome.error}" if outcome.error else "",
+                     extra={"event": "job", "kind": str(job.kind), "status": str(outcome.kind),
+                            "attempt": job.attempts})
         else:
             log.warning("job %s: lease lost before its outcome (%s) was recorded",
                         job.id, outcome.kind)
@@ -251,7 +260,9 @@ class Executor:
                         job.id, type(exc).__name__)
             return
         if released:
-            log.info("job %s: released back to the queue", job.id)
+            log.info("job %s: released back to the queue", job.id,
+                     extra={"event": "job", "kind": str(job.kind), "status": "released",
+                            "attempt": job.attempts})
             metrics.JOBS.labels(kind=str(job.kind), outcome="released").inc()
 
     async def _keep_lease(self, job: ClaimedJob, work: asyncio.Task[None], *,
