@@ -1,4 +1,4 @@
-"""The `ephem` console script: serve, shell, demo, db upgrade, doctor.
+"""The `ephem` console script: serve, shell, demo, db upgrade, doctor, audit, snapshot.
 
 Every subcommand turns an expected failure (bad configuration, an unreachable server) into one
 line on stderr and a non-zero exit; nothing here prints a traceback unless EPHEM_LOG_LEVEL=DEBUG.
@@ -96,6 +96,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return asyncio.run(snapshot_cli.show(settings, blueprint))
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bot.cli.audit import audit
+
+    settings = load_settings()
+    return asyncio.run(audit(settings.database_url, env=args.env, since=args.since,
+                             as_json=args.json))
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -129,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "marks and no live environment")
     doctor.add_argument("--fix", action="store_true", help="with --orphans: destroy them")
     doctor.set_defaults(func=cmd_doctor)
+    audit = sub.add_parser("audit", help="who did what to which environment (the audit "
+                                         "table), oldest first")
+    audit.add_argument("--env", metavar="NAME", help="only environments called NAME")
+    audit.add_argument("--since", metavar="DURATION", help="only the last DURATION (7d, 12h)")
+    audit.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    audit.set_defaults(func=cmd_audit)
     snap = sub.add_parser("snapshot", help="masked snapshots of production data")
     snapsub = snap.add_subparsers(dest="snapshot_command", required=True)
     for verb, text in (("build", "lint, build the golden database, fill the warm pool"),
