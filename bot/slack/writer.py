@@ -216,7 +216,12 @@ class WebApiWriter:
                 await answer.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             metrics.SLACK_API_CALLS.labels(method, "connection_error").inc()
+            metrics.SLACK_API_ERRORS.labels(method, "connection_error").inc()
             raise SlackUnavailable(method, f"connection_error ({type(exc).__name__})") from None
+        if status >= 300:
+            metrics.SLACK_API_ERRORS.labels(
+                method, "ratelimited" if status == 429 else
+                "http_5xx" if status >= 500 else f"http_{status // 100}xx").inc()
         if status == 429:
             metrics.SLACK_API_CALLS.labels(method, "ratelimited").inc()
             raise SlackUnavailable(method, "ratelimited", retry_after=_retry_after(headers))
@@ -273,6 +278,8 @@ class WebApiWriter:
             data = exc.response.data
             code = str((data.get("error") if isinstance(data, dict) else None)
                        or f"HTTP {status}")
+            metrics.SLACK_API_ERRORS.labels(
+                method, "ratelimited" if status == 429 else metrics.slack_error_label(code)).inc()
             if status == 429:
                 metrics.SLACK_API_CALLS.labels(method, "ratelimited").inc()
                 raise SlackUnavailable(method, "ratelimited",
@@ -289,6 +296,7 @@ class WebApiWriter:
             raise SlackWriteError(method, code) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             metrics.SLACK_API_CALLS.labels(method, "connection_error").inc()
+            metrics.SLACK_API_ERRORS.labels(method, "connection_error").inc()
             self._trouble("connection_error")
             raise SlackUnavailable(method, f"connection_error ({type(exc).__name__})") from None
         metrics.SLACK_API_CALLS.labels(method, "ok").inc()
