@@ -132,25 +132,29 @@ class Executor:
                 await asyncio.wait_for(self._wake.wait(), self._poll)
 
     async def _fill(self) -> None:
-        """Claim jobs while a worker slot is free and something is claimable."""
+        """Claim jobs while a worker slot is free and something is claimable: every free slot
+        in one statement, again while the batch came back full."""
         loop = asyncio.get_running_loop()
         while len(self._running) < self._workers and not self._stopping:
-            asked = loop.time()  # the lease runs from no earlier than this
-            job = await self._claim()
-            if job is None:
+            free = self._workers - len(self._running)
+            asked = loop.time()  # the leases run from no earlier than this
+            jobs = await self._claim(free)
+            for job in jobs:
+                self._running[job.id] = asyncio.create_task(self._run(job, held_since=asked),
+                                                            name=f"ephem-job-{job.id}")
+            if len(jobs) < free:
                 return
-            self._running[job.id] = asyncio.create_task(self._run(job, held_since=asked),
-                                                        name=f"ephem-job-{job.id}")
 
-    async def _claim(self) -> ClaimedJob | None:
+    async def _claim(self, limit: int) -> list[ClaimedJob]:
         try:
-            return await claims.claim(self._store, owner=self._owner, lease_seconds=self._lease)
+            return await claims.claim_many(self._store, owner=self._owner,
+                                           lease_seconds=self._lease, limit=limit)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("claiming a job failed (%s); trying again in %.0fs",
                         type(exc).__name__, self._poll)
-            return None
+            return []
 
     async def _listen(self) -> None:
         """Keep a LISTEN connection open; notifications wake the dispatcher. Polling covers the
