@@ -90,8 +90,10 @@ class Executor:
         self._wake.set()
         if self._dispatcher is not None:
             # It is either waiting or in one short claim; a claim cut short by the cancel below
-            # only leaves a lease that expires.
-            _, late = await asyncio.wait([self._dispatcher], timeout=self._lease)
+            # only leaves a lease that expires. Bounded well inside a lease, so a database that
+            # answers slowly cannot hold shutdown for a whole lease before the grace even starts.
+            _, late = await asyncio.wait([self._dispatcher],
+                                         timeout=min(self._lease / 3, 5.0))
             for task in late:
                 task.cancel()
             await asyncio.wait([self._dispatcher])
