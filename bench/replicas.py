@@ -6,8 +6,8 @@
 Each round gets a fresh state database (migrated), starts N worker processes — each what
 `ephem serve` runs for jobs: a `Store`, the pipeline `Runner` and an `Executor` with
 `--workers` slots, LISTEN/NOTIFY and the default poll and lease — then enqueues `--jobs`
-create jobs at once (an environment and a job each, as `/ephem create` writes them) and times
-until every job has succeeded. The one phase sleeps `--sleep` seconds and does nothing else, so
+create jobs at once (an environment and a job each, as `/ephem create` writes them, committed
+together) and times from that commit until every job has succeeded. The one phase sleeps `--sleep` seconds and does nothing else, so
 a round is bound by sleeping, not by the two CPUs: the ratio measures claiming and handing
 over, not CPU. A job ran twice if it has more than one data phase run or more than one attempt
 (`phase_runs`, `jobs.attempts`).
@@ -134,8 +134,10 @@ async def one_round(admin: str, *, processes: int, jobs: int, sleep: float,
                 raise SystemExit(f"a worker did not start (said {line!r})")
         state = await asyncpg.connect(asyncpg_dsn(url))
         try:
-            started = time.perf_counter()
+            began = time.perf_counter()
             await enqueue(url, jobs)
+            started = time.perf_counter()  # the jobs are claimable from here (the commit)
+            print(f"  {jobs} creates enqueued in {started - began:.2f}s", flush=True)
             while True:
                 done = await state.fetchval(
                     "SELECT count(*) FROM jobs WHERE status = $1", str(JobStatus.SUCCEEDED))
