@@ -7,10 +7,10 @@ Each round gets a fresh state database (migrated), starts N worker processes —
 `ephem serve` runs for jobs: a `Store`, the pipeline `Runner` and an `Executor` with
 `--workers` slots, LISTEN/NOTIFY and the default poll and lease — then enqueues `--jobs`
 create jobs at once (an environment and a job each, as `/ephem create` writes them, committed
-together) and times from that commit until every job has succeeded. The one phase sleeps `--sleep` seconds and does nothing else, so
-a round is bound by sleeping, not by the two CPUs: the ratio measures claiming and handing
-over, not CPU. A job ran twice if it has more than one data phase run or more than one attempt
-(`phase_runs`, `jobs.attempts`).
+together) and times from that commit until every job has succeeded. The one phase sleeps
+`--sleep` seconds and does nothing else, so a round is bound by sleeping, not by the two CPUs:
+the ratio measures claiming and handing over, not CPU. A job ran twice if it has more than one
+data phase run or more than one attempt (`phase_runs`, `jobs.attempts`).
 
 Printed: jobs/s of each round, the ratio (3 over 1), the ideal (slots x processes / sleep),
 and the jobs run twice.
