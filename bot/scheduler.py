@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from bot import metrics
+from bot import logs, metrics
 from bot.domain import EnvStatus, JobKind, JobStatus
 from bot.store import Store, repo
 from bot.store.models import Environment, Job
@@ -118,6 +118,10 @@ class Scheduler:
                 await repo.audit(s, actor=SCHEDULER_ACTOR, action="reap", source="scheduler",
                                  env_id=env.id, details={"expired_at": env.expires_at.isoformat()})
                 reaped.append(env.id)
+                with logs.bind(env_id=env.id, env=env.name):
+                    log.info("%s expired at %s: destroying it", env.name,
+                             env.expires_at.isoformat(timespec="minutes"),
+                             extra={"event": "reap"})
         async with self.store.transaction() as s:
             await repo.forget_sightings(s, now)
         # Slack is written after commit, so a failed post never undoes the bookkeeping.
