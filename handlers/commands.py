@@ -72,6 +72,14 @@ def utcnow() -> datetime:
 _ACTIONS = frozenset({"retry", "destroy", "extend", "reset-data", "creds"})
 
 
+def _name_or_none(value: str) -> str | None:
+    """A button's value as an environment name for the log line, or None if it is none."""
+    try:
+        return validate_name(value)
+    except UserError:
+        return None
+
+
 def _log_command(inv: Invocation, verb: str, name: str | None, outcome: str,
                  reason: str | None) -> None:
     """The one line per command: who, what, which environment, outcome (never the text)."""
@@ -200,7 +208,7 @@ class Commands:
 
     async def action(self, inv: Invocation, *, action_id: str, value: str) -> list[Reply]:
         verb = action_id if action_id in _ACTIONS else "unknown"
-        name = value if verb in _ACTIONS else None
+        name = _name_or_none(value) if verb in _ACTIONS else None
         with logs.bind(env=name):
             return await self._logged(inv, f"button {verb}", name,
                                       lambda: self._action(inv, action_id=action_id, value=value))
