@@ -97,10 +97,7 @@ class TokenWatch:
                 away = now - unreachable_since
                 if away >= self._unreachable_after:
                     self._say(f"unreachable for {away:.0f}s")
-                elif self.problem is not None and self.problem.startswith(UNREACHABLE):
-                    pass  # still away; keep saying so
-                else:
-                    self._say(None, quiet=True)
+                # Within the allowance what was said stands (ready, or a refused token).
             else:
                 unreachable_since = None if found is None else unreachable_since
                 self._say(found)
@@ -120,8 +117,9 @@ class TokenWatch:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
 
-    def _say(self, problem: str | None, *, quiet: bool = False) -> None:
-        if problem != self.problem and not quiet:
+    def _say(self, problem: str | None) -> None:
+        """Report `problem`; log only when its kind changes (not each "unreachable for …")."""
+        if _kind(problem) != _kind(self.problem):
             if problem is None:
                 log.info("slack: the bot token works; ready as far as Slack is concerned")
             else:
@@ -130,3 +128,6 @@ class TokenWatch:
         self.problem = problem
         self._report(problem)
 
+
+def _kind(problem: str | None) -> str | None:
+    return problem.split(" for ", 1)[0] if problem is not None else None
