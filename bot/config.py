@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(default=1.0, alias="EPHEM_POLL_SECONDS", gt=0)
     grace_seconds: float = Field(default=60.0, alias="EPHEM_GRACE_SECONDS", ge=0)
     scheduler_seconds: float = Field(default=60.0, alias="EPHEM_SCHEDULER_SECONDS", gt=0)
+    # After start-up: how often auth.test is asked again, and how long Slack may be
+    # unreachable before the process says it is not ready.
+    slack_recheck_seconds: float = Field(default=300.0, alias="EPHEM_SLACK_RECHECK_SECONDS",
+                                         gt=0)
+    slack_unreachable_seconds: float = Field(default=120.0,
+                                             alias="EPHEM_SLACK_UNREACHABLE_SECONDS", ge=0)
     secret_key: SecretStr = Field(default=SecretStr(""), alias="EPHEM_SECRET_KEY")
     masking_key: SecretStr = Field(default=SecretStr(""), alias="EPHEM_MASKING_KEY")
     log_level: str = Field(default="INFO", alias="EPHEM_LOG_LEVEL")

@@ -9,6 +9,8 @@ outcomes, never user input.
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -99,3 +101,48 @@ REAPER_FAILURES = Counter(
     "Scheduler ticks (reminders and the reaper of expired environments) that failed.",
     registry=REGISTRY,
 )
+SLACK_API_ERRORS = Counter(
+    "ephem_slack_api_errors",
+    "Slack Web API calls that failed, by method and error (Slack's error code, or "
+    "ratelimited, http_5xx, connection_error).",
+    ["method", "error"],
+    registry=REGISTRY,
+)
+# Snapshots and their warm pools, set on the scheduler's beat by the snapshot keeper.
+SNAPSHOT_AGE_SECONDS = Gauge(
+    "ephem_snapshot_age_seconds",
+    "Age of each snapshot's newest build (+Inf while none is built).",
+    ["snapshot"],
+    registry=REGISTRY,
+)
+SNAPSHOT_SCHEDULE_SECONDS = Gauge(
+    "ephem_snapshot_schedule_seconds",
+    "How often each scheduled snapshot is rebuilt (absent for a snapshot without a schedule): "
+    "the stale-snapshot alert compares the age with it.",
+    ["snapshot"],
+    registry=REGISTRY,
+)
+POOL_READY = Gauge(
+    "ephem_pool_ready",
+    "Ready clones in each snapshot's warm pool.",
+    ["snapshot"],
+    registry=REGISTRY,
+)
+POOL_TARGET = Gauge(
+    "ephem_pool_target",
+    "Clones each snapshot's warm pool is kept filled to (the blueprint's `pool`).",
+    ["snapshot"],
+    registry=REGISTRY,
+)
+
+
+def slack_error_label(code: str) -> str:
+    """A Slack error code as a metric label: Slack's own short codes, anything else `other`."""
+    if code.startswith("HTTP 5"):
+        return "http_5xx"
+    if code.startswith("connection_error"):
+        return "connection_error"
+    return code if _SLACK_CODE.fullmatch(code) else "other"
+
+
+_SLACK_CODE = re.compile(r"[a-z][a-z0-9_]{0,47}")

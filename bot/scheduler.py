@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import DateTime, Interval, bindparam, exists, func, select, text
 
-from bot import metrics
+from bot import logs, metrics
 from bot.domain import DataMode, EnvStatus, JobKind, JobStatus
 from bot.ports import DatabaseSizes
 from bot.store import Store, repo
@@ -223,6 +223,11 @@ class Scheduler:
                 for env in expired])
             added += await rows.add_many(s, [row for env in expired
                                              for row in self.announce.expired(env, now=now)])
+            for env in expired:
+                with logs.bind(env_id=env.id, env=env.name):
+                    log.info("%s expired at %s: destroying it", env.name,
+                             env.expires_at.isoformat(timespec="minutes"),
+                             extra={"event": "reap"})
         async with self.store.transaction() as s:
             await repo.forget_sightings(s, now)
         if added:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import cost, releases
+from bot import cost, logs, releases
 from bot.config import Blueprint
 from bot.domain import (
     CREATE_ORDER,
@@ -58,6 +58,7 @@ from handlers.parser import (
     Extend,
     Help,
     ListEnvs,
+    Log,
     ResetData,
     Status,
 )
@@ -69,6 +70,29 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_ACTIONS = frozenset({"retry", "destroy", "extend", "extend-by", "reset-data", "creds"})
+
+
+def _name_or_none(value: str) -> str | None:
+    """A button's value as an environment name for the log line, or None if it is none (a
+    reminder's Extend buttons carry `name@expiry`, its menu `name:3d@expiry`)."""
+    try:
+        return validate_name(value.partition("@")[0].partition(":")[0])
+    except UserError:
+        return None
+
+
+def _log_command(inv: Invocation, verb: str, name: str | None, outcome: str,
+                 reason: str | None) -> None:
+    """The one line per command: who, what, which environment, outcome (never the text)."""
+    log.info("%s %s by %s (%s)%s: %s%s", verb, name or "-", inv.user_id, inv.source,
+             f" in {inv.channel_id}" if inv.channel_id else "", outcome,
+             f" ({reason})" if reason else "",
+             extra={"event": "command", "user": inv.user_id, "verb": verb,
+                    "source": inv.source, "outcome": outcome,
+                    "error": reason.splitlines()[0][:200] if reason else None})
 
 
 @dataclass(frozen=True)
@@ -183,14 +207,42 @@ class Commands:
         parsed = parser.parse(inv.text)
         if isinstance(parsed, parser.Ignore):
             return []
+        words = parser.normalize(inv.text).split()
+        verb = words[0].lower() if words else "help"
+        verb = verb if verb in parser.VERBS else "unknown"
         if isinstance(parsed, parser.Say):
+            _log_command(inv, verb, None, "refused", "not understood")
             return [Reply(parsed.text)]
-        try:
-            return await self._run(inv, parsed.command)
-        except UserError as exc:
-            return [Reply(str(exc), blocks=getattr(exc, "blocks", None))]
+        cmd = parsed.command
+        name = cmd.request.name if isinstance(cmd, Create) else getattr(cmd, "name", None)
+        with logs.bind(env=name):
+            return await self._logged(inv, verb, name, lambda: self._run(inv, cmd))
 
     async def action(self, inv: Invocation, *, action_id: str, value: str) -> list[Reply]:
+        verb = action_id if action_id in _ACTIONS else "unknown"
+        name = _name_or_none(value) if verb in _ACTIONS else None
+        with logs.bind(env=name):
+            return await self._logged(inv, f"button {verb}", name,
+                                      lambda: self._action(inv, action_id=action_id, value=value))
+
+    async def _logged(self, inv: Invocation, verb: str, name: str | None,
+                      run: Callable[[], Awaitable[list[Reply]]]) -> list[Reply]:
+        """Run a command; one INFO line says who asked what of which environment, and how it
+        ended (ok; refused, with the reason the asker was given; error, logged by the edge)."""
+        try:
+            replies = await run()
+        except UserError as exc:
+            _log_command(inv, verb, name, "refused", str(exc))
+            return [Reply(str(exc), blocks=getattr(exc, "blocks", None))]
+        except Exception:
+            _log_command(inv, verb, name, "error", None)
+            raise
+        env_id = next((r.env_id for r in replies if r.env_id is not None), None)
+        with logs.bind(env_id=env_id):
+            _log_command(inv, verb, name, "ok", None)
+        return replies
+
+    async def _action(self, inv: Invocation, *, action_id: str, value: str) -> list[Reply]:
         try:
             # A reminder's Extend and Extend… carry the expiry they remind of (`name@<epoch>`):
             # once that expiry has moved (the other copy of the reminder, or the card, was
@@ -241,6 +293,8 @@ class Commands:
                 return [Reply(parser.usage(cmd.topic))]
             case Diff():
                 return await self._diff(cmd)
+            case Log():
+                return await self._log(cmd)
 
     # ------------------------------------------------------------------ create
 
@@ -568,6 +622,29 @@ class Commands:
         # Only which environment: the notifier derives the secrets again as it sends them, to
         # the owner only, so this reply holds none and nothing on the way stores one.
         return [Reply("", visibility=Visibility.CREDENTIALS, env_id=env.id)]
+
+    async def _log(self, cmd: Log, *, shown: int = 30) -> list[Reply]:
+        """The newest environment of that name's history, oldest first: each audit event's
+        time, who, what and how it ended. Anyone may read it (as anyone may `status`)."""
+        async with self.store.transaction() as s:
+            env = await repo.latest_environment_named(s, cmd.name)
+            if env is None:
+                await self._find(s, cmd.name)  # says there is none, and the closest name
+                raise AssertionError("unreachable")
+            events = await repo.audit_events(s, env_id=env.id, limit=shown + 1)
+        if not events:
+            return [Reply(f"*{escape(env.name)}* has no history yet.")]
+        lines = []
+        for event, _name in events[-shown:]:
+            who = "Ephem" if event.actor in ("ephem", "scheduler") else f"<@{event.actor}>"
+            detail = messages.audit_detail(event.action, event.details)
+            lines.append(f"• {messages.slack_date(event.at)} — {who} {escape(event.action)}"
+                         + (f" ({escape(event.source)})" if event.source else "")
+                         + (f": {escape(detail)}" if detail else ""))
+        head = f"History of *{escape(env.name)}* ({env.status})"
+        if len(events) > shown:
+            head += f", the last {shown} events"
+        return [Reply(head + ":\n" + "\n".join(lines))]
 
     # ------------------------------------------------------------------ helpers
 

@@ -62,6 +62,13 @@ class Creds:
 
 
 @dataclass(frozen=True)
+class Log:
+    """The environment's history: who asked what, and how its jobs ended."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class Extend:
     name: str
     by: timedelta | None = None
@@ -80,7 +87,8 @@ class Diff:
     against: str | None = None
 
 
-Command = Create | ListEnvs | Status | Destroy | Extend | ResetData | Creds | Help | Diff
+Command = (Create | ListEnvs | Status | Destroy | Extend | ResetData | Creds | Help | Diff
+           | Log)
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,7 @@ USAGE = {
     "extend": "/ephem extend NAME [DURATION]",
     "reset-data": "/ephem reset-data NAME",
     "creds": "/ephem creds NAME",
+    "log": "/ephem log NAME",
     "help": "/ephem help [COMMAND]",
 }
 VERBS = tuple(USAGE)
@@ -221,6 +230,8 @@ def _named(verb: str, args: list[str]) -> Parsed:
         return Run(ResetData(name))
     if verb == "creds":
         return Run(Creds(name))
+    if verb == "log":
+        return Run(Log(name))
     return Run(Destroy(name))
 
 

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import logs
 from bot.config import Blueprint
 from bot.domain import (
     CREATE_ORDER,
@@ -94,6 +95,7 @@ class Runner:
 
     async def __call__(self, job: ClaimedJob) -> JobOutcome:
         plan = _PLANS[job.kind]
+        logs.set_context(job_id=job.id, env_id=job.env_id)
         try:
             return await self._run(job, plan)
         except Superseded:
@@ -143,6 +145,7 @@ class Runner:
             if not destroyed:
                 await _enter(s, env, plan.working)
             latest = await repo.latest_phase_runs(s, job.env_id)
+        logs.set_context(env=name)
         if destroyed:
             return await self._already_destroyed(job, plan, name=name)
         await self._progress(ProgressEvent(job.env_id, None, PhaseStatus.RUNNING,
@@ -167,6 +170,9 @@ class Runner:
     async def _phase(self, job: ClaimedJob, phase: Phase, action: PhaseAction) -> Failure | None:
         """Run one phase with retries; deliver its results; None on success."""
         started = time.monotonic()
+        log.info("%s %s: started", phase.name, action,
+                 extra={"event": "phase", "phase": str(phase.name), "action": str(action),
+                        "status": "running"})
         outcome = await run_attempts(
             store=self.store,
             phase=phase,
@@ -179,6 +185,12 @@ class Runner:
             events=self.events,
             blueprint=self.blueprint,
         )
+        seconds = round(time.monotonic() - started, 3)
+        log.info("%s %s: %s in %.1fs", phase.name, action,
+                 "failed" if isinstance(outcome, Failure) else "succeeded", seconds,
+                 extra={"event": "phase", "phase": str(phase.name), "action": str(action),
+                        "status": "failed" if isinstance(outcome, Failure) else "succeeded",
+                        "seconds": seconds})
         if isinstance(outcome, Failure):
             await self._progress(ProgressEvent(job.env_id, phase.name, PhaseStatus.FAILED,
                                                detail=outcome.reason))

@@ -380,3 +380,19 @@ async def test_a_killed_process_is_resumed_by_another_executor(
         ("infra", "succeeded"), ("data", "abandoned"), ("data", "succeeded"),
         ("code", "succeeded")]
 
+
+
+async def test_a_batch_claim_takes_the_oldest_of_each_environment_once(store: Store) -> None:
+    envs = [await make_env(store, f"batch-{i}") for i in range(3)]
+    first = [await enqueue(store, env) for env in envs]
+    second = await enqueue(store, envs[0])  # waits behind the first job of its environment
+    taken = await claims.claim_many(store, owner="a", lease_seconds=30, limit=10)
+    assert [job.id for job in taken] == first
+    assert await claims.claim_many(store, owner="b", lease_seconds=30, limit=10) == []
+    assert await claims.finish(store, taken[0], owner="a",
+                               outcome=JobOutcome(OutcomeKind.SUCCEEDED))
+    # Its line moved on: now the second job is claimable, once, by whichever asks first.
+    [(a_batch, b_batch)] = [await asyncio.gather(
+        claims.claim_many(store, owner="a", lease_seconds=30, limit=2),
+        claims.claim_many(store, owner="b", lease_seconds=30, limit=2))]
+    assert sorted(job.id for job in a_batch + b_batch) == [second]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -90,3 +91,14 @@ def test_the_default_pool_lets_three_replicas_fit_under_postgres_default() -> No
     settings = load_settings()
     per_replica = settings.db_pool_size + settings.db_max_overflow
     assert 3 * per_replica <= 30
+
+
+async def test_the_claims_line_check_has_its_index(store: Store) -> None:
+    """Without it each claim compares every candidate with every job (a nested loop): about a
+    second a claim with two thousand queued jobs."""
+    async with store.transaction() as s:
+        found = (await s.execute(text(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'jobs' "
+            "AND indexname = 'ix_jobs_env_active'"))).scalar_one_or_none()
+    assert found is not None
+    assert "(env_id, id)" in found and "queued" in found and "running" in found

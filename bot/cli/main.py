@@ -1,4 +1,4 @@
-"""The `ephem` console script: serve, shell, demo, db upgrade, doctor.
+"""The `ephem` console script: serve, shell, demo, db upgrade, doctor, audit, snapshot.
 
 Every subcommand turns an expected failure (bad configuration, an unreachable server) into one
 line on stderr and a non-zero exit; nothing here prints a traceback unless EPHEM_LOG_LEVEL=DEBUG.
@@ -17,18 +17,12 @@ from bot.errors import ConfigError, EphemError
 
 
 def _setup_logging(level: str) -> None:
-    """Log to stderr, every line scrubbed of every secret `bot.redaction` knows (the filter
-    sits on the handlers, so records from every library's logger pass through it)."""
-    from bot.redaction import ScrubFilter
+    """Log to stderr: JSON lines when stderr is not a terminal, plain text when it is; every
+    line scrubbed of every secret `bot.redaction` knows and tagged with the environment and job
+    it is about (`bot.logs`)."""
+    from bot.logs import setup
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
-            handler.addFilter(ScrubFilter())
+    setup(level)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -102,6 +96,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return asyncio.run(snapshot_cli.show(settings, blueprint))
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bot.cli.audit import audit
+
+    settings = load_settings()
+    return asyncio.run(audit(settings.database_url, env=args.env, since=args.since,
+                             as_json=args.json))
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -135,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "marks and no live environment")
     doctor.add_argument("--fix", action="store_true", help="with --orphans: destroy them")
     doctor.set_defaults(func=cmd_doctor)
+    audit = sub.add_parser("audit", help="who did what to which environment (the audit "
+                                         "table), oldest first")
+    audit.add_argument("--env", metavar="NAME", help="only environments called NAME")
+    audit.add_argument("--since", metavar="DURATION", help="only the last DURATION (7d, 12h)")
+    audit.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    audit.set_defaults(func=cmd_audit)
     snap = sub.add_parser("snapshot", help="masked snapshots of production data")
     snapsub = snap.add_subparsers(dest="snapshot_command", required=True)
     for verb, text in (("build", "lint, build the golden database, fill the warm pool"),

@@ -6,8 +6,9 @@ outbox's last rows a moment to reach Slack (what is left stays in the outbox for
 or the next start), then close the pool. `Ephem.start` starts the outbox's drainer with the
 executor; `Ephem.stop` stops it.
 
-Slack's `auth.test` is asked in the background from the start (`bot.slack.startup`): until it
-accepts the bot token, `/readyz` says why the process is not ready.
+Slack's `auth.test` is asked in the background from the start and for as long as the process
+runs (`bot.slack.startup`): while Slack refuses the bot token, or has been unreachable for long,
+`/readyz` says why the process is not ready.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from bot.runtime import tune_gc
 from bot.slack.bolt import build_bolt_app
 from bot.slack.http import HttpServer
 from bot.slack.socket_mode import SocketMode
-from bot.slack.startup import watch_token
+from bot.slack.startup import TokenWatch
+from bot.slack.writer import WebApiWriter
 from bot.store.migrate import upgrade_async
 
 log = logging.getLogger(__name__)
@@ -58,9 +60,12 @@ async def serve(settings: Settings, blueprint: Blueprint,
     await app.start()
     if socket_mode is not None:
         await socket_mode.start()
-    token_watch = asyncio.create_task(
-        watch_token(bolt.client, report=lambda problem: http.report("slack", problem)),
-        name="ephem-slack-token")
+    watch = TokenWatch(bolt.client, report=lambda problem: http.report("slack", problem),
+                       recheck=settings.slack_recheck_seconds,
+                       unreachable_after=settings.slack_unreachable_seconds)
+    if isinstance(app.writer, WebApiWriter):
+        app.writer.on_trouble = watch.alarm
+    token_watch = asyncio.create_task(watch.run(), name="ephem-slack-token")
     tune_gc()
     http.mark_ready()
     log.info("ephem serving on %s:%d (%s), state in %s, %d workers", settings.http_host,

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import ScalarSelect
+from sqlalchemy.sql.selectable import Select
 
 from bot.domain import JobStatus, job_transition
 from bot.ports import ClaimedJob, JobOutcome, OutcomeKind
@@ -39,12 +39,13 @@ _OUTCOME_STATUS = {
 }
 
 
-def _next_claimable() -> ScalarSelect[int]:
-    """The oldest job that is queued and due, or running under an expired lease — and first in
-    its environment's line: a job waits while another job of its environment is running or an
-    older one is still queued, so jobs of one environment run one at a time, oldest first.
+def _claimable(limit: int) -> Select[int]:
+    """The oldest `limit` jobs that are queued and due, or running under an expired lease — each
+    first in its environment's line: a job waits while another job of its environment is
+    running or an older one is still queued, so jobs of one environment run one at a time,
+    oldest first (and at most one job of an environment is ever among them).
 
-    `FOR UPDATE SKIP LOCKED` lets concurrent claimers pass over a row another one is taking.
+    `FOR UPDATE SKIP LOCKED` lets concurrent claimers pass over rows another one is taking.
     """
     job = aliased(Job, name="candidate")
     other = aliased(Job, name="other")
@@ -64,9 +65,8 @@ def _next_claimable() -> ScalarSelect[int]:
         select(job.id)
         .where(due, ~ahead)
         .order_by(job.id)
-        .limit(1)
+        .limit(limit)
         .with_for_update(skip_locked=True, of=job)
-        .scalar_subquery()
     )
 
 
@@ -86,15 +86,28 @@ async def _notify(s: AsyncSession, job_id: int) -> None:
 
 
 async def claim(store: Store, *, owner: str, lease_seconds: float) -> ClaimedJob | None:
-    """Take the oldest claimable job, or None if there is none right now.
+    """Take the oldest claimable job, or None if there is none right now."""
+    taken = await claim_many(store, owner=owner, lease_seconds=lease_seconds, limit=1)
+    return taken[0] if taken else None
+
+
+async def claim_many(store: Store, *, owner: str, lease_seconds: float,
+                     limit: int) -> list[ClaimedJob]:
+    """Take up to `limit` of the oldest claimable jobs in one statement, oldest first.
+
+    One statement for every free slot: a burst of creates costs each executor one round trip,
+    not one per slot. The candidates are locked in a materialized CTE, so the LIMIT is applied
+    once (a LIMIT inside `IN (…)` may be evaluated again per row).
 
     The partial unique index on running jobs is the last line of defence for "one running job per
     environment" (two claimers can judge the line from snapshots taken before each other's
-    commit); hitting it only means "not claimable now".
+    commit); hitting it only means "not claimable now" — for the whole batch, which is then
+    taken again one job at a time.
     """
+    candidates = _claimable(limit).cte("claimable").prefix_with("MATERIALIZED")
     stmt = (
         update(Job)
-        .where(Job.id == _next_claimable())
+        .where(Job.id == candidates.c.id)
         .values(
             status=job_transition(JobStatus.QUEUED, JobStatus.RUNNING),
             lease_owner=owner,
@@ -106,14 +119,15 @@ async def claim(store: Store, *, owner: str, lease_seconds: float) -> ClaimedJob
     )
     try:
         async with store.transaction() as s:
-            row = (await s.execute(stmt)).one_or_none()
+            rows = (await s.execute(stmt)).all()
     except IntegrityError:
         log.debug("claim raced with another executor on one environment; trying later")
-        return None
-    if row is None:
-        return None
-    return ClaimedJob(id=row.id, env_id=row.env_id, kind=row.kind, attempts=row.attempts,
-                      requested_by=row.requested_by)
+        if limit > 1:
+            return await claim_many(store, owner=owner, lease_seconds=lease_seconds, limit=1)
+        return []
+    return sorted((ClaimedJob(id=row.id, env_id=row.env_id, kind=row.kind,
+                              attempts=row.attempts, requested_by=row.requested_by)
+                   for row in rows), key=lambda job: job.id)
 
 
 async def renew(store: Store, job: ClaimedJob, *, owner: str, lease_seconds: float) -> bool:

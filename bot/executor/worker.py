@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 
-from bot import metrics
+from bot import logs, metrics
 from bot.executor import claims
 from bot.pg import asyncpg_dsn
 from bot.ports import ClaimedJob, JobOutcome, JobWork, OutcomeKind
@@ -90,8 +90,10 @@ class Executor:
         self._wake.set()
         if self._dispatcher is not None:
             # It is either waiting or in one short claim; a claim cut short by the cancel below
-            # only leaves a lease that expires.
-            _, late = await asyncio.wait([self._dispatcher], timeout=self._lease)
+            # only leaves a lease that expires. Bounded well inside a lease, so a database that
+            # answers slowly cannot hold shutdown for a whole lease before the grace even starts.
+            _, late = await asyncio.wait([self._dispatcher],
+                                         timeout=min(self._lease / 3, 5.0))
             for task in late:
                 task.cancel()
             await asyncio.wait([self._dispatcher])
@@ -132,25 +134,29 @@ class Executor:
                 await asyncio.wait_for(self._wake.wait(), self._poll)
 
     async def _fill(self) -> None:
-        """Claim jobs while a worker slot is free and something is claimable."""
+        """Claim jobs while a worker slot is free and something is claimable: every free slot
+        in one statement, again while the batch came back full."""
         loop = asyncio.get_running_loop()
         while len(self._running) < self._workers and not self._stopping:
-            asked = loop.time()  # the lease runs from no earlier than this
-            job = await self._claim()
-            if job is None:
+            free = self._workers - len(self._running)
+            asked = loop.time()  # the leases run from no earlier than this
+            jobs = await self._claim(free)
+            for job in jobs:
+                self._running[job.id] = asyncio.create_task(self._run(job, held_since=asked),
+                                                            name=f"ephem-job-{job.id}")
+            if len(jobs) < free:
                 return
-            self._running[job.id] = asyncio.create_task(self._run(job, held_since=asked),
-                                                        name=f"ephem-job-{job.id}")
 
-    async def _claim(self) -> ClaimedJob | None:
+    async def _claim(self, limit: int) -> list[ClaimedJob]:
         try:
-            return await claims.claim(self._store, owner=self._owner, lease_seconds=self._lease)
+            return await claims.claim_many(self._store, owner=self._owner,
+                                           lease_seconds=self._lease, limit=limit)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("claiming a job failed (%s); trying again in %.0fs",
                         type(exc).__name__, self._poll)
-            return None
+            return []
 
     async def _listen(self) -> None:
         """Keep a LISTEN connection open; notifications wake the dispatcher. Polling covers the
@@ -198,6 +204,11 @@ class Executor:
     async def _run(self, job: ClaimedJob, *, held_since: float) -> None:
         me = asyncio.current_task()
         assert me is not None
+        logs.set_context(job_id=job.id, env_id=job.env_id)  # this task's lines, and its children's
+        log.info("job %s: %s of environment %s claimed (attempt %d)", job.id, job.kind,
+                 job.env_id, job.attempts, extra={"event": "job", "kind": str(job.kind),
+                                                  "status": "running", "attempt": job.attempts,
+                                                  "owner": self._owner})
         keeper = asyncio.create_task(self._keep_lease(job, me, held_since=held_since),
                                      name=f"ephem-lease-{job.id}")
         metrics.JOBS_RUNNING.inc()
@@ -239,6 +250,10 @@ class Executor:
             return
         if recorded:
             metrics.JOBS.labels(kind=str(job.kind), outcome=str(outcome.kind)).inc()
+            log.info("job %s: %s of environment %s %s%s", job.id, job.kind, job.env_id,
+                     outcome.kind, f": {outcome.error}" if outcome.error else "",
+                     extra={"event": "job", "kind": str(job.kind), "status": str(outcome.kind),
+                            "attempt": job.attempts})
         else:
             log.warning("job %s: lease lost before its outcome (%s) was recorded",
                         job.id, outcome.kind)
@@ -251,7 +266,9 @@ class Executor:
                         job.id, type(exc).__name__)
             return
         if released:
-            log.info("job %s: released back to the queue", job.id)
+            log.info("job %s: released back to the queue", job.id,
+                     extra={"event": "job", "kind": str(job.kind), "status": "released",
+                            "attempt": job.attempts})
             metrics.JOBS.labels(kind=str(job.kind), outcome="released").inc()
 
     async def _keep_lease(self, job: ClaimedJob, work: asyncio.Task[None], *,

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.domain import EnvStatus, PhaseName, format_duration
 from bot.mrkdwn import escape
+from bot.redaction import scrub
 
 RETRY = "Retry"
 DESTROY = "Destroy"
@@ -258,3 +259,18 @@ def slack_date(at: datetime) -> str:
 
 def plain_date(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def audit_detail(action: str, details: Mapping[str, object]) -> str:
+    """One short plain line of what an audit event's details say (scrubbed, never escaped:
+    the caller escapes for Slack)."""
+    del action  # every action's details are said the same way today
+    parts: list[str] = []
+    if isinstance(details.get("text"), str):
+        parts.append(f"`{details['text']}`")
+    for key in ("by", "error", "expired_at", "job_id"):
+        value = details.get(key)
+        if value is not None:
+            parts.append(f"{key.replace('_', ' ')}: {value}")
+    text = scrub("; ".join(parts))
+    return text if len(text) <= 300 else text[:299] + "…"

@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from bot import metrics
+from bot import logs, metrics
 from bot.slack.writer import SlackUnavailable, SlackWriteError
 from bot.store import Store
 from bot.store import outbox as rows
@@ -207,6 +207,10 @@ class Drainer:
             self._wake.set()
 
     async def _attempt(self, entry: Entry, *, age: float) -> None:
+        with logs.bind(env_id=entry.env_id):
+            await self._attempt_bound(entry, age=age)
+
+    async def _attempt_bound(self, entry: Entry, *, age: float) -> None:
         try:
             sent = await self._deliver(entry)
         except SlackUnavailable as exc:

@@ -155,6 +155,9 @@ class WebApiWriter:
 
     def __init__(self, client: AsyncWebClient) -> None:
         self._client = client
+        # Told when a call answers a token error or cannot reach Slack (`ephem serve` asks
+        # auth.test again at once, for its readiness).
+        self.on_trouble: Callable[[str], None] | None = None
         base = urlsplit(client.base_url)
         self._own_origin = f"{base.scheme}://{base.netloc}/"
 
@@ -213,7 +216,12 @@ class WebApiWriter:
                 await answer.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             metrics.SLACK_API_CALLS.labels(method, "connection_error").inc()
+            metrics.SLACK_API_ERRORS.labels(method, "connection_error").inc()
             raise SlackUnavailable(method, f"connection_error ({type(exc).__name__})") from None
+        if status >= 300:
+            metrics.SLACK_API_ERRORS.labels(
+                method, "ratelimited" if status == 429 else
+                "http_5xx" if status >= 500 else f"http_{status // 100}xx").inc()
         if status == 429:
             metrics.SLACK_API_CALLS.labels(method, "ratelimited").inc()
             raise SlackUnavailable(method, "ratelimited", retry_after=_retry_after(headers))
@@ -270,6 +278,8 @@ class WebApiWriter:
             data = exc.response.data
             code = str((data.get("error") if isinstance(data, dict) else None)
                        or f"HTTP {status}")
+            metrics.SLACK_API_ERRORS.labels(
+                method, "ratelimited" if status == 429 else metrics.slack_error_label(code)).inc()
             if status == 429:
                 metrics.SLACK_API_CALLS.labels(method, "ratelimited").inc()
                 raise SlackUnavailable(method, "ratelimited",
@@ -279,15 +289,22 @@ class WebApiWriter:
                 raise SlackUnavailable(method, code) from None
             metrics.SLACK_API_CALLS.labels(method, "error").inc()
             if code in _AUTH_ERRORS:
+                self._trouble(code)
                 log.warning("slack: %s answered %s: check SLACK_BOT_TOKEN; the write is kept "
                             "and tried again", method, code)
                 raise SlackUnavailable(method, code) from None
             raise SlackWriteError(method, code) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             metrics.SLACK_API_CALLS.labels(method, "connection_error").inc()
+            metrics.SLACK_API_ERRORS.labels(method, "connection_error").inc()
+            self._trouble("connection_error")
             raise SlackUnavailable(method, f"connection_error ({type(exc).__name__})") from None
         metrics.SLACK_API_CALLS.labels(method, "ok").inc()
         return response
+
+    def _trouble(self, reason: str) -> None:
+        if self.on_trouble is not None:
+            self.on_trouble(reason)
 
 
 class ConsoleWriter:

@@ -104,6 +104,13 @@ class Job(TimestampMixin, Base):
             postgresql_where=text("status = 'running'"),
         ),
         Index("ix_jobs_claimable", "status", "run_after"),
+        # The claim's "first in its environment's line" check (`bot.executor.claims`).
+        Index(
+            "ix_jobs_env_active",
+            "env_id",
+            "id",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -312,3 +312,31 @@ async def channel_environments_since(s: AsyncSession, *, channel_id: str,
         Environment.channel_id == channel_id,
         (Environment.destroyed_at.is_(None)) | (Environment.destroyed_at >= since))
     return (await s.execute(stmt)).scalars().all()
+
+
+async def latest_environment_named(s: AsyncSession, name: str) -> Environment | None:
+    """The newest environment called `name`, live or not (a name is reused after a destroy)."""
+    stmt = (select(Environment).where(Environment.name == name)
+            .order_by(Environment.created_at.desc(), Environment.id.desc()).limit(1))
+    return (await s.execute(stmt)).scalar_one_or_none()
+
+
+async def audit_events(
+    s: AsyncSession, *, env_id: int | None = None, env_name: str | None = None,
+    since: datetime | None = None, limit: int = 1000,
+) -> Sequence[tuple[AuditEvent, str | None]]:
+    """Audit events, oldest first, each with its environment's name (None when it has none):
+    of one environment (`env_id`), of every environment ever called `env_name`, at or after
+    `since`; the newest `limit` of them."""
+    stmt = select(AuditEvent, Environment.name).outerjoin(
+        Environment, Environment.id == AuditEvent.env_id)
+    if env_id is not None:
+        stmt = stmt.where(AuditEvent.env_id == env_id)
+    if env_name is not None:
+        stmt = stmt.where(Environment.name == env_name)
+    if since is not None:
+        stmt = stmt.where(AuditEvent.at >= since)
+    newest = stmt.order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit)
+    rows = [(row[0], row[1]) for row in (await s.execute(newest)).all()]
+    rows.reverse()
+    return rows

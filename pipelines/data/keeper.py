@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
+from bot import metrics
 from bot.config import SnapshotConfig
 from bot.errors import PhaseError
 from pipelines.data.clone import WarmPool
@@ -50,6 +52,10 @@ class SnapshotKeeper:
         now = self._clock()
         for name, cfg in self._snapshots.items():
             latest = await latest_snapshot(self._admin_url, prefix=self._prefix, name=name)
+            metrics.SNAPSHOT_AGE_SECONDS.labels(name).set(
+                (now - latest.built_at).total_seconds() if latest is not None else math.inf)
+            if cfg.schedule is not None:
+                metrics.SNAPSHOT_SCHEDULE_SECONDS.labels(name).set(cfg.schedule.total_seconds())
             due = cfg.schedule is not None and (
                 latest is None or latest.built_at + cfg.schedule <= now)
             if due and self._key and name not in self.builds:
@@ -59,6 +65,9 @@ class SnapshotKeeper:
                 made = await self._pool.fill(latest.database, cfg.pool)
                 if made:
                     log.info("snapshot %s: %d clone(s) added to the warm pool", name, made)
+                metrics.POOL_READY.labels(name).set(await self._pool.ready(latest.database))
+            if self._pool is not None:
+                metrics.POOL_TARGET.labels(name).set(cfg.pool)
         if self._pool is not None:
             await self._pool.drain()
 
