@@ -226,7 +226,55 @@ class Defaults(_Strict):
 
 
 class Channels(_Strict):
-    approvals: str | None = None
+    approvals: str | None = Field(default=None, pattern=r"^[CG][A-Z0-9]{2,30}$")
+
+
+_USER_ID = r"^[UW][A-Z0-9]{2,30}$"
+_USERGROUP_ID = r"^S[A-Z0-9]{2,30}$"
+
+
+class ApproverRule(_Strict):
+    """Who may decide on snapshot-derived data, and how many of them must approve.
+
+    `users` are Slack user ids; `usergroup` is a Slack user group id (`S…`) whose members are
+    read from Slack when a decision is made (`usergroups.users.list`, remembered briefly).
+    """
+
+    users: list[Annotated[str, Field(pattern=_USER_ID)]] = Field(default_factory=list)
+    usergroup: str | None = Field(default=None, pattern=_USERGROUP_ID)
+    required: int = Field(default=1, ge=1, le=10)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.users or self.usergroup)
+
+    @model_validator(mode="after")
+    def _enough(self) -> ApproverRule:
+        if self.usergroup is None and self.users and self.required > len(self.users):
+            raise ValueError(f"`required` is {self.required} but only {len(self.users)} "
+                             "approver(s) are listed in `users` (and no `usergroup`)")
+        return self
+
+
+class Approvals(ApproverRule):
+    """`approvals`: the rule for every snapshot, `snapshots.<name>` overriding it per snapshot,
+    and how long approvers have to decide (`expire_after`) before the request lapses."""
+
+    expire_after: Duration = timedelta(days=1)
+    snapshots: dict[str, ApproverRule] = Field(default_factory=dict)
+
+    def rule_for(self, snapshot: str, admins: list[str]) -> ApproverRule | None:
+        """The rule that decides `snapshot`: its own, else the one for all, else the admins;
+        None when nobody is configured to decide (no approval is asked then)."""
+        own = self.snapshots.get(snapshot)
+        if own is not None and own.configured:
+            return own
+        if self.configured:
+            return ApproverRule(users=self.users, usergroup=self.usergroup,
+                                required=self.required)
+        if admins:
+            return ApproverRule(users=list(admins), required=min(self.required, len(admins)))
+        return None
 
 
 def _version(value: object) -> object:
@@ -679,11 +727,24 @@ class Blueprint(_Strict):
     defaults: Defaults = Defaults()
     channels: Channels = Channels()
     admins: list[str] = Field(default_factory=list)
+    approvals: Approvals = Approvals()
     references: dict[str, Reference] = Field(default_factory=dict)
     components: dict[str, Component] = Field(default_factory=dict)
     phases: Phases = Phases()
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
+
+    @model_validator(mode="after")
+    def _approved_snapshots_exist(self) -> Blueprint:
+        known = set(self.phases.data.snapshots) if self.phases.data is not None else set()
+        for name in self.approvals.snapshots:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else \
+                    f" (known: {', '.join(sorted(known)) or 'none'})"
+                raise ValueError(f"approvals.snapshots.{name}: there is no snapshot `{name}` "
+                                 f"in phases.data.snapshots{hint}")
+        return self
 
 
 def _describe(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:

@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import releases
-from bot.config import Blueprint
+from bot import approvals, releases
+from bot.approvals import Membership, Result
+from bot.config import ApproverRule, Blueprint
 from bot.domain import (
     CREATE_ORDER,
+    ApprovalStatus,
     DataMode,
     DataRequest,
     EnvRequest,
@@ -36,6 +38,7 @@ from bot.domain import (
 from bot.errors import UserError
 from bot.mrkdwn import escape
 from bot.ports import (
+    ApproverDirectory,
     ChannelAccess,
     CredentialsSource,
     Invocation,
@@ -44,17 +47,22 @@ from bot.ports import (
     Visibility,
 )
 from bot.slack import messages
+from bot.slack.approval_card import APPROVE_ACTION, DENY_ACTION, DENY_REASON, DENY_VIEW, deny_modal
+from bot.slack.blocks import ACTION_PREFIX
 from bot.store import Store, repo
-from bot.store.models import Environment
+from bot.store.models import ApprovalRequest, Environment
 from handlers import parser
 from handlers.parser import (
+    Approve,
     Create,
     Creds,
+    Deny,
     Destroy,
     Diff,
     Extend,
     Help,
     ListEnvs,
+    Pending,
     ResetData,
     Status,
 )
@@ -119,7 +127,11 @@ def plan_limits(req: EnvRequest, blueprint: Blueprint) -> tuple[timedelta, DataR
             f"`--ttl {format_duration(ttl)}` is longer than the "
             f"{format_duration(blueprint.defaults.max_ttl)} this project allows."
         )
-    data = req.data or DataRequest(blueprint.defaults.data)
+    return ttl, plan_data(req.data or DataRequest(blueprint.defaults.data), blueprint)
+
+
+def plan_data(data: DataRequest, blueprint: Blueprint) -> DataRequest:
+    """`data` checked against the blueprint, the default snapshot filled in; raise UserError."""
     phase = blueprint.phases.data
     if data.mode is not DataMode.NONE and phase is None:
         raise UserError(
@@ -138,7 +150,7 @@ def plan_limits(req: EnvRequest, blueprint: Blueprint) -> tuple[timedelta, DataR
             known = ", ".join(f"`{n}`" for n in phase.snapshots)
             raise UserError(f"There is no snapshot {quoted(name or '(default)')}; known: {known}.")
         data = DataRequest(DataMode.SNAPSHOT, name)
-    return ttl, data
+    return data
 
 
 def _ago(delta: timedelta) -> str:
@@ -158,13 +170,15 @@ class Commands:
     def __init__(self, *, store: Store, blueprint: Blueprint, clock: Clock = utcnow,
                  releases: ReleaseResolver | None = None,
                  credentials: CredentialsSource | None = None,
-                 channels: ChannelAccess | None = None) -> None:
+                 channels: ChannelAccess | None = None,
+                 directory: ApproverDirectory | None = None) -> None:
         self.store = store
         self.blueprint = blueprint
         self.clock = clock
         self.releases = releases
         self.credentials = credentials
         self.channels = channels
+        self.directory = directory
 
     # ------------------------------------------------------------------ entry points
 
@@ -194,10 +208,29 @@ class Commands:
                 return await self._reset_data(inv, ResetData(value))
             if action_id == "creds":
                 return await self._creds(inv, Creds(value))
+            if action_id == APPROVE_ACTION.removeprefix(ACTION_PREFIX):
+                return await self._decide(inv, parser.request_id(value), approve=True)
+            if action_id == DENY_ACTION.removeprefix(ACTION_PREFIX):
+                return await self._deny_button(inv, parser.request_id(value))
         except UserError as exc:
             return [Reply(str(exc))]
         return [Reply(f"That button ({quoted(action_id)}) is not one I know; it may be from an "
                       "older version of Ephem.")]
+
+    async def submission(self, inv: Invocation, *, callback_id: str, metadata: str,
+                         values: Mapping[str, str]) -> list[Reply]:
+        """The Deny modal, submitted: deny with the reason typed in it."""
+        if callback_id != DENY_VIEW:
+            return [Reply(f"That form ({quoted(callback_id)}) is not one I know; it may be from "
+                          "an older version of Ephem.")]
+        try:
+            reason = (values.get(DENY_REASON) or "").strip()
+            if not reason:
+                raise UserError("A denial needs a reason; nothing was changed.")
+            return await self._decide(inv, parser.request_id(metadata), approve=False,
+                                      reason=reason[:500])
+        except UserError as exc:
+            return [Reply(str(exc))]
 
     async def _run(self, inv: Invocation, cmd: parser.Command) -> list[Reply]:
         match cmd:
@@ -219,6 +252,12 @@ class Commands:
                 return [Reply(parser.usage(cmd.topic))]
             case Diff():
                 return await self._diff(cmd)
+            case Approve():
+                return await self._decide(inv, cmd.request, approve=True)
+            case Deny():
+                return await self._decide(inv, cmd.request, approve=False, reason=cmd.reason)
+            case Pending():
+                return await self._pending(inv)
 
     # ------------------------------------------------------------------ create
 
@@ -227,6 +266,9 @@ class Commands:
         plan_limits(cmd.request, self.blueprint)  # the cheap checks before the source is read
         base = await self._resolve(reference, refusing="Nothing was created.")
         plan = plan_create(cmd.request, self.blueprint, base=base.versions)
+        rule = approvals.rule_for(self.blueprint, plan.data)
+        if rule is not None and not plan.reason and not cmd.dry_run:
+            raise UserError(messages.approval_needs_reason(quoted(f"--data {plan.data}")))
         if cmd.dry_run:
             return [Reply(self._dry_run(plan))]
         # The environment's thread lives in this channel: if Ephem cannot post there, nobody
@@ -235,7 +277,7 @@ class Commands:
             raise UserError(messages.not_in_channel())
         for _ in range(5):
             try:
-                env = await self._persist_create(inv, plan)
+                env, request = await self._persist_create(inv, plan, rule)
                 break
             except UserError:
                 if plan.name is not None:
@@ -254,7 +296,32 @@ class Commands:
         text = "Queued: " + "; ".join(parts) + "."
         if plan.release_set:
             text += f"\nRelease set: {escape(releases.summary(plan.release_set))}"
-        return [Reply(text, visibility=Visibility.THREAD, env_id=env.id)]
+        replies = [Reply(text, visibility=Visibility.THREAD, env_id=env.id)]
+        if request is not None:
+            replies += self._asked(request, env)
+        elif plan.data.mode is DataMode.SNAPSHOT and plan.data.snapshot:
+            replies.append(Reply(messages.approval_not_configured(plan.data.snapshot),
+                                 visibility=Visibility.THREAD, env_id=env.id))
+        return replies
+
+    def _asked(self, request: ApprovalRequest, env: Environment) -> list[Reply]:
+        """The thread says who is asked and until when; the card goes to the approvers."""
+        who = messages.approvers_phrase(request.approvers, request.usergroup, request.required)
+        text = messages.approval_waiting(request.id, who=who,
+                                         expires=messages.slack_date(request.expires_at))
+        return [Reply(text, visibility=Visibility.THREAD, env_id=env.id, replace_message=False),
+                Reply("", visibility=Visibility.APPROVAL, approval_id=request.id)]
+
+    async def _ask(self, s: AsyncSession, inv: Invocation, *, env: Environment, kind: JobKind,
+                   snapshot: str, rule: ApproverRule, reason: str) -> ApprovalRequest:
+        """Queue a job of `kind` that waits for `rule`'s approvers, with its request."""
+        job = await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id,
+                                     awaiting_approval=True)
+        return await approvals.open_request(
+            s, env=env, job=job, requester=inv.user_id, snapshot=snapshot, rule=rule,
+            reason=reason, rules=approvals.rules_version(self.blueprint, snapshot),
+            card_channel=self.blueprint.channels.approvals or env.channel_id,
+            expires_at=self.clock() + self.blueprint.approvals.expire_after, source=inv.source)
 
     async def _resolve(self, reference: str | None, *, refusing: str) -> ReleaseSet:
         """What `reference` runs now (empty without one); a failing source is refused."""
@@ -287,7 +354,9 @@ class Commands:
             lines.append(f"Against {quoted(plan.reference)}: {summary}.")
         return "\n".join(lines)
 
-    async def _persist_create(self, inv: Invocation, plan: CreatePlan) -> Environment:
+    async def _persist_create(self, inv: Invocation, plan: CreatePlan,
+                              rule: ApproverRule | None
+                              ) -> tuple[Environment, ApprovalRequest | None]:
         async with self.store.transaction() as s:
             # A generated name is random over ~400k; a clash fails the insert and is retried.
             name = plan.name or generate_name()
@@ -297,15 +366,23 @@ class Commands:
                 data_mode=plan.data.mode, data_snapshot=plan.data.snapshot,
                 reason=plan.reason, expires_at=self.clock() + plan.ttl,
             )
-            await repo.enqueue_job(s, env_id=env.id, kind=JobKind.CREATE,
-                                   requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action="create", source=inv.source,
                              env_id=env.id, details={
                                  "text": inv.text[:500], "reference": plan.reference,
                                  "source": self._source_kind(plan.reference),
                                  "reference_set": plan.base, "overrides": plan.overrides,
-                                 "release_set": plan.release_set})
-        return env
+                                 "release_set": plan.release_set,
+                                 "approval": "asked" if rule else "not needed"})
+            request = None
+            if rule is not None:
+                assert plan.data.snapshot is not None and plan.reason is not None
+                request = await self._ask(s, inv, env=env, kind=JobKind.CREATE,
+                                          snapshot=plan.data.snapshot, rule=rule,
+                                          reason=plan.reason)
+            else:
+                await repo.enqueue_job(s, env_id=env.id, kind=JobKind.CREATE,
+                                       requested_by=inv.user_id)
+        return env, request
 
     # ------------------------------------------------------------------ read-only
 
@@ -383,6 +460,8 @@ class Commands:
             if any(j.kind is JobKind.DESTROY for j in pending):
                 return [Reply(f"*{escape(env.name)}* is already being destroyed.")]
             cancelled = await repo.cancel_queued_jobs(s, env.id, kind=JobKind.CREATE)
+            withdrawn = await approvals.cancel_for(s, env.id, actor=inv.user_id,
+                                                   now=self.clock(), source=inv.source)
             await repo.enqueue_job(s, env_id=env.id, kind=JobKind.DESTROY,
                                    requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action="destroy", source=inv.source,
@@ -391,8 +470,11 @@ class Commands:
         note = " It will start when the running step finishes." if running else ""
         if cancelled:
             note += " The queued create was cancelled."
+        if withdrawn:
+            note += " The request waiting for approval was withdrawn."
         return [Reply(f"Destroy requested by <@{inv.user_id}>.{note}",
-                      visibility=Visibility.THREAD, env_id=env.id)]
+                      visibility=Visibility.THREAD, env_id=env.id),
+                *(Reply("", visibility=Visibility.APPROVAL, approval_id=r) for r in withdrawn)]
 
     async def _extend(self, inv: Invocation, cmd: Extend) -> list[Reply]:
         by = cmd.by or self.blueprint.defaults.ttl
@@ -423,6 +505,7 @@ class Commands:
         if self.blueprint.phases.data is None:
             raise UserError("This project's blueprint configures no data phase; there is no "
                             "database to reset.")
+        wanted = plan_data(cmd.data, self.blueprint) if cmd.data is not None else None
         async with self.store.transaction() as s:
             env = await self._find(s, cmd.name, for_update=True)
             self._authorize(inv, env, "reset its data")
@@ -431,13 +514,41 @@ class Commands:
                                 "environment's data can be reset.")
             if await repo.pending_jobs(s, env.id):
                 raise UserError(f"*{escape(env.name)}* already has work queued.")
-            await repo.enqueue_job(s, env_id=env.id, kind=JobKind.RESET_DATA,
-                                   requested_by=inv.user_id)
+            data = wanted or DataRequest(env.data_mode, env.data_snapshot)
+            rule = approvals.rule_for(self.blueprint, data)
+            approved = None
+            if rule is not None and data.snapshot is not None:
+                # Covered: this person was approved for this snapshot on this environment.
+                approved = await approvals.covered(s, env_id=env.id, snapshot=data.snapshot,
+                                                   requester=inv.user_id)
+            request = None
+            if rule is not None and approved is None:
+                assert data.snapshot is not None
+                if not cmd.reason:
+                    raise UserError(messages.approval_needs_reason(
+                        quoted(f"--data {data}")).replace("Nothing was created.",
+                                                          "Nothing was reset."))
+                request = await self._ask(s, inv, env=env, kind=JobKind.RESET_DATA,
+                                          snapshot=data.snapshot, rule=rule, reason=cmd.reason)
+            else:
+                # Not snapshot data, or covered: the environment takes it now.
+                env.data_mode, env.data_snapshot = data.mode, data.snapshot
+                await repo.enqueue_job(s, env_id=env.id, kind=JobKind.RESET_DATA,
+                                       requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action="reset-data", source=inv.source,
-                             env_id=env.id)
+                             env_id=env.id, details={
+                                 "data": str(data), "reason": cmd.reason,
+                                 "approval": (f"covered by request {approved.id}" if approved
+                                              else "asked" if request else "not needed")})
+        if request is not None:
+            return [Reply(f"<@{inv.user_id}> asked to reset the data of *{escape(env.name)}* "
+                          f"from {escape(str(data))}.", visibility=Visibility.THREAD,
+                          env_id=env.id), *self._asked(request, env)]
+        covered = (f" (covered by the approval of request #{approved.id})"
+                   if approved is not None else "")
         return [Reply(f"<@{inv.user_id}> asked to reset the data of *{escape(env.name)}*: its "
-                      f"database is re-created ({env.data_mode}); everything written to it is "
-                      "lost.",
+                      f"database is re-created ({escape(str(data))}){covered}; everything "
+                      "written to it is lost.",
                       visibility=Visibility.THREAD, env_id=env.id)]
 
     async def _retry(self, inv: Invocation, name: str) -> list[Reply]:
@@ -450,11 +561,132 @@ class Commands:
             if await repo.pending_jobs(s, env.id):
                 raise UserError(f"*{escape(env.name)}* already has work queued.")
             kind = await repo.last_job_kind(s, env.id) or JobKind.CREATE
-            await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id)
+            data = DataRequest(env.data_mode, env.data_snapshot)
+            rule = approvals.rule_for(self.blueprint, data) if kind is not JobKind.DESTROY \
+                else None
+            request = None
+            if rule is not None and data.snapshot is not None and await approvals.covered(
+                    s, env_id=env.id, snapshot=data.snapshot, requester=inv.user_id) is None:
+                # A denied, expired or never-approved request is asked again, same reason.
+                request = await self._ask(s, inv, env=env, kind=kind, snapshot=data.snapshot,
+                                          rule=rule, reason=env.reason or "retry")
+            else:
+                await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action=f"retry-{kind}", source=inv.source,
                              env_id=env.id)
-        return [Reply(f"<@{inv.user_id}> asked to retry the {kind}; it resumes at the step "
-                      "that failed.", visibility=Visibility.THREAD, env_id=env.id)]
+        replies = [Reply(f"<@{inv.user_id}> asked to retry the {kind}; it resumes at the step "
+                         "that failed.", visibility=Visibility.THREAD, env_id=env.id)]
+        if request is not None:
+            replies += self._asked(request, env)
+        return replies
+
+    # ------------------------------------------------------------------ approvals
+
+    async def _may_decide(self, inv: Invocation, request_id: int) -> ApprovalRequest | Reply:
+        """The request if `inv`'s person may decide it; else the refusal to say (and audit)."""
+        async with self.store.transaction() as s:
+            request = await approvals.get(s, request_id)
+        if request is None:
+            raise approvals.not_found(request_id)
+        refusal = None
+        if inv.user_id == request.requester_id:
+            refusal = messages.approval_self(request.id)
+        else:
+            member = await approvals.may_decide(request, inv.user_id, self.directory)
+            if member is Membership.UNKNOWN:
+                return Reply(messages.approval_unknown(request.id))
+            if member is Membership.NO:
+                refusal = messages.approval_not_approver(request.id, messages.approvers_phrase(
+                    request.approvers, request.usergroup, 1))
+        if refusal is None:
+            return request
+        async with self.store.transaction() as s:
+            await repo.audit(s, actor=inv.user_id, action="approval-refused", source=inv.source,
+                             env_id=request.env_id, details={
+                                 "request": request.id,
+                                 "why": "own request" if inv.user_id == request.requester_id
+                                 else "not an approver"})
+        return Reply(refusal)
+
+    async def _deny_button(self, inv: Invocation, request_id: int) -> list[Reply]:
+        """Deny asks why first: a modal, whose submission denies (`submission`)."""
+        found = await self._may_decide(inv, request_id)
+        if isinstance(found, Reply):
+            return [found]
+        if found.status is not ApprovalStatus.PENDING:
+            return [Reply(messages.approval_already(found.id, found.status, found.decided_by,
+                                                    found.decided_at))]
+        if not inv.trigger_id:
+            raise UserError(f"Say why with `/ephem deny {found.id} REASON`.")
+        async with self.store.transaction() as s:
+            env = await repo.get_environment(s, found.env_id)
+        view = deny_modal(found.id, env_name=env.name, requester=found.requester_id)
+        return [Reply("", visibility=Visibility.MODAL, blocks=[view])]
+
+    async def _decide(self, inv: Invocation, request_id: int, *, approve: bool,
+                      reason: str | None = None) -> list[Reply]:
+        found = await self._may_decide(inv, request_id)
+        if isinstance(found, Reply):
+            return [found]
+        async with self.store.transaction() as s:
+            request = await approvals.get(s, request_id, for_update=True)
+            assert request is not None
+            outcome = await approvals.decide(s, request, user=inv.user_id, approve=approve,
+                                             reason=reason, now=self.clock(),
+                                             source=inv.source)
+            snapshot = request.snapshot
+        card = Reply("", visibility=Visibility.APPROVAL, approval_id=outcome.request_id)
+
+        def thread(text: str) -> Reply:
+            return Reply(text, visibility=Visibility.THREAD, env_id=outcome.env_id,
+                         replace_message=False)
+
+        match outcome.result:
+            case Result.ALREADY:
+                return [Reply(messages.approval_already(outcome.request_id, outcome.status,
+                                                        outcome.decided_by,
+                                                        outcome.decided_at))]
+            case Result.VOTED:
+                return [Reply(messages.approval_voted(outcome.request_id, outcome.approvals,
+                                                      outcome.required))]
+            case Result.COUNTED:
+                return [thread(messages.approval_counted(outcome.request_id, inv.user_id,
+                                                         outcome.approvals, outcome.required)),
+                        card]
+            case Result.APPROVED:
+                return [thread(messages.approval_approved(inv.user_id, snapshot)), card]
+            case Result.DENIED:
+                return [thread(messages.approval_denied(inv.user_id, outcome.reason)), card]
+            case Result.EXPIRED:
+                return [thread(messages.approval_expired(format_duration(
+                            self.blueprint.approvals.expire_after))), card,
+                        Reply(messages.approval_already(outcome.request_id, outcome.status,
+                                                        outcome.decided_by,
+                                                        outcome.decided_at))]
+
+    async def _pending(self, inv: Invocation) -> list[Reply]:
+        async with self.store.transaction() as s:
+            mine = [r for r in await approvals.pending(s) if r.requester_id == inv.user_id]
+            waiting = await approvals.waiting_for(s, inv.user_id, self.directory)
+            names = {r.env_id: (await repo.get_environment(s, r.env_id)).name
+                     for r in [*mine, *waiting]}
+        lines = []
+        if waiting:
+            lines.append(f"{messages.count(len(waiting), 'request')} waiting for your decision:")
+            lines += [f"• *#{r.id}* <@{r.requester_id}> asks for snapshot "
+                      f"`{escape(r.snapshot)}` on *{escape(names[r.env_id])}*: "
+                      f"{escape(r.reason)} (until {messages.slack_date(r.expires_at)}) — "
+                      f"`/ephem approve {r.id}` or `/ephem deny {r.id} REASON`"
+                      for r in waiting]
+        else:
+            lines.append(messages.pending_none())
+        if mine:
+            lines.append("Your own requests still waiting:")
+            lines += [f"• *#{r.id}* snapshot `{escape(r.snapshot)}` on "
+                      f"*{escape(names[r.env_id])}*, asked of "
+                      f"{messages.approvers_phrase(r.approvers, r.usergroup, r.required)}"
+                      for r in mine]
+        return [Reply("\n".join(lines))]
 
     async def _creds(self, inv: Invocation, cmd: Creds) -> list[Reply]:
         """The owner's connection details, said again (derived, never stored).

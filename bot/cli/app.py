@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from bot import approvals
 from bot.config import INFRA_OUTPUT, Blueprint, Settings, state_directory
-from bot.domain import PhaseName
+from bot.domain import PhaseName, format_duration
 from bot.errors import PermanentError
 from bot.executor import Executor
 from bot.pg import asyncpg_dsn
@@ -221,7 +222,8 @@ class Ephem:
 
 def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None,
           timing: OutboxTiming | None = None,
-          skipped: Mapping[PhaseName, str] | None = None) -> Ephem:
+          skipped: Mapping[PhaseName, str] | None = None,
+          clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Ephem:
     store = open_store(settings)
     if writer is None:
         writer = WebApiWriter(make_web_client(settings))
@@ -241,8 +243,9 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
     runner = Runner(store=store, phases=phases, blueprint=blueprint, events=notifier,
                     secret_key=secret_key(settings), skipped=skipped)
     notifier.credentials = runner  # credentials are derived again when they are sent
-    commands = Commands(store=store, blueprint=blueprint, credentials=runner,
-                        releases=Resolver(blueprint.references), channels=notifier)
+    commands = Commands(store=store, blueprint=blueprint, clock=clock, credentials=runner,
+                        releases=Resolver(blueprint.references), channels=notifier,
+                        directory=notifier)
     executor = Executor(
         store=store, work=runner, owner=f"{socket.gethostname()}:{os.getpid()}",
         workers=settings.workers, lease_seconds=settings.lease_seconds,
@@ -267,9 +270,21 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
             [Reply("Expired: destroying it now.", visibility=Visibility.THREAD, env_id=env_id)],
         )
 
+    async def expire_approvals() -> None:
+        """Requests nobody decided in time: the job fails, the thread and the card say so."""
+        async with store.transaction() as s:
+            expired = await approvals.expire(s, now=clock())
+        text = messages.approval_expired(format_duration(blueprint.approvals.expire_after))
+        for outcome in expired:
+            await notifier.deliver(
+                Invocation(user_id="ephem", channel_id="", source="scheduler"),
+                [Reply(text, visibility=Visibility.THREAD, env_id=outcome.env_id),
+                 Reply("", visibility=Visibility.APPROVAL, approval_id=outcome.request_id)])
+
     scheduler = Scheduler(store=store, remind_before=blueprint.defaults.remind_before,
                           remind=remind, reaped=reaped, interval=settings.scheduler_seconds,
-                          periodic=[keeper.tick] if keeper else [])
+                          clock=clock,
+                          periodic=[expire_approvals, *([keeper.tick] if keeper else [])])
     return Ephem(settings=settings, blueprint=blueprint, store=store, writer=writer,
                  notifier=notifier, commands=commands, runner=runner, executor=executor,
                  scheduler=scheduler, keeper=keeper)

@@ -274,11 +274,11 @@ def _card_buttons(view: CardView) -> list[ButtonElement]:
     if view.status is EnvStatus.FAILED:
         return [ButtonElement(text=messages.RETRY, action_id=RETRY_ACTION, value=view.name,
                               style="primary"),
-                _destroy_button(view.name)]
+                destroy_button(view.name)]
     if view.status is not EnvStatus.READY:
         return []
     buttons = [ButtonElement(text=messages.EXTEND, action_id=EXTEND_ACTION, value=view.name),
-               _destroy_button(view.name)]
+               destroy_button(view.name)]
     if _applied(view, PhaseName.DATA):
         buttons.append(ButtonElement(
             text=messages.RESET_DATA, action_id=RESET_DATA_ACTION, value=view.name,
@@ -291,7 +291,7 @@ def _card_buttons(view: CardView) -> list[ButtonElement]:
     return buttons
 
 
-def _destroy_button(name: str) -> ButtonElement:
+def destroy_button(name: str) -> ButtonElement:
     return ButtonElement(
         text=messages.DESTROY, action_id=DESTROY_ACTION, value=name, style="danger",
         confirm=ConfirmObject(title=messages.confirm_destroy_title(),
@@ -346,7 +346,7 @@ def reminder_blocks(name: str, text: str) -> Blocks:
         ActionsBlock(elements=[
             ButtonElement(text=messages.EXTEND, action_id=EXTEND_ACTION, value=name,
                           style="primary"),
-            _destroy_button(name),
+            destroy_button(name),
         ]),
     ]
     return [b.to_dict() for b in blocks]

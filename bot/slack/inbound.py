@@ -205,6 +205,38 @@ class BlockActions(_Shape):
     container: _Container | None = None
     message: _Message | None = None
     response_url: ResponseUrl | None = None
+    trigger_id: ShortText | None = None  # opens a modal for the clicker (3 seconds)
+
+
+class _Input(_Shape):
+    """One input of a submitted modal: a plain text input's `value` (empty when left blank)."""
+
+    type: ShortText
+    value: str | None = Field(default=None, max_length=3000)
+
+
+class _ViewState(_Shape):
+    values: dict[ShortText, dict[ShortText, _Input]] = Field(default_factory=dict)
+
+
+class _View(_Shape):
+    id: SlackId
+    callback_id: ShortText = ""
+    private_metadata: str = Field(default="", max_length=3000)
+    hash: ShortText | None = None
+    state: _ViewState = _ViewState()
+
+
+class ViewSubmission(_Shape):
+    type: Literal["view_submission"]
+    user: _User
+    view: _View
+    team: _Team | None = None
+
+    def inputs(self) -> dict[str, str]:
+        """Each input's value by its action id."""
+        return {action: item.value or "" for block in self.view.state.values.values()
+                for action, item in block.items()}
 
 
 class _Interaction(_Shape):
@@ -285,6 +317,9 @@ def check(encoding: Encoding, body: Mapping[str, Any]) -> Kind:
         if kind == "block_actions":
             read_actions(body)
             return Kind.ACTION
+        if kind == "view_submission":
+            read_submission(body)
+            return Kind.INTERACTION
         if isinstance(kind, str):
             _validated(_Interaction, body, "the interaction")
             return Kind.INTERACTION
@@ -308,6 +343,10 @@ def read_actions(body: Mapping[str, Any]) -> BlockActions:
     actions = _validated(BlockActions, body, "the button click")
     channel_of(actions)
     return actions
+
+
+def read_submission(body: Mapping[str, Any]) -> ViewSubmission:
+    return _validated(ViewSubmission, body, "the submitted form")
 
 
 def read_event(body: Mapping[str, Any]) -> EventCallback:
