@@ -226,11 +226,23 @@ class Defaults(_Strict):
 
 
 class Channels(_Strict):
-    approvals: str | None = Field(default=None, pattern=r"^[CG][A-Z0-9]{2,30}$")
+    approvals: Annotated[str, _slack_id("CG", "a Slack channel id", "C0123ABCD")] | None = None
 
 
-_USER_ID = r"^[UW][A-Z0-9]{2,30}$"
-_USERGROUP_ID = r"^S[A-Z0-9]{2,30}$"
+def _slack_id(prefixes: str, what: str, example: str) -> Any:
+    pattern = re.compile(rf"[{prefixes}][A-Z0-9]{{1,30}}")
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and not pattern.fullmatch(value):
+            raise ValueError(f"expected {what} (like `{example}`; a name or an @handle will "
+                             "not do)")
+        return value
+
+    return BeforeValidator(check)
+
+
+SlackUserId = Annotated[str, _slack_id("UW", "a Slack user id", "U024BE7LH")]
+SlackUsergroupId = Annotated[str, _slack_id("S", "a Slack user group id", "S0614TZR7")]
 
 
 class ApproverRule(_Strict):
@@ -240,8 +252,8 @@ class ApproverRule(_Strict):
     read from Slack when a decision is made (`usergroups.users.list`, remembered briefly).
     """
 
-    users: list[Annotated[str, Field(pattern=_USER_ID)]] = Field(default_factory=list)
-    usergroup: str | None = Field(default=None, pattern=_USERGROUP_ID)
+    users: list[SlackUserId] = Field(default_factory=list)
+    usergroup: SlackUsergroupId | None = None
     required: int = Field(default=1, ge=1, le=10)
 
     @property

@@ -357,7 +357,7 @@ class SlackApi:
         if not p.get("trigger_id"):
             return {"ok": False, "error": "invalid_trigger_id"}
         if not isinstance(view, dict) or view.get("type") != "modal" or \
-                len(((view.get("title") or {}).get("text") or "")) > 24:
+                len((view.get("title") or {}).get("text") or "") > 24:
             return {"ok": False, "error": "invalid_arguments"}
         self.views.append(view)
         return {"ok": True, "view": {"id": f"V{len(self.views)}", **view}}
