@@ -124,6 +124,15 @@ async def pending(s: AsyncSession) -> Sequence[ApprovalRequest]:
     return (await s.execute(stmt)).scalars().all()
 
 
+async def waiting_on(s: AsyncSession, env_id: int) -> ApprovalRequest | None:
+    """The environment's request still waiting for a decision, if any."""
+    stmt = (select(ApprovalRequest)
+            .where(ApprovalRequest.env_id == env_id,
+                   ApprovalRequest.status == ApprovalStatus.PENDING)
+            .order_by(ApprovalRequest.id.desc()).limit(1))
+    return (await s.execute(stmt)).scalar_one_or_none()
+
+
 async def waiting_for(s: AsyncSession, user: str, directory: ApproverDirectory | None
                       ) -> list[ApprovalRequest]:
     """Pending requests `user` may decide and has not approved yet (never their own)."""

@@ -213,8 +213,22 @@ async def test_the_card_goes_to_the_approvers_and_the_thread_says_for_whom(bot: 
     waiting = next(t for t in bot.thread_texts("ap-1") if "Waiting for approval" in t)
     assert f"<@{APP1}>" in waiting and f"#{request.id}" in waiting
     assert await bot.job_statuses("ap-1") == [(JobKind.CREATE, JobStatus.AWAITING_APPROVAL)]
+    # The environment's own card says what it waits for, until the decision.
+    await bot.wait(lambda: _env_card_says(bot, "Waiting for approval"))
+    await bot.slack.command(f"approve {request.id}", user_id=APP1, channel_id=CHANNEL)
+    await bot.wait(lambda: _env_card_lacks(bot, "Waiting for approval"))
     [asked] = await bot.audits("approval-requested")
     assert asked.details["snapshot"] == "shop" and asked.details["rules_version"] == RULES_VERSION
+
+
+async def _env_card_says(bot: Bot, fragment: str) -> bool:
+    roots = bot.api.roots(CHANNEL)
+    return bool(roots) and fragment in json.dumps(bot.api.messages[roots[0]]["blocks"])
+
+
+async def _env_card_lacks(bot: Bot, fragment: str) -> bool:
+    roots = bot.api.roots(CHANNEL)
+    return bool(roots) and fragment not in json.dumps(bot.api.messages[roots[0]]["blocks"])
 
 
 async def _has(bot: Bot, name: str, fragment: str) -> bool:

@@ -179,6 +179,7 @@ class CardView:
     data_mode: DataMode | None = None
     data_snapshot: str | None = None
     reason: str | None = None
+    waiting: str | None = None  # what an approval request of it waits for (mrkdwn)
 
 
 def card_view(env: Environment, runs: Mapping[PhaseName, PhaseRun]) -> CardView:
@@ -313,6 +314,9 @@ def status_card(view: CardView) -> Blocks:
     if choices := card_choices(view):
         blocks.append(ContextBlock(elements=[MarkdownTextObject(
             text=truncate(choices, MAX_SECTION_TEXT))]))
+    if view.waiting:
+        blocks.append(SectionBlock(text=MarkdownTextObject(
+            text=truncate(view.waiting, MAX_SECTION_TEXT))))
     blocks.append(SectionBlock(text=MarkdownTextObject(text=truncate(phases, MAX_SECTION_TEXT))))
     if error := _card_error(view):
         blocks.append(SectionBlock(text=MarkdownTextObject(text=truncate(error,
@@ -329,6 +333,7 @@ def status_card_text(view: CardView) -> str:
         messages.card_facts(owner_id=view.owner_id, reference=view.reference,
                             expires=messages.plain_date(view.expires_at)),
         *([choices] if (choices := card_choices(view)) else []),
+        *([view.waiting] if view.waiting else []),
         *(f"{_MARKS[line.status][1]} {phase_text(line)}" for line in view.phases),
     ]
     if error := _card_error(view):

@@ -50,6 +50,7 @@ COMMAND = "/ephem"
 ACTIONS = re.compile("^" + re.escape(ACTION_PREFIX))
 # Metric labels must stay few: anything else is counted as "unknown".
 _VERBS = frozenset({"create", "list", "status", "diff", "extend", "destroy", "approve", "deny",
+                    "pending",
                     "help", "retry", "creds", "reset-data"})
 
 

@@ -35,6 +35,7 @@ calls, `bot.slack.outbox` paces and retries them, `bot.store` holds the state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -385,6 +386,12 @@ class Notifier:
         async with self._store.transaction() as s:
             env = await repo.get_environment(s, env_id)
             view = card_view(env, await repo.latest_phase_runs(s, env_id))
+            waiting = await approvals.waiting_on(s, env_id)
+            if waiting is not None:
+                who = messages.approvers_phrase(waiting.approvers, waiting.usergroup,
+                                                waiting.required)
+                view = dataclasses.replace(view, waiting=messages.approval_waiting(
+                    waiting.id, who=who, expires=messages.slack_date(waiting.expires_at)))
             shown = await rows.card_digest(s, env_id)
         return env, status_card_text(view), status_card(view), shown
 
