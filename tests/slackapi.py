@@ -474,11 +474,14 @@ class SlackSender:
 
     async def action(self, action_id: str, *, value: str, user_id: str = "U1",
                      channel_id: str = "C1", message_ts: str = "1700000000.000001",
-                     thread_ts: str | None = None, **kw: Any) -> tuple[int, str]:
+                     thread_ts: str | None = None, home: bool = False,
+                     **kw: Any) -> tuple[int, str]:
+        """A button click on a message in `channel_id` (or, with `home`, on the App Home tab,
+        which has no channel, message or response URL)."""
         message = {"ts": message_ts, "text": "card"}
         if thread_ts is not None:  # the button is on a reply in a thread (the reminder)
             message["thread_ts"] = thread_ts
-        payload = {
+        payload: dict[str, Any] = {
             "type": "block_actions", "team": {"id": TEAM_ID}, "api_app_id": API_APP_ID,
             "user": {"id": user_id, "team_id": TEAM_ID}, "channel": {"id": channel_id},
             "container": {"type": "message", "message_ts": message_ts, "channel_id": channel_id},
@@ -487,6 +490,11 @@ class SlackSender:
             "actions": [{"type": "button", "action_id": action_id, "value": value,
                          "block_id": "b1", "action_ts": str(time.time())}],
         }
+        if home:
+            for key in ("channel", "message", "response_url"):
+                del payload[key]
+            payload["container"] = {"type": "view", "view_id": f"VH{user_id}"}
+            payload["view"] = {"id": f"VH{user_id}", "type": "home"}
         body = urlencode({"payload": json.dumps(payload)})
         return await self.post(body, content_type="application/x-www-form-urlencoded", **kw)
 

@@ -509,6 +509,20 @@ async def test_app_home_is_published_on_open_and_after_a_decision(bot: Bot) -> N
     await bot.wait(lambda: _home_says(bot, OWNER, "ephem:extend"))
     assert "ready" in json.dumps(bot.api.homes[OWNER])
 
+    # Its buttons work from the Home tab, which has no channel: Extend answers in the thread,
+    # and a refusal reaches its person directly.
+    before = env.expires_at
+    status, _ = await bot.slack.action("ephem:extend", value="ap-13", user_id=OWNER, home=True)
+    assert status == 200
+    await bot.wait(lambda: _has(bot, "ap-13", "extended *ap-13*"))
+    assert (await bot.env("ap-13")).expires_at > before
+    status, _ = await bot.slack.action("ephem:destroy", value="ap-13", user_id=STRANGER,
+                                       home=True)
+    assert status == 200
+    [refused] = await bot.ephemeral_to(STRANGER)
+    assert refused.params["channel"] == f"D{STRANGER}"
+    assert "belongs to <@UANA>" in refused.params["text"]
+
 
 def _job_done(env_id: int) -> Any:
     from bot.domain import PhaseStatus, ProgressEvent

@@ -165,9 +165,8 @@ class _Listeners:
         await ack()
         with self._unexpected(body):
             form = inbound.read_submission(body)
-            # A modal belongs to no channel: an answer only its person sees goes by DM.
-            inv = Invocation(user_id=form.user.id, channel_id=f"D{form.user.id}",
-                             source="modal")
+            inv = Invocation(user_id=form.user.id,
+                             channel_id=inbound.direct_channel(form.user.id), source="modal")
             values = form.inputs()
             self._spawn(inv, "deny",
                         lambda: self._handler.submission(

@@ -364,7 +364,17 @@ def channel_of(actions: BlockActions) -> str:
         return actions.channel.id
     if actions.container is not None and actions.container.channel_id is not None:
         return actions.container.channel_id
+    if actions.container is not None and actions.container.view_id is not None:
+        # A click on the Home tab (a view) has no channel: what only its person should see
+        # goes to them directly (an ephemeral message to a user id's "D" channel is refused
+        # by Slack, and the notifier then sends it as a direct message).
+        return direct_channel(actions.user.id)
     raise Malformed("the button click has no channel")
+
+
+def direct_channel(user_id: str) -> str:
+    """Where an answer goes that has no channel to go to (a Home tab click, a modal)."""
+    return f"D{user_id}"
 
 
 def _validated(model: type[_M], body: Mapping[str, Any], what: str) -> _M:
