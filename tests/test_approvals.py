@@ -311,6 +311,34 @@ async def _card_says(bot: Bot, request: ApprovalRequest, fragment: str) -> bool:
     return fragment in json.dumps(bot.card_of(request)["blocks"])
 
 
+async def test_two_approvals_needed_count_once_per_approver(
+    slack_api: SlackApi, bot_db_url: str, pg_admin_url: str, db_prefix: str, store: object
+) -> None:
+    del store
+    raw = blueprint_for(db_prefix, pg_admin_url, required=2)
+    async for bot in _bot(slack_api, bot_db_url, raw):
+        await _two_approvals(bot)
+
+
+async def _two_approvals(bot: Bot) -> None:
+    request = await bot.ask("ap-30")
+    assert request.required == 2
+    await bot.slack.command(f"approve {request.id}", user_id=APP1, channel_id=CHANNEL)
+    await bot.wait(lambda: _has(bot, "ap-30", "1 of 2 approvals"))
+    await bot.slack.action("ephem:approve", value=str(request.id), user_id=APP1,
+                           channel_id=APPROVALS, message_ts=request.card_ts or "")
+    [again] = await bot.ephemeral_to(APP1)
+    assert "You approved request" in again.params["text"] and "1 of 2" in again.params["text"]
+    assert (await bot.request("ap-30")).status is ApprovalStatus.PENDING
+    assert await bot.job_statuses("ap-30") == [(JobKind.CREATE, JobStatus.AWAITING_APPROVAL)]
+    await bot.wait(lambda: _card_says(bot, request, "1 of 2 so far"))
+    await bot.slack.command(f"approve {request.id}", user_id=APP2, channel_id=CHANNEL)
+    await bot.wait(lambda: _request_is(bot, request.id, ApprovalStatus.APPROVED))
+    await bot.wait(lambda: _card_says(bot, request, f"Approved by <@{APP1}>, <@{APP2}>"))
+    assert await bot.job_statuses("ap-30") == [(JobKind.CREATE, JobStatus.QUEUED)]
+    assert [a.actor for a in await bot.audits("approval-vote")] == [APP1, APP2]
+
+
 # --------------------------------------------------------------------------- outcomes
 
 

@@ -47,7 +47,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import approvals
@@ -177,13 +177,14 @@ class Notifier:
             self._added(added)
 
     async def _request_home(self, s: AsyncSession, user: str) -> list[int]:
-        """One home row per person waits at a time: it is rendered when sent, so a second
-        would show the same."""
+        """One home row per person waits at a time: it is rendered when sent, so asking again
+        bumps its revision (a sender that rendered it before this change sends it again)."""
         queue = user_queue(user)
-        waiting = await s.scalar(select(SlackOutbox.id).where(
-            SlackOutbox.queue == queue, SlackOutbox.kind == HOME).limit(1))
+        waiting = await s.scalar(
+            update(SlackOutbox).where(SlackOutbox.queue == queue, SlackOutbox.kind == HOME)
+            .values(revision=SlackOutbox.revision + 1).returning(SlackOutbox.id))
         if waiting is not None:
-            return []
+            return [int(waiting)]
         return [await rows.add(s, queue=queue, kind=HOME, payload={"user": user})]
 
     async def _add_approval(self, s: AsyncSession, approval_id: int) -> list[int]:
