@@ -17,11 +17,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import approvals, releases
-from bot.approvals import Membership, Result
 from bot.config import ApproverRule, Blueprint
 from bot.domain import (
     CREATE_ORDER,
-    ApprovalStatus,
     DataMode,
     DataRequest,
     EnvRequest,
@@ -47,11 +45,12 @@ from bot.ports import (
     Visibility,
 )
 from bot.slack import messages
-from bot.slack.approval_card import APPROVE_ACTION, DENY_ACTION, DENY_REASON, DENY_VIEW, deny_modal
+from bot.slack.approval_card import APPROVE_ACTION, DENY_ACTION
 from bot.slack.blocks import ACTION_PREFIX
 from bot.store import Store, repo
 from bot.store.models import ApprovalRequest, Environment
 from handlers import parser
+from handlers.approvals import ApprovalDesk
 from handlers.parser import (
     Approve,
     Create,
@@ -178,7 +177,8 @@ class Commands:
         self.releases = releases
         self.credentials = credentials
         self.channels = channels
-        self.directory = directory
+        self.desk = ApprovalDesk(store=store, blueprint=blueprint, clock=clock,
+                                 directory=directory)
 
     # ------------------------------------------------------------------ entry points
 
@@ -209,9 +209,9 @@ class Commands:
             if action_id == "creds":
                 return await self._creds(inv, Creds(value))
             if action_id == APPROVE_ACTION.removeprefix(ACTION_PREFIX):
-                return await self._decide(inv, parser.request_id(value), approve=True)
+                return await self.desk.decide(inv, parser.request_id(value), approve=True)
             if action_id == DENY_ACTION.removeprefix(ACTION_PREFIX):
-                return await self._deny_button(inv, parser.request_id(value))
+                return await self.desk.deny_button(inv, parser.request_id(value))
         except UserError as exc:
             return [Reply(str(exc))]
         return [Reply(f"That button ({quoted(action_id)}) is not one I know; it may be from an "
@@ -219,18 +219,8 @@ class Commands:
 
     async def submission(self, inv: Invocation, *, callback_id: str, metadata: str,
                          values: Mapping[str, str]) -> list[Reply]:
-        """The Deny modal, submitted: deny with the reason typed in it."""
-        if callback_id != DENY_VIEW:
-            return [Reply(f"That form ({quoted(callback_id)}) is not one I know; it may be from "
-                          "an older version of Ephem.")]
-        try:
-            reason = (values.get(DENY_REASON) or "").strip()
-            if not reason:
-                raise UserError("A denial needs a reason; nothing was changed.")
-            return await self._decide(inv, parser.request_id(metadata), approve=False,
-                                      reason=reason[:500])
-        except UserError as exc:
-            return [Reply(str(exc))]
+        return await self.desk.submission(inv, callback_id=callback_id, metadata=metadata,
+                                          values=values)
 
     async def _run(self, inv: Invocation, cmd: parser.Command) -> list[Reply]:
         match cmd:
@@ -253,11 +243,11 @@ class Commands:
             case Diff():
                 return await self._diff(cmd)
             case Approve():
-                return await self._decide(inv, cmd.request, approve=True)
+                return await self.desk.decide(inv, cmd.request, approve=True)
             case Deny():
-                return await self._decide(inv, cmd.request, approve=False, reason=cmd.reason)
+                return await self.desk.decide(inv, cmd.request, approve=False, reason=cmd.reason)
             case Pending():
-                return await self._pending(inv)
+                return await self.desk.pending(inv)
 
     # ------------------------------------------------------------------ create
 
@@ -298,30 +288,11 @@ class Commands:
             text += f"\nRelease set: {escape(releases.summary(plan.release_set))}"
         replies = [Reply(text, visibility=Visibility.THREAD, env_id=env.id)]
         if request is not None:
-            replies += self._asked(request, env)
+            replies += self.desk.asked(request, env)
         elif plan.data.mode is DataMode.SNAPSHOT and plan.data.snapshot:
             replies.append(Reply(messages.approval_not_configured(plan.data.snapshot),
                                  visibility=Visibility.THREAD, env_id=env.id))
         return replies
-
-    def _asked(self, request: ApprovalRequest, env: Environment) -> list[Reply]:
-        """The thread says who is asked and until when; the card goes to the approvers."""
-        who = messages.approvers_phrase(request.approvers, request.usergroup, request.required)
-        text = messages.approval_waiting(request.id, who=who,
-                                         expires=messages.slack_date(request.expires_at))
-        return [Reply(text, visibility=Visibility.THREAD, env_id=env.id, replace_message=False),
-                Reply("", visibility=Visibility.APPROVAL, approval_id=request.id)]
-
-    async def _ask(self, s: AsyncSession, inv: Invocation, *, env: Environment, kind: JobKind,
-                   snapshot: str, rule: ApproverRule, reason: str) -> ApprovalRequest:
-        """Queue a job of `kind` that waits for `rule`'s approvers, with its request."""
-        job = await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id,
-                                     awaiting_approval=True)
-        return await approvals.open_request(
-            s, env=env, job=job, requester=inv.user_id, snapshot=snapshot, rule=rule,
-            reason=reason, rules=approvals.rules_version(self.blueprint, snapshot),
-            card_channel=self.blueprint.channels.approvals or env.channel_id,
-            expires_at=self.clock() + self.blueprint.approvals.expire_after, source=inv.source)
 
     async def _resolve(self, reference: str | None, *, refusing: str) -> ReleaseSet:
         """What `reference` runs now (empty without one); a failing source is refused."""
@@ -376,7 +347,7 @@ class Commands:
             request = None
             if rule is not None:
                 assert plan.data.snapshot is not None and plan.reason is not None
-                request = await self._ask(s, inv, env=env, kind=JobKind.CREATE,
+                request = await self.desk.ask(s, inv, env=env, kind=JobKind.CREATE,
                                           snapshot=plan.data.snapshot, rule=rule,
                                           reason=plan.reason)
             else:
@@ -528,7 +499,7 @@ class Commands:
                     raise UserError(messages.approval_needs_reason(
                         quoted(f"--data {data}")).replace("Nothing was created.",
                                                           "Nothing was reset."))
-                request = await self._ask(s, inv, env=env, kind=JobKind.RESET_DATA,
+                request = await self.desk.ask(s, inv, env=env, kind=JobKind.RESET_DATA,
                                           snapshot=data.snapshot, rule=rule, reason=cmd.reason)
             else:
                 # Not snapshot data, or covered: the environment takes it now.
@@ -543,7 +514,7 @@ class Commands:
         if request is not None:
             return [Reply(f"<@{inv.user_id}> asked to reset the data of *{escape(env.name)}* "
                           f"from {escape(str(data))}.", visibility=Visibility.THREAD,
-                          env_id=env.id), *self._asked(request, env)]
+                          env_id=env.id), *self.desk.asked(request, env)]
         covered = (f" (covered by the approval of request #{approved.id})"
                    if approved is not None else "")
         return [Reply(f"<@{inv.user_id}> asked to reset the data of *{escape(env.name)}*: its "
@@ -568,7 +539,7 @@ class Commands:
             if rule is not None and data.snapshot is not None and await approvals.covered(
                     s, env_id=env.id, snapshot=data.snapshot, requester=inv.user_id) is None:
                 # A denied, expired or never-approved request is asked again, same reason.
-                request = await self._ask(s, inv, env=env, kind=kind, snapshot=data.snapshot,
+                request = await self.desk.ask(s, inv, env=env, kind=kind, snapshot=data.snapshot,
                                           rule=rule, reason=env.reason or "retry")
             else:
                 await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id)
@@ -577,116 +548,8 @@ class Commands:
         replies = [Reply(f"<@{inv.user_id}> asked to retry the {kind}; it resumes at the step "
                          "that failed.", visibility=Visibility.THREAD, env_id=env.id)]
         if request is not None:
-            replies += self._asked(request, env)
+            replies += self.desk.asked(request, env)
         return replies
-
-    # ------------------------------------------------------------------ approvals
-
-    async def _may_decide(self, inv: Invocation, request_id: int) -> ApprovalRequest | Reply:
-        """The request if `inv`'s person may decide it; else the refusal to say (and audit)."""
-        async with self.store.transaction() as s:
-            request = await approvals.get(s, request_id)
-        if request is None:
-            raise approvals.not_found(request_id)
-        refusal = None
-        if inv.user_id == request.requester_id:
-            refusal = messages.approval_self(request.id)
-        else:
-            member = await approvals.may_decide(request, inv.user_id, self.directory)
-            if member is Membership.UNKNOWN:
-                return Reply(messages.approval_unknown(request.id))
-            if member is Membership.NO:
-                refusal = messages.approval_not_approver(request.id, messages.approvers_phrase(
-                    request.approvers, request.usergroup, 1))
-        if refusal is None:
-            return request
-        async with self.store.transaction() as s:
-            await repo.audit(s, actor=inv.user_id, action="approval-refused", source=inv.source,
-                             env_id=request.env_id, details={
-                                 "request": request.id,
-                                 "why": "own request" if inv.user_id == request.requester_id
-                                 else "not an approver"})
-        return Reply(refusal)
-
-    async def _deny_button(self, inv: Invocation, request_id: int) -> list[Reply]:
-        """Deny asks why first: a modal, whose submission denies (`submission`)."""
-        found = await self._may_decide(inv, request_id)
-        if isinstance(found, Reply):
-            return [found]
-        if found.status is not ApprovalStatus.PENDING:
-            return [Reply(messages.approval_already(found.id, found.status, found.decided_by,
-                                                    found.decided_at))]
-        if not inv.trigger_id:
-            raise UserError(f"Say why with `/ephem deny {found.id} REASON`.")
-        async with self.store.transaction() as s:
-            env = await repo.get_environment(s, found.env_id)
-        view = deny_modal(found.id, env_name=env.name, requester=found.requester_id)
-        return [Reply("", visibility=Visibility.MODAL, blocks=[view])]
-
-    async def _decide(self, inv: Invocation, request_id: int, *, approve: bool,
-                      reason: str | None = None) -> list[Reply]:
-        found = await self._may_decide(inv, request_id)
-        if isinstance(found, Reply):
-            return [found]
-        async with self.store.transaction() as s:
-            request = await approvals.get(s, request_id, for_update=True)
-            assert request is not None
-            outcome = await approvals.decide(s, request, user=inv.user_id, approve=approve,
-                                             reason=reason, now=self.clock(),
-                                             source=inv.source)
-            snapshot = request.snapshot
-        card = Reply("", visibility=Visibility.APPROVAL, approval_id=outcome.request_id)
-
-        def thread(text: str) -> Reply:
-            return Reply(text, visibility=Visibility.THREAD, env_id=outcome.env_id,
-                         replace_message=False)
-
-        match outcome.result:
-            case Result.ALREADY:
-                return [Reply(messages.approval_already(outcome.request_id, outcome.status,
-                                                        outcome.decided_by,
-                                                        outcome.decided_at))]
-            case Result.VOTED:
-                return [Reply(messages.approval_voted(outcome.request_id, outcome.approvals,
-                                                      outcome.required))]
-            case Result.COUNTED:
-                return [thread(messages.approval_counted(outcome.request_id, inv.user_id,
-                                                         outcome.approvals, outcome.required)),
-                        card]
-            case Result.APPROVED:
-                return [thread(messages.approval_approved(inv.user_id, snapshot)), card]
-            case Result.DENIED:
-                return [thread(messages.approval_denied(inv.user_id, outcome.reason)), card]
-            case Result.EXPIRED:
-                return [thread(messages.approval_expired(format_duration(
-                            self.blueprint.approvals.expire_after))), card,
-                        Reply(messages.approval_already(outcome.request_id, outcome.status,
-                                                        outcome.decided_by,
-                                                        outcome.decided_at))]
-
-    async def _pending(self, inv: Invocation) -> list[Reply]:
-        async with self.store.transaction() as s:
-            mine = [r for r in await approvals.pending(s) if r.requester_id == inv.user_id]
-            waiting = await approvals.waiting_for(s, inv.user_id, self.directory)
-            names = {r.env_id: (await repo.get_environment(s, r.env_id)).name
-                     for r in [*mine, *waiting]}
-        lines = []
-        if waiting:
-            lines.append(f"{messages.count(len(waiting), 'request')} waiting for your decision:")
-            lines += [f"• *#{r.id}* <@{r.requester_id}> asks for snapshot "
-                      f"`{escape(r.snapshot)}` on *{escape(names[r.env_id])}*: "
-                      f"{escape(r.reason)} (until {messages.slack_date(r.expires_at)}) — "
-                      f"`/ephem approve {r.id}` or `/ephem deny {r.id} REASON`"
-                      for r in waiting]
-        else:
-            lines.append(messages.pending_none())
-        if mine:
-            lines.append("Your own requests still waiting:")
-            lines += [f"• *#{r.id}* snapshot `{escape(r.snapshot)}` on "
-                      f"*{escape(names[r.env_id])}*, asked of "
-                      f"{messages.approvers_phrase(r.approvers, r.usergroup, r.required)}"
-                      for r in mine]
-        return [Reply("\n".join(lines))]
 
     async def _creds(self, inv: Invocation, cmd: Creds) -> list[Reply]:
         """The owner's connection details, said again (derived, never stored).
