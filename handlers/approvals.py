@@ -30,6 +30,9 @@ from handlers import parser
 
 
 class ApprovalDesk:
+    """Asks (`ask`, then `asked` for what to say) and decides (`decide`, `deny_button`,
+    `submission`, `pending`). `directory` says who is in an approvers' user group."""
+
     def __init__(self, *, store: Store, blueprint: Blueprint, clock: Callable[[], datetime],
                  directory: ApproverDirectory | None) -> None:
         self.store = store
@@ -46,7 +49,7 @@ class ApprovalDesk:
                 Reply("", visibility=Visibility.APPROVAL, approval_id=request.id)]
 
     async def ask(self, s: AsyncSession, inv: Invocation, *, env: Environment, kind: JobKind,
-                   snapshot: str, rule: ApproverRule, reason: str) -> ApprovalRequest:
+                  snapshot: str, rule: ApproverRule, reason: str) -> ApprovalRequest:
         """Queue a job of `kind` that waits for `rule`'s approvers, with its request."""
         job = await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id,
                                      awaiting_approval=True)
@@ -67,7 +70,7 @@ class ApprovalDesk:
             if not reason:
                 raise UserError("A denial needs a reason; nothing was changed.")
             return await self.decide(inv, parser.request_id(metadata), approve=False,
-                                      reason=reason[:500])
+                                     reason=reason[:500])
         except UserError as exc:
             return [Reply(str(exc))]
 

@@ -245,7 +245,8 @@ class Commands:
             case Approve():
                 return await self.desk.decide(inv, cmd.request, approve=True)
             case Deny():
-                return await self.desk.decide(inv, cmd.request, approve=False, reason=cmd.reason)
+                return await self.desk.decide(inv, cmd.request, approve=False,
+                                              reason=cmd.reason)
             case Pending():
                 return await self.desk.pending(inv)
 
@@ -348,8 +349,8 @@ class Commands:
             if rule is not None:
                 assert plan.data.snapshot is not None and plan.reason is not None
                 request = await self.desk.ask(s, inv, env=env, kind=JobKind.CREATE,
-                                          snapshot=plan.data.snapshot, rule=rule,
-                                          reason=plan.reason)
+                                              snapshot=plan.data.snapshot, rule=rule,
+                                              reason=plan.reason)
             else:
                 await repo.enqueue_job(s, env_id=env.id, kind=JobKind.CREATE,
                                        requested_by=inv.user_id)
@@ -497,10 +498,10 @@ class Commands:
                 assert data.snapshot is not None
                 if not cmd.reason:
                     raise UserError(messages.approval_needs_reason(
-                        quoted(f"--data {data}")).replace("Nothing was created.",
-                                                          "Nothing was reset."))
+                        quoted(f"--data {data}"), done="Nothing was reset."))
                 request = await self.desk.ask(s, inv, env=env, kind=JobKind.RESET_DATA,
-                                          snapshot=data.snapshot, rule=rule, reason=cmd.reason)
+                                              snapshot=data.snapshot, rule=rule,
+                                              reason=cmd.reason)
             else:
                 # Not snapshot data, or covered: the environment takes it now.
                 env.data_mode, env.data_snapshot = data.mode, data.snapshot
@@ -539,8 +540,9 @@ class Commands:
             if rule is not None and data.snapshot is not None and await approvals.covered(
                     s, env_id=env.id, snapshot=data.snapshot, requester=inv.user_id) is None:
                 # A denied, expired or never-approved request is asked again, same reason.
-                request = await self.desk.ask(s, inv, env=env, kind=kind, snapshot=data.snapshot,
-                                          rule=rule, reason=env.reason or "retry")
+                request = await self.desk.ask(s, inv, env=env, kind=kind,
+                                              snapshot=data.snapshot, rule=rule,
+                                              reason=env.reason or "retry")
             else:
                 await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action=f"retry-{kind}", source=inv.source,

@@ -375,6 +375,15 @@ async def test_deny_asks_why_in_a_modal_and_fails_the_request_with_it(bot: Bot) 
     [late] = await bot.ephemeral_to(APP1)
     assert f"already denied by <@{APP2}> on <!date^" in late.params["text"]
 
+    # Retry asks the approvers again, with the same reason: a denial is not an approval.
+    await bot.slack.action("ephem:retry", value="ap-6", user_id=OWNER, channel_id=CHANNEL)
+    await bot.api.wait_for("chat.postMessage", lambda c: c.params["channel"] == APPROVALS,
+                           count=2, timeout=20)
+    again = await bot.request("ap-6")
+    assert again.id != request.id and again.status is ApprovalStatus.PENDING
+    assert again.reason == "reproduce INC-231"
+    assert (await bot.job_statuses("ap-6"))[-1] == (JobKind.CREATE, JobStatus.AWAITING_APPROVAL)
+
 
 async def test_an_unanswered_request_expires_and_the_thread_says_so(bot: Bot) -> None:
     request = await bot.ask("ap-7")

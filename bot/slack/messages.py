@@ -208,10 +208,10 @@ def approvers_phrase(approvers: Sequence[str], usergroup: str | None, required: 
     return named if required == 1 else f"{required} approvals from {named}"
 
 
-def approval_needs_reason(data: str) -> str:
+def approval_needs_reason(data: str, *, done: str = "Nothing was created.") -> str:
     return (f"{data} is masked production data: an approver must agree first, and wants to "
             "know why. Say it with `--reason TEXT` (like `--reason \"reproduce INC-231\"`). "
-            "Nothing was created.")
+            f"{done}")
 
 
 def approval_waiting(request_id: int, *, who: str, expires: str) -> str:
