@@ -238,6 +238,29 @@ async def _has(bot: Bot, name: str, fragment: str) -> bool:
         return False
 
 
+async def test_a_card_the_approvals_channel_refuses_goes_to_the_requesters_channel(
+    bot: Bot
+) -> None:
+    bot.api.outside.add(APPROVALS)  # private, and Ephem was never invited
+    await bot.slack.command("create ap-14 --data snapshot --reason check", user_id=OWNER,
+                            channel_id=CHANNEL)
+
+    async def posted() -> bool:
+        async with bot.app.store.transaction() as s:
+            found = (await s.execute(select(ApprovalRequest))).scalar_one_or_none()
+            return found is not None and found.card_ts is not None
+    await bot.wait(posted)
+    request = await bot.request("ap-14")
+    assert request.card_channel == CHANNEL
+    assert "ephem:approve" in json.dumps(bot.api.messages[request.card_ts or ""]["blocks"])
+    await bot.slack.command(f"approve {request.id}", user_id=APP1, channel_id=CHANNEL)
+    await bot.wait(lambda: _request_is(bot, request.id, ApprovalStatus.APPROVED))
+
+    async def updated() -> bool:
+        return "Approved by" in json.dumps(bot.api.messages[request.card_ts or ""]["blocks"])
+    await bot.wait(updated)
+
+
 # --------------------------------------------------------------------------- who may click
 
 

@@ -508,12 +508,26 @@ class Notifier:
             view = approval_view(request, env, await approvals.votes(s, request.id))
         text, blocks = approval_card_text(view), approval_card(view)
         if request.card_ts is None:
-            ts = await self._writer.post_message(request.card_channel, text=text, blocks=blocks)
+            channel = request.card_channel
+            try:
+                ts = await self._writer.post_message(channel, text=text, blocks=blocks)
+            except SlackUnavailable:
+                raise
+            except SlackWriteError as exc:
+                if exc.reason not in UNREACHABLE or channel == env.channel_id:
+                    raise
+                # The approvals channel is gone or Ephem is not in it: the request must not
+                # wait unseen, so its card goes where the requester asked instead.
+                log.warning("slack: the approvals channel %s cannot take request %s's card "
+                            "(%s); posting it in %s instead", channel, request_id, exc.reason,
+                            env.channel_id)
+                channel = env.channel_id
+                ts = await self._writer.post_message(channel, text=text, blocks=blocks)
             async with self._store.transaction() as s:
                 await s.execute(update(ApprovalRequest)
                                 .where(ApprovalRequest.id == request_id,
                                        ApprovalRequest.card_ts.is_(None))
-                                .values(card_ts=ts))
+                                .values(card_ts=ts, card_channel=channel))
             return Sent.DONE
         await self._writer.update_message(request.card_channel, request.card_ts, text=text,
                                           blocks=blocks)
