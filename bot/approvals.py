@@ -106,8 +106,28 @@ async def get(s: AsyncSession, request_id: int, *, for_update: bool = False
               ) -> ApprovalRequest | None:
     stmt = select(ApprovalRequest).where(ApprovalRequest.id == request_id)
     if for_update:
-        stmt = stmt.with_for_update()
+        # Read again under the lock, even if this session read the row before.
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return (await s.execute(stmt)).scalar_one_or_none()
+
+
+async def _locked(s: AsyncSession, request_id: int, *, skip_locked: bool = False
+                  ) -> tuple[ApprovalRequest, Environment] | None:
+    """The request and its environment, locked in the order every writer takes them —
+    environment first (as destroy, extend and the runner do), then the request — so a decision
+    racing a destroy waits instead of deadlocking. None if it does not exist (or, with
+    `skip_locked`, if another process holds the environment)."""
+    found = await get(s, request_id)
+    if found is None:
+        return None
+    stmt = select(Environment).where(Environment.id == found.env_id).with_for_update(
+        skip_locked=skip_locked)
+    env = (await s.execute(stmt.execution_options(populate_existing=True))
+           ).scalar_one_or_none()
+    request = await get(s, request_id, for_update=True)
+    if env is None or request is None:
+        return None
+    return request, env
 
 
 async def votes(s: AsyncSession, request_id: int) -> list[str]:
@@ -195,11 +215,14 @@ def _outcome(result: Result, request: ApprovalRequest, env: Environment, *,
                    approvals=approvals, required=request.required)
 
 
-async def decide(s: AsyncSession, request: ApprovalRequest, *, user: str, approve: bool,
+async def decide(s: AsyncSession, request_id: int, *, user: str, approve: bool,
                  reason: str | None, now: datetime, source: str) -> Outcome:
-    """Approve or deny `request`, which the caller read `for_update` in this transaction and
-    checked `user` may decide. Past its expiry it is expired instead."""
-    env = await repo.get_environment(s, request.env_id, for_update=True)
+    """Approve or deny the request, whose deciders the caller checked `user` is among. Past its
+    expiry it is expired instead. Raises UserError when there is no such request."""
+    locked = await _locked(s, request_id)
+    if locked is None:
+        raise not_found(request_id)
+    request, env = locked
     if request.status is not ApprovalStatus.PENDING:
         return _outcome(Result.ALREADY, request, env)
     if request.expires_at <= now:
@@ -278,13 +301,16 @@ def _failure(status: ApprovalStatus, actor: str, reason: str | None) -> str:
 async def expire(s: AsyncSession, *, now: datetime) -> list[Outcome]:
     """Expire every pending request whose time is up; safe in several processes at once
     (rows another process is settling are skipped)."""
-    stmt = (select(ApprovalRequest)
+    stmt = (select(ApprovalRequest.id)
             .where(ApprovalRequest.status == ApprovalStatus.PENDING,
                    ApprovalRequest.expires_at <= now)
-            .order_by(ApprovalRequest.id).with_for_update(skip_locked=True))
+            .order_by(ApprovalRequest.id))
     done = []
-    for request in (await s.execute(stmt)).scalars().all():
-        env = await repo.get_environment(s, request.env_id, for_update=True)
+    for request_id in (await s.execute(stmt)).scalars().all():
+        locked = await _locked(s, request_id, skip_locked=True)
+        if locked is None or locked[0].status is not ApprovalStatus.PENDING:
+            continue  # being decided (or expired) by someone else right now
+        request, env = locked
         await _settle(s, request, env, status=ApprovalStatus.EXPIRED, actor=APPROVAL_ACTOR,
                       now=now, reason=None, source="scheduler")
         done.append(_outcome(Result.EXPIRED, request, env))

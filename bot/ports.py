@@ -24,7 +24,7 @@ class Invocation:
     user_id: str
     channel_id: str
     text: str = ""
-    source: str = "slack"  # slack | mention | button | shell | scheduler
+    source: str = "slack"  # slack | mention | dm | button | modal | shell | scheduler
     thread_ts: str | None = None
     # Where Slack lets the app answer without being in the channel (slash commands, buttons);
     # valid for 30 minutes.

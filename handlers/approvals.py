@@ -116,17 +116,15 @@ class ApprovalDesk:
         return [Reply("", visibility=Visibility.MODAL, blocks=[view])]
 
     async def decide(self, inv: Invocation, request_id: int, *, approve: bool,
-                      reason: str | None = None) -> list[Reply]:
+                     reason: str | None = None) -> list[Reply]:
         found = await self._may_decide(inv, request_id)
         if isinstance(found, Reply):
             return [found]
         async with self.store.transaction() as s:
-            request = await approvals.get(s, request_id, for_update=True)
-            assert request is not None
-            outcome = await approvals.decide(s, request, user=inv.user_id, approve=approve,
+            outcome = await approvals.decide(s, request_id, user=inv.user_id, approve=approve,
                                              reason=reason, now=self.clock(),
                                              source=inv.source)
-            snapshot = request.snapshot
+        snapshot = found.snapshot
         card = Reply("", visibility=Visibility.APPROVAL, approval_id=outcome.request_id)
 
         def thread(text: str) -> Reply:
