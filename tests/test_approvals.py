@@ -472,6 +472,28 @@ async def test_destroy_withdraws_a_waiting_request(bot: Bot) -> None:
                                                (JobKind.DESTROY, JobStatus.QUEUED)]
 
 
+async def test_a_decision_racing_a_destroy_settles_one_way_without_an_error(bot: Bot) -> None:
+    for attempt in range(3):
+        name = f"ap-race-{attempt}"
+        request = await bot.ask(name)
+        await asyncio.gather(
+            bot.slack.action("ephem:approve", value=str(request.id), user_id=APP1,
+                             channel_id=APPROVALS, message_ts=request.card_ts or ""),
+            bot.slack.command(f"destroy {name}", user_id=OWNER, channel_id=CHANNEL))
+        await bot.app.inflight.drain(10)
+        await bot.app.notifier.flush(10)
+        async with bot.app.store.transaction() as s:
+            settled = await s.get(ApprovalRequest, request.id)
+            assert settled is not None
+            assert settled.status in (ApprovalStatus.APPROVED, ApprovalStatus.CANCELLED)
+            jobs = (await s.execute(select(Job).where(Job.env_id == settled.env_id)
+                                    .order_by(Job.id))).scalars().all()
+        assert jobs[-1].kind is JobKind.DESTROY
+        assert JobStatus.AWAITING_APPROVAL not in {j.status for j in jobs}
+    said = json.dumps([c.params for c in bot.api.calls])
+    assert "something went wrong" not in said
+
+
 # --------------------------------------------------------------------------- coverage
 
 
