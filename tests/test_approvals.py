@@ -716,3 +716,17 @@ def test_without_approvers_the_admins_decide_and_without_either_nobody_is_asked(
     raw["admins"] = []
     nobody = parse_blueprint(raw)
     assert nobody.approvals.rule_for("shop", nobody.admins) is None
+
+
+def test_doctor_says_who_decides_each_snapshot() -> None:
+    from bot.cli.doctor import approval_check
+
+    configured = parse_blueprint(blueprint_for("t_", "postgresql://a@b/c"))
+    shop = approval_check(configured, "shop")
+    assert shop.ok and f"1 of {APP1}, {APP2}, {ADMIN} decide(s), in {APPROVALS}" in shop.line()
+    assert "user group SQA" in approval_check(configured, "other").line()
+    raw = blueprint_for("t_", "postgresql://a@b/c")
+    del raw["approvals"]
+    raw["admins"] = []
+    nobody = approval_check(parse_blueprint(raw), "shop")
+    assert nobody.ok and "nobody is asked" in nobody.line()
