@@ -250,9 +250,69 @@ class Defaults(_Strict):
 
 
 class Channels(_Strict):
-    approvals: str | None = None
+    approvals: Annotated[str, _slack_id("CG", "a Slack channel id", "C0123ABCD")] | None = None
     # Where reconciliation reports what it finds and removes (orphans); unset: the log only.
     operators: str | None = None
+
+
+def _slack_id(prefixes: str, what: str, example: str) -> Any:
+    pattern = re.compile(rf"[{prefixes}][A-Z0-9]{{1,30}}")
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and not pattern.fullmatch(value):
+            raise ValueError(f"expected {what} (like `{example}`; a name or an @handle will "
+                             "not do)")
+        return value
+
+    return BeforeValidator(check)
+
+
+SlackUserId = Annotated[str, _slack_id("UW", "a Slack user id", "U024BE7LH")]
+SlackUsergroupId = Annotated[str, _slack_id("S", "a Slack user group id", "S0614TZR7")]
+
+
+class ApproverRule(_Strict):
+    """Who may decide on snapshot-derived data, and how many of them must approve.
+
+    `users` are Slack user ids; `usergroup` is a Slack user group id (`S…`) whose members are
+    read from Slack when a decision is made (`usergroups.users.list`, remembered briefly).
+    """
+
+    users: list[SlackUserId] = Field(default_factory=list)
+    usergroup: SlackUsergroupId | None = None
+    required: int = Field(default=1, ge=1, le=10)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.users or self.usergroup)
+
+    @model_validator(mode="after")
+    def _enough(self) -> ApproverRule:
+        if self.usergroup is None and self.users and self.required > len(self.users):
+            raise ValueError(f"`required` is {self.required} but only {len(self.users)} "
+                             "approver(s) are listed in `users` (and no `usergroup`)")
+        return self
+
+
+class Approvals(ApproverRule):
+    """`approvals`: the rule for every snapshot, `snapshots.<name>` overriding it per snapshot,
+    and how long approvers have to decide (`expire_after`) before the request lapses."""
+
+    expire_after: Duration = timedelta(days=1)
+    snapshots: dict[str, ApproverRule] = Field(default_factory=dict)
+
+    def rule_for(self, snapshot: str, admins: list[str]) -> ApproverRule | None:
+        """The rule that decides `snapshot`: its own, else the one for all, else the admins;
+        None when nobody is configured to decide (no approval is asked then)."""
+        own = self.snapshots.get(snapshot)
+        if own is not None and own.configured:
+            return own
+        if self.configured:
+            return ApproverRule(users=self.users, usergroup=self.usergroup,
+                                required=self.required)
+        if admins:
+            return ApproverRule(users=list(admins), required=min(self.required, len(admins)))
+        return None
 
 
 class Quotas(_Strict):
@@ -742,6 +802,7 @@ class Blueprint(_Strict):
     defaults: Defaults = Defaults()
     channels: Channels = Channels()
     admins: list[str] = Field(default_factory=list)
+    approvals: Approvals = Approvals()
     references: dict[str, Reference] = Field(default_factory=dict)
     components: dict[str, Component] = Field(default_factory=dict)
     phases: Phases = Phases()
@@ -750,6 +811,18 @@ class Blueprint(_Strict):
     quotas: Quotas = Quotas()
     cost: Cost = Cost()
     reconcile: Reconcile = Reconcile()
+
+    @model_validator(mode="after")
+    def _approved_snapshots_exist(self) -> Blueprint:
+        known = set(self.phases.data.snapshots) if self.phases.data is not None else set()
+        for name in self.approvals.snapshots:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else \
+                    f" (known: {', '.join(sorted(known)) or 'none'})"
+                raise ValueError(f"approvals.snapshots.{name}: there is no snapshot `{name}` "
+                                 f"in phases.data.snapshots{hint}")
+        return self
 
 
 def _describe(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:

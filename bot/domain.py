@@ -36,11 +36,22 @@ class JobKind(StrEnum):
 
 
 class JobStatus(StrEnum):
+    # Waits for an approver's decision (snapshot-derived data): no worker claims it and no phase
+    # runs until it is approved (-> queued), denied or expired (-> failed), or cancelled.
+    AWAITING_APPROVAL = "awaiting_approval"
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+class ApprovalStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"  # the environment was destroyed while it waited
 
 
 class PhaseName(StrEnum):
@@ -77,7 +88,8 @@ DESTROY_ORDER: tuple[PhaseName, ...] = tuple(reversed(CREATE_ORDER))
 LIVE_STATUSES = frozenset(s for s in EnvStatus if s is not EnvStatus.DESTROYED)
 
 _ENV_TRANSITIONS: Mapping[EnvStatus, frozenset[EnvStatus]] = {
-    EnvStatus.QUEUED: frozenset({EnvStatus.CREATING, EnvStatus.DESTROYING}),
+    # QUEUED -> FAILED: a create whose approval was denied or expired before anything ran.
+    EnvStatus.QUEUED: frozenset({EnvStatus.CREATING, EnvStatus.DESTROYING, EnvStatus.FAILED}),
     EnvStatus.CREATING: frozenset({EnvStatus.READY, EnvStatus.FAILED}),
     EnvStatus.READY: frozenset({EnvStatus.DESTROYING, EnvStatus.CREATING}),
     EnvStatus.FAILED: frozenset({EnvStatus.CREATING, EnvStatus.DESTROYING}),
@@ -86,6 +98,8 @@ _ENV_TRANSITIONS: Mapping[EnvStatus, frozenset[EnvStatus]] = {
 }
 
 _JOB_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.AWAITING_APPROVAL: frozenset(
+        {JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
     # RUNNING -> QUEUED: released on shutdown, or retried later after a temporary failure.
     JobStatus.RUNNING: frozenset(

@@ -24,12 +24,14 @@ class Invocation:
     user_id: str
     channel_id: str
     text: str = ""
-    source: str = "slack"  # slack | mention | button | shell | scheduler
+    source: str = "slack"  # slack | mention | dm | button | modal | shell | scheduler
     thread_ts: str | None = None
     # Where Slack lets the app answer without being in the channel (slash commands, buttons);
     # valid for 30 minutes.
     response_url: str | None = None
     message_ts: str | None = None  # buttons: the message the button is on
+    # Buttons: lets the app open a modal for the clicker within 3 seconds (`views.open`).
+    trigger_id: str | None = None
 
 
 class Visibility(StrEnum):
@@ -41,6 +43,12 @@ class Visibility(StrEnum):
     # that cannot reach them). The reply's text is not used: the secrets are derived again when
     # the message is sent, so they are never stored on the way (`CredentialsSource`).
     CREDENTIALS = "credentials"
+    # The approval request `approval_id`'s card: posted in the approvals channel, or updated
+    # in place, rendered from the store when sent. The text is not used.
+    APPROVAL = "approval"
+    # A modal opened for the person who clicked (`Invocation.trigger_id`): `blocks` holds one
+    # view (a dict), not message blocks.
+    MODAL = "modal"
 
 
 @dataclass(frozen=True)
@@ -51,12 +59,23 @@ class Reply:
     visibility: Visibility = Visibility.EPHEMERAL
     env_id: int | None = None  # THREAD/OWNER/CREDENTIALS replies: which environment
     blocks: Sequence[dict[str, Any]] | None = None
+    approval_id: int | None = None  # APPROVAL replies: which request
+    # A THREAD reply to a click replaces the clicked message with what happened (a used
+    # reminder); False keeps the message (an approval card, which is rendered from the store).
+    replace_message: bool = True
 
 
 class ChannelAccess(Protocol):
     async def can_post(self, channel_id: str) -> bool | None:
         """Whether Ephem may post in the channel (it is a member); None when it cannot tell
         now (Slack unreachable): the caller goes ahead, as Slack is usually right there."""
+        ...
+
+
+class ApproverDirectory(Protocol):
+    async def usergroup_members(self, usergroup: str) -> frozenset[str] | None:
+        """The user ids in a Slack user group (remembered briefly); None when Slack cannot say
+        now."""
         ...
 
 
@@ -67,6 +86,12 @@ class CommandHandler(Protocol):
 
     async def action(self, inv: Invocation, *, action_id: str, value: str) -> list[Reply]:
         """Handle a button click (`action_id` names the button, `value` carries its target)."""
+        ...
+
+    async def submission(self, inv: Invocation, *, callback_id: str, metadata: str,
+                         values: Mapping[str, str]) -> list[Reply]:
+        """Handle a submitted modal (`callback_id` names it, `metadata` is what Ephem put in
+        it when it opened it, `values` are its inputs by action id)."""
         ...
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import cost, logs, releases
-from bot.config import Blueprint
+from bot import approvals, cost, logs, releases
+from bot.config import ApproverRule, Blueprint
 from bot.domain import (
     CREATE_ORDER,
     DataMode,
@@ -38,6 +38,7 @@ from bot.domain import (
 from bot.errors import UserError
 from bot.mrkdwn import escape
 from bot.ports import (
+    ApproverDirectory,
     ChannelAccess,
     CredentialsSource,
     Invocation,
@@ -46,19 +47,24 @@ from bot.ports import (
     Visibility,
 )
 from bot.slack import messages
-from bot.slack.blocks import destroy_list_blocks
+from bot.slack.approval_card import APPROVE_ACTION, DENY_ACTION
+from bot.slack.blocks import ACTION_PREFIX, destroy_list_blocks
 from bot.store import Store, repo
-from bot.store.models import Environment
+from bot.store.models import ApprovalRequest, Environment
 from handlers import parser
+from handlers.approvals import ApprovalDesk
 from handlers.parser import (
+    Approve,
     Create,
     Creds,
+    Deny,
     Destroy,
     Diff,
     Extend,
     Help,
     ListEnvs,
     Log,
+    Pending,
     ResetData,
     Status,
 )
@@ -146,7 +152,11 @@ def plan_limits(req: EnvRequest, blueprint: Blueprint) -> tuple[timedelta, DataR
             f"`--ttl {format_duration(ttl)}` is longer than the "
             f"{format_duration(blueprint.defaults.max_ttl)} this project allows."
         )
-    data = req.data or DataRequest(blueprint.defaults.data)
+    return ttl, plan_data(req.data or DataRequest(blueprint.defaults.data), blueprint)
+
+
+def plan_data(data: DataRequest, blueprint: Blueprint) -> DataRequest:
+    """`data` checked against the blueprint, the default snapshot filled in; raise UserError."""
     phase = blueprint.phases.data
     if data.mode is not DataMode.NONE and phase is None:
         raise UserError(
@@ -165,7 +175,7 @@ def plan_limits(req: EnvRequest, blueprint: Blueprint) -> tuple[timedelta, DataR
             known = ", ".join(f"`{n}`" for n in phase.snapshots)
             raise UserError(f"There is no snapshot {quoted(name or '(default)')}; known: {known}.")
         data = DataRequest(DataMode.SNAPSHOT, name)
-    return ttl, data
+    return data
 
 
 class Refused(UserError):
@@ -193,13 +203,16 @@ class Commands:
     def __init__(self, *, store: Store, blueprint: Blueprint, clock: Clock = utcnow,
                  releases: ReleaseResolver | None = None,
                  credentials: CredentialsSource | None = None,
-                 channels: ChannelAccess | None = None) -> None:
+                 channels: ChannelAccess | None = None,
+                 directory: ApproverDirectory | None = None) -> None:
         self.store = store
         self.blueprint = blueprint
         self.clock = clock
         self.releases = releases
         self.credentials = credentials
         self.channels = channels
+        self.desk = ApprovalDesk(store=store, blueprint=blueprint, clock=clock,
+                                 directory=directory)
 
     # ------------------------------------------------------------------ entry points
 
@@ -268,10 +281,19 @@ class Commands:
                 return await self._reset_data(inv, ResetData(value))
             if action_id == "creds":
                 return await self._creds(inv, Creds(value))
+            if action_id == APPROVE_ACTION.removeprefix(ACTION_PREFIX):
+                return await self.desk.decide(inv, parser.request_id(value), approve=True)
+            if action_id == DENY_ACTION.removeprefix(ACTION_PREFIX):
+                return await self.desk.deny_button(inv, parser.request_id(value))
         except UserError as exc:
             return [Reply(str(exc), blocks=getattr(exc, "blocks", None))]
         return [Reply(f"That button ({quoted(action_id)}) is not one I know; it may be from an "
                       "older version of Ephem.")]
+
+    async def submission(self, inv: Invocation, *, callback_id: str, metadata: str,
+                         values: Mapping[str, str]) -> list[Reply]:
+        return await self.desk.submission(inv, callback_id=callback_id, metadata=metadata,
+                                          values=values)
 
     async def _run(self, inv: Invocation, cmd: parser.Command) -> list[Reply]:
         match cmd:
@@ -295,6 +317,13 @@ class Commands:
                 return await self._diff(cmd)
             case Log():
                 return await self._log(cmd)
+            case Approve():
+                return await self.desk.decide(inv, cmd.request, approve=True)
+            case Deny():
+                return await self.desk.decide(inv, cmd.request, approve=False,
+                                              reason=cmd.reason)
+            case Pending():
+                return await self.desk.pending(inv)
 
     # ------------------------------------------------------------------ create
 
@@ -303,6 +332,9 @@ class Commands:
         plan_limits(cmd.request, self.blueprint)  # the cheap checks before the source is read
         base = await self._resolve(reference, refusing="Nothing was created.")
         plan = plan_create(cmd.request, self.blueprint, base=base.versions)
+        rule = approvals.rule_for(self.blueprint, plan.data)
+        if rule is not None and not plan.reason and not cmd.dry_run:
+            raise UserError(messages.approval_needs_reason(quoted(f"--data {plan.data}")))
         if cmd.dry_run:
             return [Reply(self._dry_run(plan))]
         # The environment's thread lives in this channel: if Ephem cannot post there, nobody
@@ -311,7 +343,7 @@ class Commands:
             raise UserError(messages.not_in_channel())
         for _ in range(5):
             try:
-                env = await self._persist_create(inv, plan)
+                env, request = await self._persist_create(inv, plan, rule)
                 break
             except UserError as exc:
                 if plan.name is not None or isinstance(exc, Refused):
@@ -330,7 +362,13 @@ class Commands:
         text = "Queued: " + "; ".join(parts) + "."
         if plan.release_set:
             text += f"\nRelease set: {escape(releases.summary(plan.release_set))}"
-        return [Reply(text, visibility=Visibility.THREAD, env_id=env.id)]
+        replies = [Reply(text, visibility=Visibility.THREAD, env_id=env.id)]
+        if request is not None:
+            replies += self.desk.asked(request, env)
+        elif plan.data.mode is DataMode.SNAPSHOT and plan.data.snapshot:
+            replies.append(Reply(messages.approval_not_configured(plan.data.snapshot),
+                                 visibility=Visibility.THREAD, env_id=env.id))
+        return replies
 
     async def _resolve(self, reference: str | None, *, refusing: str) -> ReleaseSet:
         """What `reference` runs now (empty without one); a failing source is refused."""
@@ -363,7 +401,9 @@ class Commands:
             lines.append(f"Against {quoted(plan.reference)}: {summary}.")
         return "\n".join(lines)
 
-    async def _persist_create(self, inv: Invocation, plan: CreatePlan) -> Environment:
+    async def _persist_create(self, inv: Invocation, plan: CreatePlan,
+                              rule: ApproverRule | None
+                              ) -> tuple[Environment, ApprovalRequest | None]:
         async with self.store.transaction() as s:
             await self._within_limits(s, inv, plan)
             # A generated name is random over ~400k; a clash fails the insert and is retried.
@@ -374,15 +414,23 @@ class Commands:
                 data_mode=plan.data.mode, data_snapshot=plan.data.snapshot,
                 reason=plan.reason, expires_at=self.clock() + plan.ttl,
             )
-            await repo.enqueue_job(s, env_id=env.id, kind=JobKind.CREATE,
-                                   requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action="create", source=inv.source,
                              env_id=env.id, details={
                                  "text": inv.text[:500], "reference": plan.reference,
                                  "source": self._source_kind(plan.reference),
                                  "reference_set": plan.base, "overrides": plan.overrides,
-                                 "release_set": plan.release_set})
-        return env
+                                 "release_set": plan.release_set,
+                                 "approval": "asked" if rule else "not needed"})
+            request = None
+            if rule is not None:
+                assert plan.data.snapshot is not None and plan.reason is not None
+                request = await self.desk.ask(s, inv, env=env, kind=JobKind.CREATE,
+                                              snapshot=plan.data.snapshot, rule=rule,
+                                              reason=plan.reason)
+            else:
+                await repo.enqueue_job(s, env_id=env.id, kind=JobKind.CREATE,
+                                       requested_by=inv.user_id)
+        return env, request
 
     async def _within_limits(self, s: AsyncSession, inv: Invocation, plan: CreatePlan) -> None:
         """Refuse a create over the blueprint's quotas or the channel's monthly budget.
@@ -514,6 +562,8 @@ class Commands:
             if any(j.kind is JobKind.DESTROY for j in pending):
                 return [Reply(f"*{escape(env.name)}* is already being destroyed.")]
             cancelled = await repo.cancel_queued_jobs(s, env.id, kind=JobKind.CREATE)
+            withdrawn = await approvals.cancel_for(s, env.id, actor=inv.user_id,
+                                                   now=self.clock(), source=inv.source)
             await repo.enqueue_job(s, env_id=env.id, kind=JobKind.DESTROY,
                                    requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action="destroy", source=inv.source,
@@ -522,8 +572,11 @@ class Commands:
         note = " It will start when the running step finishes." if running else ""
         if cancelled:
             note += " The queued create was cancelled."
+        if withdrawn:
+            note += " The request waiting for approval was withdrawn."
         return [Reply(f"Destroy requested by <@{inv.user_id}>.{note}",
-                      visibility=Visibility.THREAD, env_id=env.id)]
+                      visibility=Visibility.THREAD, env_id=env.id),
+                *(Reply("", visibility=Visibility.APPROVAL, approval_id=r) for r in withdrawn)]
 
     async def _extend(self, inv: Invocation, cmd: Extend, *,
                       reminded_of: int | None = None) -> list[Reply]:
@@ -572,6 +625,7 @@ class Commands:
         if self.blueprint.phases.data is None:
             raise UserError("This project's blueprint configures no data phase; there is no "
                             "database to reset.")
+        wanted = plan_data(cmd.data, self.blueprint) if cmd.data is not None else None
         async with self.store.transaction() as s:
             env = await self._find(s, cmd.name, for_update=True)
             self._authorize(inv, env, "reset its data")
@@ -580,13 +634,41 @@ class Commands:
                                 "environment's data can be reset.")
             if await repo.pending_jobs(s, env.id):
                 raise UserError(f"*{escape(env.name)}* already has work queued.")
-            await repo.enqueue_job(s, env_id=env.id, kind=JobKind.RESET_DATA,
-                                   requested_by=inv.user_id)
+            data = wanted or DataRequest(env.data_mode, env.data_snapshot)
+            rule = approvals.rule_for(self.blueprint, data)
+            approved = None
+            if rule is not None and data.snapshot is not None:
+                # Covered: this person was approved for this snapshot on this environment.
+                approved = await approvals.covered(s, env_id=env.id, snapshot=data.snapshot,
+                                                   requester=inv.user_id)
+            request = None
+            if rule is not None and approved is None:
+                assert data.snapshot is not None
+                if not cmd.reason:
+                    raise UserError(messages.approval_needs_reason(
+                        quoted(f"--data {data}"), done="Nothing was reset."))
+                request = await self.desk.ask(s, inv, env=env, kind=JobKind.RESET_DATA,
+                                              snapshot=data.snapshot, rule=rule,
+                                              reason=cmd.reason)
+            else:
+                # Not snapshot data, or covered: the environment takes it now.
+                env.data_mode, env.data_snapshot = data.mode, data.snapshot
+                await repo.enqueue_job(s, env_id=env.id, kind=JobKind.RESET_DATA,
+                                       requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action="reset-data", source=inv.source,
-                             env_id=env.id)
+                             env_id=env.id, details={
+                                 "data": str(data), "reason": cmd.reason,
+                                 "approval": (f"covered by request {approved.id}" if approved
+                                              else "asked" if request else "not needed")})
+        if request is not None:
+            return [Reply(f"<@{inv.user_id}> asked to reset the data of *{escape(env.name)}* "
+                          f"from {escape(str(data))}.", visibility=Visibility.THREAD,
+                          env_id=env.id), *self.desk.asked(request, env)]
+        covered = (f" (covered by the approval of request #{approved.id})"
+                   if approved is not None else "")
         return [Reply(f"<@{inv.user_id}> asked to reset the data of *{escape(env.name)}*: its "
-                      f"database is re-created ({env.data_mode}); everything written to it is "
-                      "lost.",
+                      f"database is re-created ({escape(str(data))}){covered}; everything "
+                      "written to it is lost.",
                       visibility=Visibility.THREAD, env_id=env.id)]
 
     async def _retry(self, inv: Invocation, name: str) -> list[Reply]:
@@ -599,11 +681,25 @@ class Commands:
             if await repo.pending_jobs(s, env.id):
                 raise UserError(f"*{escape(env.name)}* already has work queued.")
             kind = await repo.last_job_kind(s, env.id) or JobKind.CREATE
-            await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id)
+            data = DataRequest(env.data_mode, env.data_snapshot)
+            rule = approvals.rule_for(self.blueprint, data) if kind is not JobKind.DESTROY \
+                else None
+            request = None
+            if rule is not None and data.snapshot is not None and await approvals.covered(
+                    s, env_id=env.id, snapshot=data.snapshot, requester=inv.user_id) is None:
+                # A denied, expired or never-approved request is asked again, same reason.
+                request = await self.desk.ask(s, inv, env=env, kind=kind,
+                                              snapshot=data.snapshot, rule=rule,
+                                              reason=env.reason or "retry")
+            else:
+                await repo.enqueue_job(s, env_id=env.id, kind=kind, requested_by=inv.user_id)
             await repo.audit(s, actor=inv.user_id, action=f"retry-{kind}", source=inv.source,
                              env_id=env.id)
-        return [Reply(f"<@{inv.user_id}> asked to retry the {kind}; it resumes at the step "
-                      "that failed.", visibility=Visibility.THREAD, env_id=env.id)]
+        replies = [Reply(f"<@{inv.user_id}> asked to retry the {kind}; it resumes at the step "
+                         "that failed.", visibility=Visibility.THREAD, env_id=env.id)]
+        if request is not None:
+            replies += self.desk.asked(request, env)
+        return replies
 
     async def _creds(self, inv: Invocation, cmd: Creds) -> list[Reply]:
         """The owner's connection details, said again (derived, never stored).

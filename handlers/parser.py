@@ -52,6 +52,26 @@ class Destroy:
 @dataclass(frozen=True)
 class ResetData:
     name: str
+    data: DataRequest | None = None  # None: the data the environment has now
+    reason: str | None = None  # why (needed when the data needs an approval)
+
+
+@dataclass(frozen=True)
+class Approve:
+    """Approve approval request `request` (its number, as the card and `pending` show it)."""
+
+    request: int
+
+
+@dataclass(frozen=True)
+class Deny:
+    request: int
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What waits for the caller's decision, and the caller's own requests still waiting."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +108,7 @@ class Diff:
 
 
 Command = (Create | ListEnvs | Status | Destroy | Extend | ResetData | Creds | Help | Diff
-           | Log)
+           | Log | Approve | Deny | Pending)
 
 
 @dataclass(frozen=True)
@@ -125,9 +145,12 @@ USAGE = {
     "diff": "/ephem diff NAME [--against ENV]",
     "destroy": "/ephem destroy NAME",
     "extend": "/ephem extend NAME [DURATION]",
-    "reset-data": "/ephem reset-data NAME",
+    "reset-data": "/ephem reset-data NAME [--data none|seed|snapshot[:NAME]] [--reason TEXT]",
     "creds": "/ephem creds NAME",
     "log": "/ephem log NAME",
+    "approve": "/ephem approve ID",
+    "deny": "/ephem deny ID [REASON]",
+    "pending": "/ephem pending",
     "help": "/ephem help [COMMAND]",
 }
 VERBS = tuple(USAGE)
@@ -135,7 +158,13 @@ VERBS = tuple(USAGE)
 
 # Said under the usage line of a command with options.
 NOTES = {
-    "create": "Each option is given once, except `--set` (which may repeat).",
+    "create": "Each option is given once, except `--set` (which may repeat). "
+              "`--data snapshot` needs `--reason` when approvers are configured.",
+    "reset-data": "Without `--data` the database is made again as it was. Snapshot data "
+                  "needs an approval (and `--reason`) unless you were approved for that "
+                  "snapshot on this environment already.",
+    "approve": "ID is the request's number, on its card and in `/ephem pending`.",
+    "deny": "The reason is said in the requester's thread.",
 }
 
 
@@ -206,6 +235,14 @@ def parse(text: str) -> Parsed:
             return _extend(args)
         if verb == "diff":
             return _diff(args)
+        if verb == "reset-data":
+            return _reset_data(args)
+        if verb in ("approve", "deny"):
+            return _decision(verb, args)
+        if verb == "pending":
+            if args:
+                raise UserError(f"`pending` takes nothing; {quoted(args[0])} is extra.")
+            return Run(Pending())
         return _named(verb, args)
     except UserError as exc:
         return _wrong(verb, str(exc))
@@ -226,13 +263,75 @@ def _named(verb: str, args: list[str]) -> Parsed:
                         f"{quoted(args[1])}.")
     if verb == "status":
         return Run(Status(name))
-    if verb == "reset-data":
-        return Run(ResetData(name))
     if verb == "creds":
         return Run(Creds(name))
     if verb == "log":
         return Run(Log(name))
     return Run(Destroy(name))
+
+
+_REQUEST_ID = re.compile(r"#?([0-9]{1,12})", re.ASCII)
+
+
+def request_id(text: str) -> int:
+    """`12` or `#12` → 12; UserError otherwise."""
+    found = _REQUEST_ID.fullmatch(text.strip())
+    if found is None:
+        raise UserError(f"{quoted(text)} is not a request number (like `12`); "
+                        "`/ephem pending` lists them.")
+    return int(found.group(1))
+
+
+def _decision(verb: str, args: list[str]) -> Parsed:
+    if not args:
+        raise UserError(f"`{verb}` needs the number of an approval request.")
+    number = request_id(args[0])
+    if verb == "approve":
+        if len(args) > 1:
+            raise UserError(f"`approve` takes one request number; {quoted(args[1])} is extra.")
+        return Run(Approve(number))
+    reason = " ".join(args[1:]).strip() or None
+    if reason is not None and len(reason) > 500:
+        raise UserError("The reason is longer than 500 characters.")
+    return Run(Deny(number, reason))
+
+
+def _reset_data(args: list[str]) -> Parsed:
+    name = _single_name("reset-data", args)
+    rest = args[1:]
+    data: DataRequest | None = None
+    reason: str | None = None
+    given: set[str] = set()
+    while rest:
+        token = rest.pop(0)
+        opt = token.partition("=")[0].lower()
+        if opt not in ("--data", "--reason"):
+            raise UserError(f"`reset-data` takes a name, `--data` and `--reason`; "
+                            f"{quoted(token)} is extra.")
+        if opt in given:
+            raise UserError(f"`{opt}` is given twice.")
+        given.add(opt)
+        if opt == "--reason":
+            reason = _reason(token, rest, ("--data",))
+            continue
+        _, value = _split_option(token, rest)
+        if not value:
+            raise UserError("`--data` needs a value.")
+        data = _data(value)
+    return Run(ResetData(name, data, reason))
+
+
+def _reason(token: str, rest: list[str], options: tuple[str, ...]) -> str:
+    """The words of `--reason` up to the next option (consumed from `rest`)."""
+    words = [token.partition("=")[2]] if "=" in token else []
+    while rest and rest[0].lower().partition("=")[0] not in options:
+        words.append(rest.pop(0))
+    reason = " ".join(w for w in words if w).strip()
+    if not reason:
+        raise UserError("`--reason` needs some text.")
+    if len(reason) > 500:
+        raise UserError("`--reason` is longer than 500 characters.")
+    return reason
 
 
 def _list(args: list[str]) -> Parsed:
@@ -308,14 +407,7 @@ def _create(args: list[str]) -> Parsed:
             raise UserError(f"`{opt}` is given twice.")
         given.add(opt)
         if opt == "--reason":
-            words = [token.partition("=")[2]] if "=" in token else []
-            while rest and rest[0].lower().partition("=")[0] not in _CREATE_OPTS:
-                words.append(rest.pop(0))
-            reason = " ".join(w for w in words if w).strip()
-            if not reason:
-                raise UserError("`--reason` needs some text.")
-            if len(reason) > 500:
-                raise UserError("`--reason` is longer than 500 characters.")
+            reason = _reason(token, rest, _CREATE_OPTS)
             continue
         if opt == "--dry-run":
             if "=" in token:

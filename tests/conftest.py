@@ -110,7 +110,8 @@ async def store(bot_db_url: str) -> AsyncIterator[Store]:
     async with s.engine.begin() as conn:
         await conn.exec_driver_sql(
             "TRUNCATE environments, jobs, phase_runs, audit_events, slack_requests_seen, "
-            "slack_outbox, slack_queues, slack_cards, orphan_sightings, scheduler_marks "
+            "slack_outbox, slack_queues, slack_cards, orphan_sightings, scheduler_marks, "
+            "approval_requests, approval_votes "
             "RESTART IDENTITY CASCADE"
         )
     try:

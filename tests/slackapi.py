@@ -29,7 +29,7 @@ import itertools
 import json
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -86,6 +86,9 @@ class SlackApi:
         self.socket_silent = True  # new connections neither pong nor talk (after `hello`)
         self.outside: set[str] = set()  # channels the bot is not a member of
         self.responses: list[dict[str, Any]] = []  # bodies posted to response URLs (+ "key")
+        self.usergroups: dict[str, list[str]] = {}  # user group id → its members' ids
+        self.views: list[dict[str, Any]] = []  # modals opened (views.open), oldest first
+        self.homes: dict[str, dict[str, Any]] = {}  # user → the Home tab last published
         self._failures: dict[str, deque[Failure]] = defaultdict(deque)
         self._outage: tuple[Failure, float] | None = None  # (how, until time.monotonic())
         self._latency: dict[str, float] = {}
@@ -343,6 +346,36 @@ class SlackApi:
     def _conversations_open(self, p: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "channel": {"id": "D" + str(p.get("users", "")).split(",")[0]}}
 
+    def _usergroups_users_list(self, p: dict[str, Any]) -> dict[str, Any]:
+        group = str(p.get("usergroup", ""))
+        if group not in self.usergroups:
+            return {"ok": False, "error": "no_such_subteam"}
+        return {"ok": True, "users": list(self.usergroups[group])}
+
+    def _views_open(self, p: dict[str, Any]) -> dict[str, Any]:
+        view = self._view(p)
+        if not p.get("trigger_id"):
+            return {"ok": False, "error": "invalid_trigger_id"}
+        if not isinstance(view, dict) or view.get("type") != "modal" or \
+                len((view.get("title") or {}).get("text") or "") > 24:
+            return {"ok": False, "error": "invalid_arguments"}
+        self.views.append(view)
+        return {"ok": True, "view": {"id": f"V{len(self.views)}", **view}}
+
+    def _views_publish(self, p: dict[str, Any]) -> dict[str, Any]:
+        view = self._view(p)
+        if not p.get("user_id") or not isinstance(view, dict) or view.get("type") != "home":
+            return {"ok": False, "error": "invalid_arguments"}
+        if len(view.get("blocks") or []) > 100:
+            return {"ok": False, "error": "invalid_blocks"}
+        self.homes[str(p["user_id"])] = view
+        return {"ok": True, "view": {"id": f"VH{p['user_id']}", **view}}
+
+    @staticmethod
+    def _view(p: dict[str, Any]) -> Any:
+        view = p.get("view")
+        return json.loads(view) if isinstance(view, str) else view
+
     def _apps_connections_open(self, _: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.socket_url}
 
@@ -442,13 +475,14 @@ class SlackSender:
     async def action(self, action_id: str, *, value: str, user_id: str = "U1",
                      channel_id: str = "C1", message_ts: str = "1700000000.000001",
                      thread_ts: str | None = None, selected: bool = False,
-                     **kw: Any) -> tuple[int, str]:
+                     home: bool = False, **kw: Any) -> tuple[int, str]:
         """A click on a button carrying `value`; with `selected`, the choice of the menu
-        option whose value is `value` (a static_select)."""
+        option whose value is `value` (a static_select); with `home`, on the App Home tab,
+        which has no channel, message or response URL."""
         message = {"ts": message_ts, "text": "card"}
         if thread_ts is not None:  # the button is on a reply in a thread (the reminder)
             message["thread_ts"] = thread_ts
-        payload = {
+        payload: dict[str, Any] = {
             "type": "block_actions", "team": {"id": TEAM_ID}, "api_app_id": API_APP_ID,
             "user": {"id": user_id, "team_id": TEAM_ID}, "channel": {"id": channel_id},
             "container": {"type": "message", "message_ts": message_ts, "channel_id": channel_id},
@@ -461,6 +495,27 @@ class SlackSender:
                         if selected else
                         {"type": "button", "action_id": action_id, "value": value,
                          "block_id": "b1", "action_ts": str(time.time())}],
+        }
+        if home:
+            for key in ("channel", "message", "response_url"):
+                del payload[key]
+            payload["container"] = {"type": "view", "view_id": f"VH{user_id}"}
+            payload["view"] = {"id": f"VH{user_id}", "type": "home"}
+        body = urlencode({"payload": json.dumps(payload)})
+        return await self.post(body, content_type="application/x-www-form-urlencoded", **kw)
+
+    async def view_submission(self, callback_id: str, *, metadata: str,
+                              values: dict[str, str], user_id: str = "U1",
+                              view_id: str = "V1", **kw: Any) -> tuple[int, str]:
+        """A submitted modal: each of `values` a plain text input (block and action id)."""
+        state = {key: {key: {"type": "plain_text_input", "value": value}}
+                 for key, value in values.items()}
+        payload = {
+            "type": "view_submission", "team": {"id": TEAM_ID}, "api_app_id": API_APP_ID,
+            "user": {"id": user_id, "team_id": TEAM_ID}, "trigger_id": "1.2.4",
+            "view": {"id": view_id, "type": "modal", "callback_id": callback_id,
+                     "private_metadata": metadata, "hash": f"h{time.time()}",
+                     "state": {"values": state}},
         }
         body = urlencode({"payload": json.dumps(payload)})
         return await self.post(body, content_type="application/x-www-form-urlencoded", **kw)
@@ -499,6 +554,7 @@ class RecordingHandler:
         self.answer = answer or (lambda inv: [Reply(f"you said: {inv.text}")])
         self.commands: list[Invocation] = []
         self.actions: list[tuple[Invocation, str, str]] = []
+        self.submissions: list[tuple[Invocation, str, str]] = []
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
 
@@ -514,5 +570,11 @@ class RecordingHandler:
 
     async def action(self, inv: Invocation, *, action_id: str, value: str) -> list[Reply]:
         self.actions.append((inv, action_id, value))
+        await self._wait()
+        return self.answer(inv)
+
+    async def submission(self, inv: Invocation, *, callback_id: str, metadata: str,
+                         values: Mapping[str, str]) -> list[Reply]:
+        self.submissions.append((inv, callback_id, metadata))
         await self._wait()
         return self.answer(inv)

@@ -195,6 +195,12 @@ async def test_both_reminders_reach_the_owner_in_the_thread_and_by_direct_messag
         "chat.postEphemeral", lambda c: "live environment" in c.params["text"], timeout=20)
     assert re.search(r"\*rem-1\* — ready, .* cost (<)?\$[0-9.]+ so far · (<)?\$[0-9.]+/day",
                      listed.params["text"]), listed.params["text"]
+    # And the owner's Home tab.
+    await bot.slack.event({"type": "app_home_opened", "user": OWNER, "channel": f"D{OWNER}",
+                           "tab": "home", "event_ts": "1.1"}, event_id="EvHomeCost")
+    await bot.api.wait_for("views.publish", lambda c: c.params["user_id"] == OWNER, timeout=20)
+    home = json.dumps(bot.api.homes[OWNER])
+    assert "rem-1" in home and re.search(r"(<)?\$[0-9.]+ so far · (<)?\$[0-9.]+/day", home), home
 
 
 async def test_the_extend_menu_extends_by_the_chosen_amount_and_past_the_maximum_is_refused(

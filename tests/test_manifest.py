@@ -26,6 +26,7 @@ NEEDED_SCOPES = {
     "im:history": "the message.im event: commands in the Messages tab",
     "channels:read": "conversations.info: is the bot in the channel of a create",
     "groups:read": "conversations.info for private channels",
+    "usergroups:read": "usergroups.users.list: the members of the approvers' user group",
 }
 
 
@@ -64,7 +65,8 @@ def test_every_request_url_is_the_one_events_endpoint(manifest: dict[str, Any]) 
     settings = manifest["settings"]
     assert settings["interactivity"] == {"is_enabled": True, "request_url": EVENTS_URL}
     assert settings["event_subscriptions"]["request_url"] == EVENTS_URL
-    assert settings["event_subscriptions"]["bot_events"] == ["app_mention", "message.im"]
+    assert settings["event_subscriptions"]["bot_events"] == ["app_mention", "message.im",
+                                                           "app_home_opened"]
 
 
 def test_http_mode_by_default(manifest: dict[str, Any]) -> None:

@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from bot import proc
+from bot import approvals, proc
 from bot.config import INFRA_OUTPUT, Blueprint, Settings, state_directory
-from bot.domain import PhaseName
+from bot.domain import PhaseName, format_duration
 from bot.errors import PermanentError
 from bot.executor import Executor
 from bot.pg import asyncpg_dsn
-from bot.ports import Invocation, Reply
+from bot.ports import Invocation, Reply, Visibility
 from bot.reconcile import Reconciler
 from bot.redaction import register
 from bot.scheduler import Scheduler
+from bot.slack import messages
 from bot.slack.lifecycle import LifecycleAnnouncer
 from bot.slack.notifier import Notifier
 from bot.slack.outbox import OutboxTiming
@@ -251,7 +252,8 @@ class Ephem:
 
 def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | None = None,
           timing: OutboxTiming | None = None,
-          skipped: Mapping[PhaseName, str] | None = None, reconcile: bool = True) -> Ephem:
+          skipped: Mapping[PhaseName, str] | None = None, reconcile: bool = True,
+          clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Ephem:
     """Everything one process runs. `reconcile` False: the scheduler never runs the orphan
     finder (the shell and the demo, which may share a server with others, leave that to
     `ephem serve` and `ephem doctor --orphans`)."""
@@ -274,8 +276,9 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
     runner = Runner(store=store, phases=phases, blueprint=blueprint, events=notifier,
                     secret_key=secret_key(settings), skipped=skipped)
     notifier.credentials = runner  # credentials are derived again when they are sent
-    commands = Commands(store=store, blueprint=blueprint, credentials=runner,
-                        releases=Resolver(blueprint.references), channels=notifier)
+    commands = Commands(store=store, blueprint=blueprint, clock=clock, credentials=runner,
+                        releases=Resolver(blueprint.references), channels=notifier,
+                        directory=notifier)
     executor = Executor(
         store=store, work=runner, owner=f"{socket.gethostname()}:{os.getpid()}",
         workers=settings.workers, lease_seconds=settings.lease_seconds,
@@ -284,7 +287,20 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
 
     announcer = LifecycleAnnouncer(notifier, blueprint)
     notifier.cost = lambda env: announcer.cost_of(env, datetime.now(UTC))
-    periodic: list[Callable[[], Awaitable[None]]] = [keeper.tick] if keeper else []
+    async def expire_approvals() -> None:
+        """Requests nobody decided in time: the job fails, the thread and the card say so."""
+        async with store.transaction() as s:
+            expired = await approvals.expire(s, now=clock())
+        text = messages.approval_expired(format_duration(blueprint.approvals.expire_after))
+        for outcome in expired:
+            await notifier.deliver(
+                Invocation(user_id="ephem", channel_id="", source="scheduler"),
+                [Reply(text, visibility=Visibility.THREAD, env_id=outcome.env_id),
+                 Reply("", visibility=Visibility.APPROVAL, approval_id=outcome.request_id)])
+
+    periodic: list[Callable[[], Awaitable[None]]] = [expire_approvals]
+    if keeper is not None:
+        periodic.append(keeper.tick)
     rc = blueprint.reconcile
     reconciler = None
     if reconcile and rc.enabled:
@@ -294,7 +310,7 @@ def build(settings: Settings, blueprint: Blueprint, *, writer: SlackWriter | Non
         periodic.append(reconciler.tick)
     scheduler = Scheduler(store=store, remind_before=blueprint.defaults.remind_before,
                           last_remind_before=blueprint.defaults.last_reminder,
-                          announce=announcer, interval=settings.scheduler_seconds,
+                          announce=announcer, interval=settings.scheduler_seconds, clock=clock,
                           periodic=periodic, sizes=database_sizes(settings, blueprint))
     return Ephem(settings=settings, blueprint=blueprint, store=store, writer=writer,
                  notifier=notifier, commands=commands, runner=runner, executor=executor,

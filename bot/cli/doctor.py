@@ -149,7 +149,23 @@ async def snapshot_checks(settings: Settings, blueprint: Blueprint) -> list[Chec
             return f"{redact(url)} answers"
 
         checks.append(await _guard(f"snapshot {name} source", source, url=snap.source))
+        checks.append(approval_check(blueprint, name))
     return checks
+
+
+def approval_check(blueprint: Blueprint, snapshot: str) -> Check:
+    """Who decides on the snapshot's data: a line to read, not a failure — a blueprint that
+    names nobody is a choice (the example's), but it should be seen."""
+    rule = blueprint.approvals.rule_for(snapshot, blueprint.admins)
+    if rule is None:
+        return Check(f"snapshot {snapshot} approvals", True,
+                     "nobody is asked: no approvers, user group or admins are configured "
+                     "(set `approvals` to have masked production data approved)")
+    who = [*rule.users, *([f"user group {rule.usergroup}"] if rule.usergroup else [])]
+    where = blueprint.channels.approvals or "the requester's channel"
+    return Check(f"snapshot {snapshot} approvals", True,
+                 f"{rule.required} of {', '.join(who)} decide(s), in {where}; requests "
+                 f"expire after {format_duration(blueprint.approvals.expire_after)}")
 
 
 async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -> list[Check]:

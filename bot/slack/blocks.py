@@ -183,6 +183,7 @@ class CardView:
     data_snapshot: str | None = None
     reason: str | None = None
     cost: str | None = None  # `bot.cost.describe`: so far and per day
+    waiting: str | None = None  # what an approval request of it waits for (mrkdwn)
 
 
 def card_view(env: Environment, runs: Mapping[PhaseName, PhaseRun], *,
@@ -280,11 +281,11 @@ def _card_buttons(view: CardView) -> list[ButtonElement]:
     if view.status is EnvStatus.FAILED:
         return [ButtonElement(text=messages.RETRY, action_id=RETRY_ACTION, value=view.name,
                               style="primary"),
-                _destroy_button(view.name)]
+                destroy_button(view.name)]
     if view.status is not EnvStatus.READY:
         return []
     buttons = [ButtonElement(text=messages.EXTEND, action_id=EXTEND_ACTION, value=view.name),
-               _destroy_button(view.name)]
+               destroy_button(view.name)]
     if _applied(view, PhaseName.DATA):
         buttons.append(ButtonElement(
             text=messages.RESET_DATA, action_id=RESET_DATA_ACTION, value=view.name,
@@ -297,7 +298,7 @@ def _card_buttons(view: CardView) -> list[ButtonElement]:
     return buttons
 
 
-def _destroy_button(name: str, *, label: str = messages.DESTROY) -> ButtonElement:
+def destroy_button(name: str, *, label: str = messages.DESTROY) -> ButtonElement:
     return ButtonElement(
         text=label, action_id=DESTROY_ACTION, value=name, style="danger",
         confirm=ConfirmObject(title=messages.confirm_destroy_title(),
@@ -319,6 +320,9 @@ def status_card(view: CardView) -> Blocks:
     if choices := card_choices(view):
         blocks.append(ContextBlock(elements=[MarkdownTextObject(
             text=truncate(choices, MAX_SECTION_TEXT))]))
+    if view.waiting:
+        blocks.append(SectionBlock(text=MarkdownTextObject(
+            text=truncate(view.waiting, MAX_SECTION_TEXT))))
     blocks.append(SectionBlock(text=MarkdownTextObject(text=truncate(phases, MAX_SECTION_TEXT))))
     if error := _card_error(view):
         blocks.append(SectionBlock(text=MarkdownTextObject(text=truncate(error,
@@ -335,6 +339,7 @@ def status_card_text(view: CardView) -> str:
         messages.card_facts(owner_id=view.owner_id, reference=view.reference,
                             expires=messages.plain_date(view.expires_at), cost=view.cost),
         *([choices] if (choices := card_choices(view)) else []),
+        *([view.waiting] if view.waiting else []),
         *(f"{_MARKS[line.status][1]} {phase_text(line)}" for line in view.phases),
     ]
     if error := _card_error(view):
@@ -367,7 +372,7 @@ def reminder_blocks(name: str, text: str, choices: Sequence[str] = (), *,
             placeholder=PlainTextObject(text=messages.EXTEND_BY), action_id=EXTEND_BY_ACTION,
             options=[Option(value=extend_by_value(name, c, expires=expires), label=f"by {c}")
                      for c in choices]))
-    elements.append(_destroy_button(name, label=messages.DESTROY_NOW))
+    elements.append(destroy_button(name, label=messages.DESTROY_NOW))
     blocks: list[Block] = [
         SectionBlock(text=MarkdownTextObject(text=truncate(text, MAX_SECTION_TEXT))),
         ActionsBlock(elements=elements),
@@ -384,7 +389,7 @@ def destroy_list_blocks(text: str, envs: Sequence[tuple[str, str]]) -> Blocks:
         blocks.append(SectionBlock(
             text=MarkdownTextObject(text=truncate(f"*{escape(name)}* — {said}",
                                                   MAX_SECTION_TEXT)),
-            accessory=_destroy_button(name)))
+            accessory=destroy_button(name)))
     return [b.to_dict() for b in blocks]
 
 

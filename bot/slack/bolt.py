@@ -50,6 +50,7 @@ COMMAND = "/ephem"
 ACTIONS = re.compile("^" + re.escape(ACTION_PREFIX))
 # Metric labels must stay few: anything else is counted as "unknown".
 _VERBS = frozenset({"create", "list", "status", "diff", "extend", "destroy", "approve", "deny",
+                    "pending",
                     "help", "retry", "creds", "reset-data", "extend-by", "log"})
 
 
@@ -150,13 +151,38 @@ class _Listeners:
                              source="button",
                              thread_ts=(message.thread_ts or message.ts) if message else None,
                              message_ts=message.ts if message else None,
-                             response_url=click.response_url)
+                             response_url=click.response_url, trigger_id=click.trigger_id)
             action_id = action.action_id.removeprefix(ACTION_PREFIX)
             value = action.chosen
             verb = action_id if action_id in _VERBS else "unknown"
             self._spawn(inv, verb,
                         lambda: self._handler.action(inv, action_id=action_id, value=value),
                         seen=action_sighting(click, action, request))
+
+    async def submission(self, ack: AsyncAck, body: dict[str, Any]) -> None:
+        """A submitted modal (the reason of a Deny): the modal closes on the ack, and the
+        outcome is said where the decision is recorded (the thread, the card)."""
+        await ack()
+        with self._unexpected(body):
+            form = inbound.read_submission(body)
+            inv = Invocation(user_id=form.user.id,
+                             channel_id=inbound.direct_channel(form.user.id), source="modal")
+            values = form.inputs()
+            self._spawn(inv, "deny",
+                        lambda: self._handler.submission(
+                            inv, callback_id=form.view.callback_id,
+                            metadata=form.view.private_metadata, values=values),
+                        seen=Sighting("view", f"{form.user.id}:{form.view.id}:"
+                                              f"{form.view.hash or ''}", REPLAY_MEMORY))
+
+    async def home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        """`app_home_opened`: publish the person's Home tab, rendered from the store."""
+        if event.get("tab") not in (None, "home") or not isinstance(event.get("user"), str):
+            return
+        with self._unexpected(body):
+            inbound.read_event(body)
+            self._inflight.spawn(self._notifier.publish_home(event["user"]),
+                                 name=f"home-{event['user']}")
 
     async def mention(self, body: dict[str, Any], context: AsyncBoltContext,
                       request: AsyncBoltRequest) -> None:
@@ -285,5 +311,7 @@ def build_bolt_app(*, settings: Settings, handler: CommandHandler, notifier: Not
     app.action(ACTIONS)(listeners.action)
     app.event("app_mention")(listeners.mention)
     app.event("message")(listeners.direct_message)
+    app.event("app_home_opened")(listeners.home_opened)
+    app.view(ACTIONS)(listeners.submission)
     app.error(listeners.error)
     return app

@@ -217,6 +217,38 @@ class BlockActions(_Shape):
     container: _Container | None = None
     message: _Message | None = None
     response_url: ResponseUrl | None = None
+    trigger_id: ShortText | None = None  # opens a modal for the clicker (3 seconds)
+
+
+class _Input(_Shape):
+    """One input of a submitted modal: a plain text input's `value` (empty when left blank)."""
+
+    type: ShortText
+    value: str | None = Field(default=None, max_length=3000)
+
+
+class _ViewState(_Shape):
+    values: dict[ShortText, dict[ShortText, _Input]] = Field(default_factory=dict)
+
+
+class _View(_Shape):
+    id: SlackId
+    callback_id: ShortText = ""
+    private_metadata: str = Field(default="", max_length=3000)
+    hash: ShortText | None = None
+    state: _ViewState = _ViewState()
+
+
+class ViewSubmission(_Shape):
+    type: Literal["view_submission"]
+    user: _User
+    view: _View
+    team: _Team | None = None
+
+    def inputs(self) -> dict[str, str]:
+        """Each input's value by its action id."""
+        return {action: item.value or "" for block in self.view.state.values.values()
+                for action, item in block.items()}
 
 
 class _Interaction(_Shape):
@@ -297,6 +329,9 @@ def check(encoding: Encoding, body: Mapping[str, Any]) -> Kind:
         if kind == "block_actions":
             read_actions(body)
             return Kind.ACTION
+        if kind == "view_submission":
+            read_submission(body)
+            return Kind.INTERACTION
         if isinstance(kind, str):
             _validated(_Interaction, body, "the interaction")
             return Kind.INTERACTION
@@ -322,6 +357,10 @@ def read_actions(body: Mapping[str, Any]) -> BlockActions:
     return actions
 
 
+def read_submission(body: Mapping[str, Any]) -> ViewSubmission:
+    return _validated(ViewSubmission, body, "the submitted form")
+
+
 def read_event(body: Mapping[str, Any]) -> EventCallback:
     return _validated(EventCallback, body, "the event")
 
@@ -337,7 +376,17 @@ def channel_of(actions: BlockActions) -> str:
         return actions.channel.id
     if actions.container is not None and actions.container.channel_id is not None:
         return actions.container.channel_id
+    if actions.container is not None and actions.container.view_id is not None:
+        # A click on the Home tab (a view) has no channel: what only its person should see
+        # goes to them directly (an ephemeral message to a user id's "D" channel is refused
+        # by Slack, and the notifier then sends it as a direct message).
+        return direct_channel(actions.user.id)
     raise Malformed("the button click has no channel")
+
+
+def direct_channel(user_id: str) -> str:
+    """Where an answer goes that has no channel to go to (a Home tab click, a modal)."""
+    return f"D{user_id}"
 
 
 def _validated(model: type[_M], body: Mapping[str, Any], what: str) -> _M:

@@ -274,3 +274,98 @@ def audit_detail(action: str, details: Mapping[str, object]) -> str:
             parts.append(f"{key.replace('_', ' ')}: {value}")
     text = scrub("; ".join(parts))
     return text if len(text) <= 300 else text[:299] + "…"
+
+
+# --------------------------------------------------------------------------- approvals
+
+APPROVE = "Approve"
+DENY = "Deny"
+
+
+def approvers_phrase(approvers: Sequence[str], usergroup: str | None, required: int) -> str:
+    """`<@U1> or <@U2>`, `a member of <!subteam^S1>`, with how many must approve."""
+    who = [f"<@{u}>" for u in approvers]
+    if usergroup:
+        who.append(f"a member of <!subteam^{usergroup}>")
+    named = " or ".join(who) if len(who) <= 2 else ", ".join(who[:-1]) + " or " + who[-1]
+    return named if required == 1 else f"{required} approvals from {named}"
+
+
+def approval_needs_reason(data: str, *, done: str = "Nothing was created.") -> str:
+    return (f"{data} is masked production data: an approver must agree first, and wants to "
+            "know why. Say it with `--reason TEXT` (like `--reason \"reproduce INC-231\"`). "
+            f"{done}")
+
+
+def approval_waiting(request_id: int, *, who: str, expires: str) -> str:
+    return (f":hourglass: Waiting for approval (request #{request_id}) by {who}, until "
+            f"{expires}. Nothing runs before the decision.")
+
+
+def approval_not_configured(snapshot: str) -> str:
+    return (f"No approvers are configured for snapshot `{escape(snapshot)}`, so nobody was "
+            "asked (the blueprint's `approvals` sets who decides).")
+
+
+def approval_card_title(request_id: int) -> str:
+    return f"Approval request #{request_id}: masked production data"
+
+
+def approval_self(request_id: int) -> str:
+    return (f"You asked for request #{request_id} yourself, and nobody decides their own "
+            "request — not even an approver or an admin. Another approver must decide it.")
+
+
+def approval_not_approver(request_id: int, who: str) -> str:
+    return f"Only {who} may decide request #{request_id}. Nothing was changed."
+
+
+def approval_unknown(request_id: int) -> str:
+    return (f"I could not ask Slack who is in the approvers' group just now, so request "
+            f"#{request_id} was not changed. Please try again in a minute.")
+
+
+def approval_already(request_id: int, status: str, by: str | None, at: datetime | None) -> str:
+    who = "Ephem" if by in (None, "ephem") else f"<@{by}>"
+    when = f" on {slack_date(at)}" if at is not None else ""
+    if status == "expired":
+        return f"Request #{request_id} already expired{when}: nobody decided in time."
+    return f"Request #{request_id} was already {status} by {who}{when}."
+
+
+def approval_voted(request_id: int, approvals: int, required: int) -> str:
+    return (f"You approved request #{request_id} already ({approvals} of {required} "
+            "approvals).")
+
+
+def approval_counted(request_id: int, user: str, approvals: int, required: int) -> str:
+    return (f"<@{user}> approved request #{request_id}: {approvals} of {required} approvals; "
+            "waiting for more.")
+
+
+def approval_approved(user: str, snapshot: str) -> str:
+    return (f":white_check_mark: <@{user}> approved snapshot data `{escape(snapshot)}`: "
+            "starting now.")
+
+
+def approval_denied(user: str, reason: str | None) -> str:
+    return (f":no_entry: <@{user}> denied snapshot data: "
+            f"{escape(reason) if reason else 'no reason given'}. Nothing was run.")
+
+
+def approval_expired(expire_after: str) -> str:
+    return (f":hourglass: Nobody approved the snapshot data within {expire_after}, so the "
+            "request expired and nothing was run. Ask again to try once more.")
+
+
+def deny_modal_title() -> str:
+    return "Deny snapshot data"
+
+
+def deny_modal_prompt(request_id: int, name: str, requester: str) -> str:
+    return (f"Why is request #{request_id} (*{escape(name)}*, asked by <@{requester}>) "
+            "denied? The reason is said in the requester's thread.")
+
+
+def pending_none() -> str:
+    return "Nothing waits for your decision."

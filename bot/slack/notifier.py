@@ -38,6 +38,7 @@ calls, `bot.slack.outbox` paces and retries them, `bot.store` holds the state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -52,15 +53,18 @@ from typing import Any
 from sqlalchemy import or_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot import approvals
 from bot.domain import PhaseName, ProgressEvent
 from bot.ports import CredentialsSource, Invocation, Reply, Visibility
 from bot.slack import messages
+from bot.slack.approval_card import approval_card, approval_card_text, approval_view
 from bot.slack.blocks import button_used, card_view, status_card, status_card_text
+from bot.slack.home import build_home
 from bot.slack.outbox import Drainer, OutboxTiming, Sent, user_queue
 from bot.slack.writer import UNREACHABLE, SlackUnavailable, SlackWriteError, SlackWriter
 from bot.store import Store, repo
 from bot.store import outbox as rows
-from bot.store.models import Environment
+from bot.store.models import ApprovalRequest, Environment, SlackOutbox
 from bot.store.outbox import Entry
 
 log = logging.getLogger(__name__)
@@ -73,10 +77,14 @@ EPHEMERAL = "ephemeral"  # a message only one person sees
 CREDENTIALS = "credentials"  # an environment's credentials, derived when sent
 REPLACE = "replace"  # a used reminder's buttons replaced by what happened
 DIRECT = "direct"  # a direct message to one person (a reminder's copy for the owner)
+APPROVAL = "approval"  # an approval request's card, rendered when sent, updated in place
+MODAL = "modal"  # a modal opened for whoever clicked (its trigger lasts 3 seconds)
+HOME = "home"  # a person's App Home tab, rendered from the store when sent
 
 _LEGACY_PENDING = "pending:"  # a root claim marker older versions wrote into thread_ts
 _MEMBER_SECONDS = 300.0  # how long "Ephem is in this channel" is believed
 _MEMBER_CHECK_SECONDS = 3.0  # longest a command waits to learn it
+_GROUP_SECONDS = 60.0  # how long a user group's members are believed
 
 
 def _holder() -> str:
@@ -114,6 +122,7 @@ class Notifier:
         self._mine: set[int] = set()
         self._members: dict[str, float] = {}
         self._asking: dict[str, asyncio.Task[bool | None]] = {}
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
         self._closed = False
         # What the card says the environment costs (`bot.cost`); plugged in by the
         # composition root, None: no cost on the card.
@@ -136,6 +145,8 @@ class Notifier:
                     s, queue=env.channel_id, kind=THREAD, env_id=env.id,
                     payload={"text": event.detail, "mention_owner": event.phase is None}))
             added.append(await rows.request_card(s, queue=env.channel_id, env_id=env.id))
+            if event.phase is None:  # the job started or ended: the owner's Home changed
+                added += await self._request_home(s, env.owner_id)
         self._added(added)
 
     async def credentials_ready(self, env_id: int, phase: PhaseName) -> None:
@@ -165,8 +176,47 @@ class Notifier:
             added = await rows.request_card(s, queue=env.channel_id, env_id=env.id)
         self._added([added])
 
+    async def publish_home(self, user: str) -> None:
+        """Ask for `user`'s App Home tab to be rendered from the store and published."""
+        with self._guard("queue a home tab"):
+            async with self._store.transaction() as s:
+                added = await self._request_home(s, user)
+            self._added(added)
+
+    async def _request_home(self, s: AsyncSession, user: str) -> list[int]:
+        """One home row per person waits at a time: it is rendered when sent, so asking again
+        bumps its revision (a sender that rendered it before this change sends it again)."""
+        queue = user_queue(user)
+        waiting = await s.scalar(
+            update(SlackOutbox).where(SlackOutbox.queue == queue, SlackOutbox.kind == HOME)
+            .values(revision=SlackOutbox.revision + 1).returning(SlackOutbox.id))
+        if waiting is not None:
+            return [int(waiting)]
+        return [await rows.add(s, queue=queue, kind=HOME, payload={"user": user})]
+
+    async def _add_approval(self, s: AsyncSession, approval_id: int) -> list[int]:
+        """The request's card, and the Home of everyone it concerns."""
+        request = await approvals.get(s, approval_id)
+        if request is None:
+            return []
+        added = [await rows.add(s, queue=request.card_channel, kind=APPROVAL,
+                                env_id=request.env_id, payload={"request": approval_id})]
+        people = {request.requester_id, *request.approvers}
+        if request.usergroup is not None:
+            people |= self._known_members(request.usergroup)
+        for user in sorted(people):
+            added += await self._request_home(s, user)
+        return added
+
     async def _add_reply(self, s: AsyncSession, inv: Invocation, reply: Reply) -> list[int]:
         text, blocks, visibility = reply.text, _blocks(reply.blocks), reply.visibility
+        if visibility is Visibility.APPROVAL:
+            return await self._add_approval(s, reply.approval_id) if reply.approval_id else []
+        if visibility is Visibility.MODAL:
+            if not inv.trigger_id or not reply.blocks:
+                return []
+            return [await rows.add(s, queue=user_queue(inv.user_id), kind=MODAL, payload={
+                "trigger_id": inv.trigger_id, "view": dict(reply.blocks[0])})]
         if reply.env_id is None and visibility is not Visibility.CHANNEL:
             # No environment to attach to: answer where the person asked.
             if visibility is Visibility.THREAD and inv.thread_ts:
@@ -189,7 +239,7 @@ class Notifier:
             case Visibility.THREAD:
                 added = [await rows.add(s, queue=env.channel_id, kind=THREAD, env_id=env.id,
                                         payload={"text": text, "blocks": blocks})]
-                if inv.source == "button" and inv.message_ts:
+                if inv.source == "button" and inv.message_ts and reply.replace_message:
                     added.append(await rows.add(s, queue=inv.channel_id, kind=REPLACE,
                                                 env_id=env.id, payload={
                                                     "channel": inv.channel_id,
@@ -300,6 +350,30 @@ class Notifier:
             self._members[channel_id] = time.monotonic()
         return member
 
+    # ----------------------------------------------------------------------- ApproverDirectory
+
+    def _known_members(self, usergroup: str) -> frozenset[str]:
+        known = self._groups.get(usergroup)
+        return known[1] if known is not None else frozenset()
+
+    async def usergroup_members(self, usergroup: str) -> frozenset[str] | None:
+        """`bot.ports.ApproverDirectory`: asks Slack (`usergroups.users.list`), and believes
+        the answer for a minute; None when Slack does not answer in time."""
+        known = self._groups.get(usergroup)
+        if known is not None and time.monotonic() - known[0] < _GROUP_SECONDS:
+            return known[1]
+        try:
+            members = await asyncio.wait_for(self._writer.usergroup_members(usergroup),
+                                             _MEMBER_CHECK_SECONDS)
+        except TimeoutError:
+            return None
+        except Exception as exc:
+            log.warning("slack: could not read the members of user group %s (%s)", usergroup,
+                        getattr(exc, "reason", type(exc).__name__))
+            return None
+        self._groups[usergroup] = (time.monotonic(), members)
+        return members
+
     # ----------------------------------------------------------------------- sending
 
     async def _send(self, entry: Entry) -> Sent:
@@ -326,6 +400,16 @@ class Notifier:
                 await self._writer.post_direct(str(p["user"]), text=str(p["text"]),
                                                blocks=p.get("blocks"))
                 return Sent.DONE
+            case "approval":
+                return await self._send_approval(entry)
+            case "modal":
+                await self._writer.open_view(str(p["trigger_id"]), p["view"])
+                return Sent.DONE
+            case "home":
+                async with self._store.transaction() as s:
+                    view = await build_home(s, str(p["user"]), self, self.cost)
+                await self._writer.publish_view(str(p["user"]), view)
+                return Sent.DONE
         raise SlackWriteError("outbox", f"unknown kind {entry.kind!r}")
 
     async def _environment(self, env_id: int | None) -> Environment:
@@ -339,6 +423,12 @@ class Notifier:
             env = await repo.get_environment(s, env_id)
             view = card_view(env, await repo.latest_phase_runs(s, env_id),
                              cost=self.cost(env) if self.cost is not None else None)
+            waiting = await approvals.waiting_on(s, env_id)
+            if waiting is not None:
+                who = messages.approvers_phrase(waiting.approvers, waiting.usergroup,
+                                                waiting.required)
+                view = dataclasses.replace(view, waiting=messages.approval_waiting(
+                    waiting.id, who=who, expires=messages.slack_date(waiting.expires_at)))
             shown = await rows.card_digest(s, env_id)
         return env, status_card_text(view), status_card(view), shown
 
@@ -442,6 +532,41 @@ class Notifier:
                 return Sent.DONE
             await self._writer.post_direct(
                 user, text=messages.credentials(env.name, said, direct=True), secret=True)
+        return Sent.DONE
+
+    async def _send_approval(self, entry: Entry) -> Sent:
+        request_id = int(entry.payload["request"])
+        async with self._store.transaction() as s:
+            request = await approvals.get(s, request_id)
+            if request is None:
+                return Sent.NOTHING
+            env = await repo.get_environment(s, request.env_id)
+            view = approval_view(request, env, await approvals.votes(s, request.id))
+        text, blocks = approval_card_text(view), approval_card(view)
+        if request.card_ts is None:
+            channel = request.card_channel
+            try:
+                ts = await self._writer.post_message(channel, text=text, blocks=blocks)
+            except SlackUnavailable:
+                raise
+            except SlackWriteError as exc:
+                if exc.reason not in UNREACHABLE or channel == env.channel_id:
+                    raise
+                # The approvals channel is gone or Ephem is not in it: the request must not
+                # wait unseen, so its card goes where the requester asked instead.
+                log.warning("slack: the approvals channel %s cannot take request %s's card "
+                            "(%s); posting it in %s instead", channel, request_id, exc.reason,
+                            env.channel_id)
+                channel = env.channel_id
+                ts = await self._writer.post_message(channel, text=text, blocks=blocks)
+            async with self._store.transaction() as s:
+                await s.execute(update(ApprovalRequest)
+                                .where(ApprovalRequest.id == request_id,
+                                       ApprovalRequest.card_ts.is_(None))
+                                .values(card_ts=ts, card_channel=channel))
+            return Sent.DONE
+        await self._writer.update_message(request.card_channel, request.card_ts, text=text,
+                                          blocks=blocks)
         return Sent.DONE
 
     async def _send_replace(self, entry: Entry) -> Sent:

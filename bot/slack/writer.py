@@ -109,6 +109,18 @@ class SlackWriter(Protocol):
         """Whether the app may post in `channel`; None when Slack cannot say now."""
         ...
 
+    async def usergroup_members(self, usergroup: str) -> frozenset[str]:
+        """The user ids in a Slack user group (`usergroups.users.list`)."""
+        ...
+
+    async def open_view(self, trigger_id: str, view: Mapping[str, Any]) -> None:
+        """Open a modal for the person whose click gave `trigger_id` (valid 3 seconds)."""
+        ...
+
+    async def publish_view(self, user: str, view: Mapping[str, Any]) -> None:
+        """Publish `user`'s App Home tab."""
+        ...
+
     async def close(self) -> None:
         """Release connections; called once at shutdown."""
         ...
@@ -250,6 +262,21 @@ class WebApiWriter:
         # Ephem is not in is not even visible to it (`channel_not_found`, above).
         return bool(about.get("is_channel") and not about.get("is_private"))
 
+    async def usergroup_members(self, usergroup: str) -> frozenset[str]:
+        answer = await self._call("usergroups.users.list",
+                                  lambda: self._client.usergroups_users_list(usergroup=usergroup))
+        return frozenset(str(u) for u in answer.get("users") or [])
+
+    async def open_view(self, trigger_id: str, view: Mapping[str, Any]) -> None:
+        clean = scrub_structure(dict(view))
+        await self._call("views.open", lambda: self._client.views_open(
+            trigger_id=trigger_id, view=clean))
+
+    async def publish_view(self, user: str, view: Mapping[str, Any]) -> None:
+        clean = scrub_structure(dict(view))
+        await self._call("views.publish", lambda: self._client.views_publish(
+            user_id=user, view=clean))
+
     async def close(self) -> None:
         """Close the pooled HTTP session (the writer opens a new one if used again)."""
         session, self._client.session = self._client.session, None
@@ -362,3 +389,12 @@ class ConsoleWriter:
 
     async def can_post(self, channel: str) -> bool | None:
         return True
+
+    async def usergroup_members(self, usergroup: str) -> frozenset[str]:
+        return frozenset()  # no Slack: only approvers listed by id can decide
+
+    async def open_view(self, trigger_id: str, view: Mapping[str, Any]) -> None:
+        self._say("", list(view.get("blocks") or []))
+
+    async def publish_view(self, user: str, view: Mapping[str, Any]) -> None:
+        return None  # a terminal has no Home tab

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bot.domain import (
+    ApprovalStatus,
     DataMode,
     EnvStatus,
     JobKind,
@@ -262,3 +263,49 @@ class SchedulerMark(Base):
 
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     at: Mapped[datetime]
+
+
+class ApprovalRequest(Base):
+    """A job that asks for snapshot-derived data, waiting for (or settled by) its approvers.
+
+    The decision lives here and nowhere else: `status` leaves `pending` by one conditional
+    UPDATE under the row's lock, so two approvers clicking at once make one decision. What it
+    covers is exactly `env_id` + `snapshot` + `requester_id`; an approved request lasts as
+    long as the environment. `card_channel`/`card_ts` locate the card in Slack, updated in place.
+    """
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (
+        Index("ix_approval_requests_pending", "status", "expires_at"),
+        Index("ix_approval_requests_env", "env_id", "snapshot", "requester_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    env_id: Mapped[int] = mapped_column(ForeignKey("environments.id", ondelete="CASCADE"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    requester_id: Mapped[str] = mapped_column(String(64))
+    snapshot: Mapped[str] = mapped_column(String(63))
+    rules_version: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    approvers: Mapped[list[str]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    usergroup: Mapped[str | None] = mapped_column(String(64))
+    required: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    status: Mapped[ApprovalStatus] = mapped_column(_enum(ApprovalStatus, "approval_status"))
+    card_channel: Mapped[str] = mapped_column(String(64))
+    card_ts: Mapped[str | None] = mapped_column(String(32))
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ApprovalVote(Base):
+    """One approver's approval of one request: the primary key makes a double click one vote."""
+
+    __tablename__ = "approval_votes"
+
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("approval_requests.id", ondelete="CASCADE"), primary_key=True)
+    approver_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -123,13 +123,18 @@ async def expiring(s: AsyncSession, *, before: datetime) -> Sequence[Environment
 
 
 async def enqueue_job(
-    s: AsyncSession, *, env_id: int, kind: JobKind, requested_by: str
+    s: AsyncSession, *, env_id: int, kind: JobKind, requested_by: str,
+    awaiting_approval: bool = False,
 ) -> Job:
-    """Queue a job; executors LISTENing on `ephem_jobs` are woken when the transaction commits."""
-    job = Job(env_id=env_id, kind=kind, status=JobStatus.QUEUED, requested_by=requested_by)
+    """Queue a job; executors LISTENing on `ephem_jobs` are woken when the transaction commits.
+    With `awaiting_approval` the job waits for a decision instead (`bot.approvals`), and no
+    executor claims it until it is approved."""
+    status = JobStatus.AWAITING_APPROVAL if awaiting_approval else JobStatus.QUEUED
+    job = Job(env_id=env_id, kind=kind, status=status, requested_by=requested_by)
     s.add(job)
     await s.flush()
-    await s.execute(select(func.pg_notify(JOBS_CHANNEL, str(job.id))))
+    if not awaiting_approval:
+        await s.execute(select(func.pg_notify(JOBS_CHANNEL, str(job.id))))
     return job
 
 
@@ -145,9 +150,11 @@ async def enqueue_jobs(s: AsyncSession, *, env_ids: Sequence[int], kind: JobKind
 
 
 async def pending_jobs(s: AsyncSession, env_id: int) -> Sequence[Job]:
-    """Jobs of an environment that are queued or running, oldest first."""
+    """Jobs of an environment that are waiting for approval, queued or running, oldest
+    first."""
     stmt = select(Job).where(
-        Job.env_id == env_id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
+        Job.env_id == env_id,
+        Job.status.in_((JobStatus.AWAITING_APPROVAL, JobStatus.QUEUED, JobStatus.RUNNING)),
     )
     return (await s.execute(stmt.order_by(Job.id))).scalars().all()
 
