@@ -46,6 +46,7 @@ FAST_OUTBOX = OutboxTiming(pace=0.0, backoff_base=0.01, backoff_cap=0.05, poll=0
 
 BOT_USER_ID = "UBOT"
 BOT_ID = "BBOT"
+_TRIGGERS = itertools.count(1)
 TEAM_ID = "T0001"
 API_APP_ID = "A0001"
 
@@ -468,7 +469,9 @@ class SlackSender:
             "channel_id": channel_id, "channel_name": "dev", "user_id": user_id,
             "user_name": "ana", "command": "/ephem", "text": text, "api_app_id": API_APP_ID,
             "response_url": response_url,
-            "trigger_id": "1.2.3",
+            # Unique, as Slack's are: two identical commands signed within the same second
+            # would otherwise be one request, the second taken for a replay of the first.
+            "trigger_id": f"{next(_TRIGGERS)}.2.3",
         })
         return await self.post(body, content_type="application/x-www-form-urlencoded", **kw)
 
