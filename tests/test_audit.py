@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -67,7 +68,8 @@ async def test_log_shows_the_history_escaped_and_without_secrets(bot: Bot,
     assert [(e["actor"], e["action"], e["env"]) for e in events] == [
         (OWNER, "create", "au-1"), ("ephem", "create-succeeded", "au-1"),
         (OWNER, "extend", "au-1")]
-    assert events[2]["details"] == {"by": "1d"}
+    assert events[2]["details"]["by"] == "1d"
+    assert datetime.fromisoformat(events[2]["details"]["expires_at"]) > datetime.now(UTC)
     lines_out = await asyncio.to_thread(run, ["audit", "--since", "1h"], env)
     assert lines_out.returncode == 0, lines_out.stderr
     printed = lines_out.stdout.splitlines()

@@ -49,8 +49,10 @@ try:
     overlap = "OVERLAP"[:0]
 except BlockingIOError:
     overlap = "OVERLAP"
-supervisor = open(f"/proc/{os.getppid()}/stat").read().rpartition(")")[2].split()
-log.write(f"start {os.getpid()} {supervisor[1]} {overlap}\\n")
+def parent(pid):
+    return int(open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[1])
+zygote = parent(os.getppid())  # the tool's supervisor was forked by the bot's zygote
+log.write(f"start {os.getpid()} {parent(zygote)} {overlap}\\n")
 time.sleep(first_seconds if first else 0.2)
 log.write(f"end {os.getpid()}\\n")
 """

@@ -54,7 +54,8 @@ except BlockingIOError:
 helper = subprocess.Popen(["sleep", "120"])
 def parent(pid):
     return int(open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[1])
-bot = parent(parent(os.getppid()))  # the supervisor's parent is the bot's zygote
+zygote = parent(os.getppid())  # the tool's supervisor was forked by the bot's zygote
+bot = parent(zygote)
 log.write(f"start {os.getpid()} {helper.pid} {bot} {time.time()} {overlap}\\n")
 print("migrating", flush=True)
 time.sleep(float(sys.argv[2]) if first else 0.3)
