@@ -199,7 +199,7 @@ async def test_both_reminders_reach_the_owner_in_the_thread_and_by_direct_messag
     await bot.slack.event({"type": "app_home_opened", "user": OWNER, "channel": f"D{OWNER}",
                            "tab": "home", "event_ts": "1.1"}, event_id="EvHomeCost")
     await bot.api.wait_for("views.publish", lambda c: c.params["user_id"] == OWNER, timeout=20)
-    home = json.dumps(bot.api.homes[OWNER])
+    home = json.dumps(bot.api.homes[OWNER], ensure_ascii=False)
     assert "rem-1" in home and re.search(r"(<)?\$[0-9.]+ so far · (<)?\$[0-9.]+/day", home), home
 
 
