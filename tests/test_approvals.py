@@ -594,10 +594,16 @@ async def test_app_home_is_published_on_open_and_after_a_decision(bot: Bot) -> N
     # Its buttons work from the Home tab, which has no channel: Extend answers in the thread,
     # and a refusal reaches its person directly.
     before = env.expires_at
+    await bot.app.notifier.flush(5)
+    published = len(bot.api.calls_to("views.publish"))
     status, _ = await bot.slack.action("ephem:extend", value="ap-13", user_id=OWNER, home=True)
     assert status == 200
     await bot.wait(lambda: _has(bot, "ap-13", "extended *ap-13*"))
-    assert (await bot.env("ap-13")).expires_at > before
+    after = (await bot.env("ap-13")).expires_at
+    assert after > before
+    # The Home shows the new expiry: an extend republishes it too.
+    await bot.wait(lambda: _home_says(bot, OWNER, f"<!date^{int(after.timestamp())}^"))
+    assert len(bot.api.calls_to("views.publish")) > published
     status, _ = await bot.slack.action("ephem:destroy", value="ap-13", user_id=STRANGER,
                                        home=True)
     assert status == 200

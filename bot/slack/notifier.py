@@ -244,8 +244,10 @@ class Notifier:
                                                 env_id=env.id, payload={
                                                     "channel": inv.channel_id,
                                                     "ts": inv.message_ts, "text": text}))
-                # The reply may follow a change the card shows (an extended expiry).
+                # The reply may follow a change the card and the owner's Home show (an
+                # extended expiry): both are rendered from the store when sent.
                 added.append(await rows.request_card(s, queue=env.channel_id, env_id=env.id))
+                added += await self._request_home(s, env.owner_id)
                 return added
             case Visibility.OWNER:
                 return [await rows.add(s, queue=user_queue(env.owner_id), kind=EPHEMERAL,
