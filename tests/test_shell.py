@@ -231,3 +231,22 @@ async def test_on_a_terminal_lines_are_recalled_with_the_up_arrow(
         os.close(master)
     assert b"Traceback" not in seen
     assert (tmp_path / "ephem" / "shell_history").read_text().splitlines()[-1] == "help status"
+
+
+async def test_piped_commands_are_answered_in_order_before_the_shell_leaves(
+    bot_db_url: str
+) -> None:
+    """Each command's answer is out before the next line is read: piped input reads as a
+    transcript, answers under their commands, none after 'leaving'."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EPHEM_", "SLACK_"))}
+    env |= {"EPHEM_DATABASE_URL": bot_db_url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "shell", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+    out, _ = await asyncio.wait_for(
+        proc.communicate(b"help destroy\nlist --mine\nhelp extend\n"), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    said = [text.find(s) for s in ("Usage: /ephem destroy", "live environment",
+                                   "Usage: /ephem extend", "leaving:")]
+    assert -1 not in said and said == sorted(said), text

@@ -172,7 +172,7 @@ async def click(app: Ephem, writer: ShellWriter, terminal: Terminal, inv: Invoca
             return
     replies = await app.commands.action(inv, action_id=button.action_id.removeprefix("ephem:"),
                                         value=button.value)
-    await app.notifier.deliver(inv, replies)
+    await app.notifier.flush(only=await app.notifier.deliver(inv, replies))
 
 
 _WORDS = ("exit", "quit")
