@@ -69,7 +69,7 @@ PHASE_SECONDS = Histogram(
 SLACK_REFUSED = Counter(
     "ephem_slack_requests_refused",
     "Requests to POST /slack/events refused before any listener, by reason "
-    "(unsigned, malformed, too_large).",
+    "(unsigned, malformed, too_large, unhandled).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -65,6 +65,9 @@ def test_demo_on_an_existing_server(bot_db_url: str, pg_admin_url: str, db_prefi
     assert len(pairs) >= 8
     assert all(before.split(None, 3)[3].strip() != after.strip() for before, after in pairs)
     assert "reset-data" in out and "is gone" in out
+    # Each command's answer under its own heading, before the next command.
+    status = out.split("=== /ephem status ", 1)[1].split("\n=== ", 1)[0]
+    assert "is ready (owner @U_DEMO" in status, out
     # The code story: staging's set with one override, the diff, each component's answer.
     assert "Dry run: nothing was created" in out and "api        2.8.0-rc1  2.7.3" in out
     answers = [line for line in out.splitlines() if " -> {" in line]

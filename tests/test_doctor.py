@@ -132,3 +132,37 @@ async def test_an_unreachable_state_database_says_which_and_what_to_do(
     assert line == ("FAIL  state database: cannot reach "
                     "postgresql://ephem:***@no-such-host.invalid:5432/ephem: the host "
                     "no-such-host.invalid is not known; check the host name")
+
+
+async def test_nothing_configured_says_what_to_set_without_exception_names(
+    tmp_path: Path, slack_api: SlackApi, db_prefix: str, source_url: str,
+) -> None:
+    # A first run after `pip install`: no EPHEM_DATABASE_URL, and a blueprint whose data
+    # server defaults to it. Each failing line says what to set, not which exception was raised.
+    raw = healthy(tmp_path, server="", source=source_url, prefix=db_prefix)
+    del raw["phases"]["data"]["server"]
+    found = await checks_for(tmp_path, raw, settings(slack_api, ""))
+    failed = {c.name: c.line() for c in found if not c.ok}
+    assert set(failed) == {"state database", "data server"}, [c.line() for c in found]
+    assert failed["state database"] == (
+        "FAIL  state database: EPHEM_DATABASE_URL is not set: it names Ephem's own database "
+        "(`ephem shell` and `ephem demo` work without it)")
+    assert "phases.data.server" in failed["data server"]
+    assert "EPHEM_DATABASE_URL" in failed["data server"]
+    assert not any("Error" in line for line in failed.values()), failed
+    assert "clone method" not in {c.name for c in found}  # no server: said once
+
+
+async def test_a_data_server_from_an_infra_output_is_not_dialled(
+    tmp_path: Path, slack_api: SlackApi, bot_db_url: str, db_prefix: str, source_url: str,
+) -> None:
+    # `{infra.db_url}` is known only once an environment's infra phase ran: doctor says so
+    # rather than failing on a URL that is not one.
+    raw = healthy(tmp_path, server="{infra.db_url}", source=source_url, prefix=db_prefix)
+    raw["phases"]["infra"] = {"terraform": {"module": "infra"}}
+    (tmp_path / "infra").mkdir()
+    (tmp_path / "infra" / "main.tf").write_text('output "db_url" {\n  value = ""\n}\n')
+    found = await checks_for(tmp_path, raw, settings(slack_api, bot_db_url))
+    [line] = [c.line() for c in found if c.name == "data server"]
+    assert line.startswith("ok") and "infrastructure output" in line, line
+    assert "clone method" not in {c.name for c in found}

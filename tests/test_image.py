@@ -1,4 +1,5 @@
-"""The Dockerfile: hadolint's verdict, and its build stage replayed in a clean virtualenv.
+"""The Dockerfile: hadolint's verdict, and its build stage replayed in a clean virtualenv; and
+the wheel `pip install .` builds, with the oldest build backend pyproject.toml accepts.
 
 Why: no container engine runs where the tests run, yet the image must install and start Ephem.
 The build stage's own instructions are read from the Dockerfile (its COPY sources, its ARG and
@@ -18,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,3 +204,52 @@ async def test_build_stage_installs_and_starts_ephem_in_a_clean_virtualenv(
     assert any("state database" in line for line in lines)
     assert slack_api.calls_to("auth.test")
     assert "xoxb-image-test" not in out
+
+
+# --------------------------------------------------------------------------- the wheel
+
+
+async def test_the_oldest_allowed_build_backend_builds_a_wheel_holding_every_package_file(
+    tmp_path: Path
+) -> None:
+    """`pip install .` from anywhere needs every file the packages track, not only the modules:
+    the migrations, the example blueprint with its Terraform module, components and SQL, the
+    Slack manifest. And pyproject's `[build-system]` floor must be a backend that can read the
+    rest of pyproject (a pip with an older one at hand builds with that)."""
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    [floor] = [r for r in build["requires"] if r.startswith("setuptools")]
+    oldest = re.fullmatch(r"setuptools>=([\d.]+)", floor)
+    assert oldest, f"the build backend's floor is one version: {floor}"
+    venv = tmp_path / "venv"
+    env = _clean_env({})
+    code, out = await _run([sys.executable, "-m", "venv", str(venv)], env=env, cwd=tmp_path,
+                           timeout=120)
+    assert code == 0, out
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    code, out = await _run([*pip, "install", "-q", f"setuptools=={oldest.group(1)}"], env=env,
+                           cwd=tmp_path, timeout=300)
+    assert code == 0, out
+    # From the tracked files alone, as a fresh clone has them: a build/ or *.egg-info left by
+    # an earlier install here would otherwise lend the build its list of files.
+    code, listing = await _run(["git", "ls-files", "-z"], env=env, cwd=ROOT, timeout=60)
+    assert code == 0, listing
+    tracked = [name for name in listing.split("\0") if name]
+    src = tmp_path / "src"
+    for name in tracked:
+        origin, dest = ROOT / name, src / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if origin.is_symlink():
+            dest.symlink_to(os.readlink(origin))
+        elif origin.exists():  # deleted in the working tree, not yet in the index
+            shutil.copy2(origin, dest)
+    wheels = tmp_path / "wheels"
+    code, out = await _run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(wheels), str(src)], env=env, cwd=tmp_path, timeout=300)
+    assert code == 0, out[-4000:]
+    [wheel] = wheels.glob("ephem-*.whl")
+    held = set(zipfile.ZipFile(wheel).namelist())
+    packaged = [name for name in tracked if name.startswith(("bot/", "handlers/", "pipelines/"))
+                and (src / name).is_file()]
+    assert "bot/examples/infra/main.tf" in packaged  # the listing is the package's files
+    missing = sorted(set(packaged) - held)
+    assert missing == [], f"not in the wheel: {missing}"

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -582,3 +583,40 @@ async def test_credentials_asked_for_again_go_to_the_owner_only(
         "chat.postEphemeral") if "pw-again-1" in c.params["text"]]
     assert sent == [("CASK", "UOWNER"), ("CENV", "UOWNER")]
     assert not slack_api.calls_to("conversations.open")  # asked for: the answer is enough
+
+
+async def test_a_card_busy_with_progress_does_not_hold_back_its_threads_replies(
+    slack_api: SlackApi, store: Store
+) -> None:
+    """A phase reporting progress faster than the pace asks for its card again before each
+    slot; the reply added meanwhile (the thread's "Queued") still goes within a few slots, not
+    after the job has ended."""
+    timing = OutboxTiming(pace=0.1, poll=0.05, backoff_base=0.01, backoff_cap=0.05)
+    notifier = notifier_for(slack_api, store, timing=timing)
+    env_id = await new_env(store)
+    await notifier.refresh_card(env_id)
+    assert await notifier.flush(10)
+    async with store.transaction() as s:
+        job = await repo.enqueue_job(s, env_id=env_id, kind=JobKind.CREATE, requested_by="U1")
+    await set_status(store, env_id, EnvStatus.CREATING)
+    async with store.transaction() as s:
+        run = await repo.start_phase_run(s, env_id=env_id, job_id=job.id,
+                                         phase=CREATE_ORDER[0], action=PhaseAction.APPLY)
+
+    await notifier.deliver(INV, [Reply("queued reply", Visibility.THREAD, env_id=env_id)])
+    busy_until = time.time() + 2.0
+    step = 0
+    while time.time() < busy_until:
+        async with store.transaction() as s:
+            (await s.get_one(type(run), run.id)).detail = f"step {step}"
+        await notifier.progress(ProgressEvent(env_id, CREATE_ORDER[0], PhaseStatus.RUNNING,
+                                              f"step {step}"))
+        step += 1
+        await asyncio.sleep(0.02)
+    assert await notifier.flush(10)
+
+    [reply] = [c for c in slack_api.calls_to("chat.postMessage")
+               if c.params.get("text") == "queued reply"]
+    updates = slack_api.calls_to("chat.update")
+    assert len(updates) >= 5  # the card did keep changing meanwhile
+    assert reply.at < busy_until - 1.0, (reply.at, busy_until)

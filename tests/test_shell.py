@@ -231,3 +231,44 @@ async def test_on_a_terminal_lines_are_recalled_with_the_up_arrow(
         os.close(master)
     assert b"Traceback" not in seen
     assert (tmp_path / "ephem" / "shell_history").read_text().splitlines()[-1] == "help status"
+
+
+async def test_piped_commands_are_answered_in_order_before_the_shell_leaves(
+    bot_db_url: str
+) -> None:
+    """Each command's answer is out before the next line is read: piped input reads as a
+    transcript, answers under their commands, none after 'leaving'."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EPHEM_", "SLACK_"))}
+    env |= {"EPHEM_DATABASE_URL": bot_db_url}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "shell", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+    out, _ = await asyncio.wait_for(
+        proc.communicate(b"help destroy\nlist --mine\nhelp extend\n"), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    said = [text.find(s) for s in ("Usage: /ephem destroy", "live environment",
+                                   "Usage: /ephem extend", "leaving:")]
+    assert -1 not in said and said == sorted(said), text
+
+
+async def test_leaving_a_kept_server_says_what_has_not_started(
+    bot_db_url: str, tmp_path: Path, store: object
+) -> None:
+    """On EPHEM_DATABASE_URL the shell leaves what it queued to the next Ephem on that
+    database; a `destroy` not started yet is said, not silently left (no workers here, so
+    nothing starts)."""
+    del store  # the bot's tables start empty
+    blueprint = tmp_path / "ephem.yaml"
+    blueprint.write_text(yaml.safe_dump({"defaults": {"data": "none"}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EPHEM_", "SLACK_"))}
+    env |= {"EPHEM_DATABASE_URL": bot_db_url, "EPHEM_CONFIG": str(blueprint),
+            "EPHEM_WORKERS": "0"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "shell", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+    out, _ = await asyncio.wait_for(proc.communicate(b"create lq-1\n"), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert ("leaving: not started yet: create lq-1; queued work runs when `ephem serve` or "
+            "`ephem shell` next runs on this database") in text, text

@@ -246,6 +246,10 @@ def _malformed() -> list[tuple[str, bytes, str]]:
             "event": {"type": "app_mention", "channel": "C1", "text": "list"}}).encode(),
          "application/json"),
         ("unknown type", json.dumps({"type": "something"}).encode(), "application/json"),
+        ("channel_type is a number", json.dumps({
+            "type": "event_callback", "event_id": "Ev1",
+            "event": {"type": "message", "channel_type": 5, "user": "U1", "channel": "D1",
+                      "text": "list"}}).encode(), "application/json"),
     ]
 
 
@@ -259,6 +263,65 @@ async def test_signed_but_malformed_requests_get_400_without_a_trace(
     await edge.settle()
     assert edge.api.calls == []
     assert_quiet_log(caplog)
+
+
+def _unhandled() -> list[tuple[str, bytes]]:
+    def payload(value: Any) -> bytes:
+        return urlencode({"payload": json.dumps(value)}).encode()
+
+    user = {"id": "U1"}
+    return [
+        # Bolt reads `view.type` of a submission unchecked while looking for a listener.
+        ("submission without view.type", payload({
+            "type": "view_submission", "user": user,
+            "view": {"id": "V1", "callback_id": MARKER, "state": {"values": {"a": 1}}},
+            "unexpected": [1, {"x": None}]})),
+        ("submission with a string view", payload({"type": "view_submission", "user": user,
+                                                   "view": MARKER})),
+        ("view_closed", payload({"type": "view_closed", "user": user, "view": {}})),
+        ("shortcut", payload({"type": "shortcut", "user": user, "callback_id": MARKER})),
+        ("workflow step edit", payload({"type": "workflow_step_edit", "user": user,
+                                        "workflow_step": MARKER})),
+    ]
+
+
+async def test_an_interaction_without_a_listener_gets_a_constant_404(
+    edge: Edge, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for name, body in _unhandled():
+        status, text = await edge.raw(body, signed(body))
+        assert (status, text) == (404, slack_http.UNHANDLED), name
+    await edge.settle()
+    assert edge.api.calls == []
+    assert_quiet_log(caplog)
+
+
+async def test_a_button_value_holding_a_nul_is_answered(
+    edge: Edge, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The refusal quotes the value: a NUL in it cannot be stored (the outbox) or sent (Slack).
+    caplog.set_level(logging.DEBUG)
+    body = click_body("ephem:extend", "pr\x00-1", action_ts="1700000600.000100").encode()
+    assert (await edge.raw(body, signed(body)))[0] == 200
+    [reply] = await edge.api.wait_for("chat.postEphemeral")
+    assert "`pr\ufffd-1` is not a valid name" in reply.params["text"]
+    await edge.settle()
+    assert_quiet_log(caplog)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_direct_message_without_a_channel_is_ignored_in_one_line(
+    edge: Edge, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = json.dumps({"type": "event_callback", "event_id": "EvNoChannel", "event": {
+        "type": "message", "channel_type": "im", "user": "U1", "text": "list"}}).encode()
+    assert (await edge.raw(body, signed(body, content_type="application/json")))[0] == 200
+    await edge.settle()
+    assert [c.method for c in edge.api.calls if c.method != "auth.test"] == []
+    assert_quiet_log(caplog)
+    assert any("the direct message has no channel" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_command_mentioning_payload_is_read_as_a_command(edge: Edge) -> None:

@@ -244,9 +244,10 @@ class Ephem:
         await self.store.close()
 
     async def invoke(self, inv: Invocation) -> list[Reply]:
-        """Run one command as Slack would, and deliver its replies (used by shell and demo)."""
+        """Run one command as Slack would, and deliver its replies (used by shell and demo):
+        they are shown before this returns, so the next command's answer comes after them."""
         replies = await self.commands.command(inv)
-        await self.notifier.deliver(inv, replies)
+        await self.notifier.flush(only=await self.notifier.deliver(inv, replies))
         return replies
 
 

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from bot.cli.app import masking_key
-from bot.config import Blueprint, Settings
+from bot.config import INFRA_OUTPUT, Blueprint, Settings
 from bot.domain import format_duration
 from bot.errors import EphemError
 from bot.pg import asyncpg_dsn, redact, scrub
@@ -29,6 +29,10 @@ from bot.store.migrate import alembic_config
 from pipelines.data.clone import clone_method
 from pipelines.data.rules import load_rules
 from pipelines.infra.terraform import find_binary
+
+
+class CheckFailed(EphemError):
+    """A probe's own verdict, written for the reader: its line is the message, nothing else."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ async def _guard(name: str, probe: Callable[[], Awaitable[str]], *, url: str | N
         return Check(name, True, await asyncio.wait_for(probe(), timeout=10))
     except TimeoutError as exc:
         return Check(name, False, unreachable(url, exc) if url else "no answer within 10 s")
+    except CheckFailed as exc:
+        return Check(name, False, scrub(str(exc)))
     except (OSError, asyncpg.PostgresError) as exc:
         return Check(name, False, unreachable(url, exc) if url
                      else f"{type(exc).__name__}: {scrub(str(exc))}")
@@ -168,6 +174,44 @@ def approval_check(blueprint: Blueprint, snapshot: str) -> Check:
                  f"expire after {format_duration(blueprint.approvals.expire_after)}")
 
 
+async def data_checks(settings: Settings, blueprint: Blueprint) -> list[Check]:
+    """The data server (may it create databases and roles), each snapshot's source and
+    the clone method."""
+    data = blueprint.phases.data
+    if data is None:
+        return []
+    server = data.server or settings.database_url
+
+    async def data_server() -> str:
+        if INFRA_OUTPUT.match(server):
+            return (f"`{server}`: an infrastructure output, known once an environment's "
+                    "infra phase has run")
+        if not server:
+            raise CheckFailed("no server to create environments' databases on: set "
+                              "phases.data.server in the blueprint, or EPHEM_DATABASE_URL")
+        conn = await asyncpg.connect(asyncpg_dsn(server))
+        try:
+            row = await conn.fetchrow(
+                "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles "
+                "WHERE rolname = current_user")
+        finally:
+            await conn.close()
+        if row is None or not (row[0] or (row[1] and row[2])):
+            raise CheckFailed(f"{redact(server)}: the user needs CREATEDB and CREATEROLE")
+        return f"{redact(server)} (may create databases and roles)"
+
+    checks = [await _guard("data server", data_server, url=server or None)]
+    checks += await snapshot_checks(settings, blueprint)
+
+    async def clone_method_line() -> str:
+        return str(await clone_method(server))
+
+    if checks[0].ok and not INFRA_OUTPUT.match(server):
+        # An unreachable server is said once, on its own line.
+        checks.append(await _guard("clone method", clone_method_line))
+    return checks
+
+
 async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -> list[Check]:
     checks = [Check("blueprint", True, f"{source} is valid (project {blueprint.project})")]
     checks += defaults_checks(blueprint)
@@ -175,8 +219,8 @@ async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -
 
     async def state_db() -> str:
         if not settings.database_url:
-            raise RuntimeError("EPHEM_DATABASE_URL is not set: it names Ephem's own database "
-                               "(`ephem shell` and `ephem demo` work without it)")
+            raise CheckFailed("EPHEM_DATABASE_URL is not set: it names Ephem's own database "
+                              "(`ephem shell` and `ephem demo` work without it)")
         store = Store(settings.database_url, pool_size=1, max_overflow=0)
         try:
             async with store.engine.connect() as conn:
@@ -186,36 +230,12 @@ async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -
             await store.close()
         head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
         if current != head:
-            raise RuntimeError(f"schema at {current}, code expects {head}: run `ephem db upgrade`")
+            raise CheckFailed(f"schema at {current}, code expects {head}: run `ephem db upgrade`")
         return f"{redact(settings.database_url)} (schema at {head})"
 
     checks.append(await _guard("state database", state_db, url=settings.database_url or None))
 
-    data = blueprint.phases.data
-    if data is not None:
-        server = data.server or settings.database_url
-
-        async def data_server() -> str:
-            conn = await asyncpg.connect(asyncpg_dsn(server))
-            try:
-                row = await conn.fetchrow(
-                    "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles "
-                    "WHERE rolname = current_user")
-            finally:
-                await conn.close()
-            if row is None or not (row[0] or (row[1] and row[2])):
-                raise RuntimeError("the user needs CREATEDB and CREATEROLE")
-            return f"{redact(server)} (may create databases and roles)"
-
-        checks.append(await _guard("data server", data_server, url=server or None))
-        checks += await snapshot_checks(settings, blueprint)
-
-        async def clone_method_line() -> str:
-            return str(await clone_method(server))
-
-        if next(c for c in checks if c.name == "data server").ok:
-            # An unreachable server is said once, on its own line.
-            checks.append(await _guard("clone method", clone_method_line))
+    checks += await data_checks(settings, blueprint)
 
     if settings.slack_bot_token.get_secret_value():
         async def slack() -> str:
@@ -225,7 +245,8 @@ async def run_checks(settings: Settings, blueprint: Blueprint, *, source: str) -
             ) as resp:
                 body = await resp.json(content_type=None)
             if not body.get("ok"):
-                raise RuntimeError(f"auth.test said {body.get('error', 'not ok')}")
+                raise CheckFailed(f"auth.test said {body.get('error', 'not ok')}: check "
+                                  "SLACK_BOT_TOKEN")
             return f"{settings.slack_api_url} as {body.get('user', '?')} in {body.get('team', '?')}"
 
         checks.append(await _guard("slack", slack))

@@ -30,6 +30,7 @@ from pydantic import SecretStr
 from bot.cli.app import Ephem, build
 from bot.cli.bootstrap import state_database
 from bot.config import Settings, load_blueprint, user_data_dir
+from bot.domain import JobStatus
 from bot.ports import Invocation
 from bot.slack import messages
 from bot.slack.blocks import blocks_to_lines, plain
@@ -172,7 +173,7 @@ async def click(app: Ephem, writer: ShellWriter, terminal: Terminal, inv: Invoca
             return
     replies = await app.commands.action(inv, action_id=button.action_id.removeprefix("ephem:"),
                                         value=button.value)
-    await app.notifier.deliver(inv, replies)
+    await app.notifier.flush(only=await app.notifier.deliver(inv, replies))
 
 
 _WORDS = ("exit", "quit")
@@ -213,6 +214,20 @@ async def destroy_what_was_made(app: Ephem, *, user: str, channel: str,
           "be left behind", file=sys.stderr)
 
 
+async def say_what_waits(app: Ephem, *, user: str) -> None:
+    """On a kept server, what `user` asked for here and no worker has started stays queued
+    when the shell leaves: say so, rather than leave as if it were done (a `destroy` typed
+    while the create was still running would otherwise seem to have been lost)."""
+    async with app.store.transaction() as s:
+        waiting = [f"{job.kind.value.replace('_', '-')} {env.name}"
+                   for env in await repo.live_environments(s)
+                   for job in await repo.pending_jobs(s, env.id)
+                   if job.status is JobStatus.QUEUED and job.requested_by == user]
+    if waiting:
+        print(f"leaving: not started yet: {', '.join(waiting)}; queued work runs when "
+              "`ephem serve` or `ephem shell` next runs on this database", file=sys.stderr)
+
+
 async def run_shell(settings: Settings, *, user: str, channel: str) -> int:
     blueprint = load_blueprint(settings.config)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
@@ -247,6 +262,8 @@ async def run_shell(settings: Settings, *, user: str, channel: str) -> int:
             terminal.close()
             if embedded:
                 await destroy_what_was_made(app, user=user, channel=channel)
+            else:
+                await say_what_waits(app, user=user)
             print("leaving: waiting for running steps to finish", file=sys.stderr)
             await app.stop()
     return 0

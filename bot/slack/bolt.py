@@ -197,21 +197,23 @@ class _Listeners:
             self._spawn(inv, _verb(inv.text), lambda: self._handler.command(inv),
                         seen=Sighting("event", envelope.event_id, EVENT_MEMORY), retry=retry)
 
-    async def direct_message(self, body: dict[str, Any], event: dict[str, Any],
-                             context: AsyncBoltContext) -> None:
+    async def direct_message(self, body: dict[str, Any], context: AsyncBoltContext) -> None:
         """A message in the app's Messages tab is a command, answered in that DM
         (`create pr-1` there works like `/ephem create pr-1`). Ephem's own posts, edits and
         other subtypes are not commands."""
-        if event.get("channel_type") != "im" or event.get("subtype") or event.get("bot_id"):
-            return
-        if not event.get("user") or event.get("user") == context.bot_user_id:
-            return
         with self._unexpected(body):
-            text = strip_mention(event.get("text") or "", context.bot_user_id)
-            text = text.removeprefix(COMMAND).strip()
-            inv = Invocation(user_id=event["user"], channel_id=event["channel"], text=text,
-                             source="dm", thread_ts=event.get("thread_ts"))
             envelope = inbound.read_event(body)
+            event = envelope.event
+            if event.channel_type != "im" or event.subtype or event.bot_id:
+                return
+            if not event.user or event.user == context.bot_user_id:
+                return
+            if event.channel is None:
+                raise inbound.Malformed("the direct message has no channel")
+            text = strip_mention(event.text or "", context.bot_user_id)
+            text = text.removeprefix(COMMAND).strip()
+            inv = Invocation(user_id=event.user, channel_id=event.channel, text=text,
+                             source="dm", thread_ts=event.thread_ts)
             self._spawn(inv, _verb(inv.text), lambda: self._handler.command(inv),
                         seen=Sighting("event", envelope.event_id, EVENT_MEMORY))
 

@@ -12,10 +12,11 @@ restarted, and the probe's answer says which.
 `max_body` bytes (413 beyond, with a constant body), its v0 signature is checked on the raw bytes
 (401 with a constant body otherwise, and one short log line naming what was wrong — never the
 body, never a traceback), and only then is it parsed and its shape checked (`bot.slack.inbound`;
-400 with a constant body when it is not something Slack sends). Bolt gets the parsed body and
-does not verify again (`request_verification_enabled=False`, see `bot.slack.bolt`): nothing
-unsigned ever reaches a listener, an error handler or the Slack Web API. The time to ack is
-measured here.
+400 with a constant body when it is not something Slack sends; 404 when it is an interaction
+Ephem has no listener for, a modal's or a shortcut's, which bolt is not given). Bolt gets the
+parsed body and does not verify again (`request_verification_enabled=False`, see
+`bot.slack.bolt`): nothing unsigned ever reaches a listener, an error handler or the Slack Web
+API. The time to ack is measured here.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ DEFAULT_MAX_BODY = 64 * 1024  # Slack's requests to Ephem are a few KB (a click 
 # Constant answers: a refused request learns nothing from the body of the answer.
 UNSIGNED = "refused: not signed by Slack\n"
 MALFORMED = "refused: not a request Ephem can read\n"
+UNHANDLED = "refused: Ephem does not answer this kind of request\n"
 TOO_LARGE = "refused: the request body is too large\n"
 
 
@@ -123,7 +125,12 @@ class HttpServer:
             return _refuse(request, 401, UNSIGNED, "unsigned", problem)
         try:
             encoding, body = inbound.read_body(raw, request.content_type)
-            inbound.check(encoding, body)
+            kind = inbound.check(encoding, body)
+            if kind is inbound.Kind.INTERACTION:
+                # No listener takes it, and bolt reads parts of such payloads (a view's type,
+                # a workflow step) unchecked while looking for one: a 500 with a trace.
+                return _refuse(request, 404, UNHANDLED, "unhandled",
+                               "signed, but an interaction Ephem has no listener for")
             bolt_request = _bolt_request(raw.decode(), body, request)
         except inbound.Malformed as exc:
             return _refuse(request, 400, MALFORMED, "malformed", f"signed, but {exc}")

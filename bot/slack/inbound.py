@@ -281,6 +281,7 @@ class _Event(_Shape):
     event_ts: Ts | None = None
     bot_id: SlackId | None = None
     subtype: ShortText | None = None
+    channel_type: ShortText | None = None  # `im` in the app's Messages tab
 
 
 class EventCallback(_Shape):

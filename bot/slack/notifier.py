@@ -46,7 +46,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -158,16 +158,18 @@ class Notifier:
 
     # ----------------------------------------------------------------------- replies
 
-    async def deliver(self, inv: Invocation, replies: Sequence[Reply]) -> None:
-        """Queue each reply where its visibility says; a failure is logged, never raised."""
+    async def deliver(self, inv: Invocation, replies: Sequence[Reply]) -> list[int]:
+        """Queue each reply where its visibility says; the outbox rows added (to `flush`). A
+        failure is logged, never raised."""
+        added: list[int] = []
         if not replies:
-            return
+            return added
         with self._guard("queue replies", channel=inv.channel_id):
-            added: list[int] = []
             async with self._store.transaction() as s:
                 for reply in replies:
                     added += await self._add_reply(s, inv, reply)
             self._added(added)
+        return added
 
     async def refresh_card(self, env_id: int) -> None:
         """Ask for the card to be rendered from the store and shown (posted if there is none)."""
@@ -305,15 +307,19 @@ class Notifier:
             self._drainer.start()
             self._drainer.wake()
 
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every row this process added has been sent (by any replica) or dropped;
-        False if some still wait after `timeout` seconds (Slack away)."""
+    async def flush(self, timeout: float | None = None, *, only: Iterable[int] | None = None
+                    ) -> bool:
+        """Wait until every row this process added (or those of them in `only`) has been sent
+        (by any replica) or dropped; False if some still wait after `timeout` seconds (Slack
+        away)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._mine:
+        subset = None if only is None else set(only)
+        while wanted := set(self._mine) if subset is None else self._mine & subset:
             async with self._store.transaction() as s:
-                self._mine &= await rows.waiting(s, self._mine)
-            if not self._mine:
-                break
+                left = await rows.waiting(s, wanted)
+            self._mine -= wanted - left
+            if not left:
+                continue  # without `only`, rows added meanwhile are waited for too
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             await self._drainer.progress(0.1)

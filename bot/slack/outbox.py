@@ -10,7 +10,7 @@ Queues. Rows are grouped in queues: a channel (its thread posts, card updates an
 edits), or one person's private messages (`user:<id>`: ephemeral answers and direct messages).
 One process at a time sends a queue — it *claims* it (`holder`, `held_until`: a lease, renewed
 before every write, given back when the queue is empty) — and sends its rows one at a time in
-order (card requests first: see `bot.store.outbox.next_turn`). That is what keeps a thread in
+order (new card requests first: see `bot.store.outbox.next_turn`). That is what keeps a thread in
 order, and what makes the last card update win: the one
 sender renders the card from the store right before sending it, and a card asked for again
 while it was being rendered is sent again (its `revision` moved). No older render can land after

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -134,10 +134,13 @@ async def next_turn(s: AsyncSession, *, queue: str, holder: str, lease: float,
     """The queue's next row and, when it is due, its slot: taking the slot renews the lease and
     opens the next slot `interval` seconds later (the pace).
 
-    Card requests go first, oldest first: a card shows the state now, and there is at most one
-    request per environment, so they cannot crowd the rest out for long, while in a busy
-    channel a final state behind every other thread's replies would be seconds (or minutes)
-    stale. Everything else goes in the order it was added, which keeps each thread in order.
+    A new card request goes first: a card shows the state now, and in a busy channel a final
+    state behind every other thread's replies would be seconds (or minutes) stale. A card
+    asked for again (its `revision` moved: a running phase reporting progress) keeps its place
+    instead, and once sent goes to the back (`settle`): else an environment whose progress
+    comes faster than the pace would hold back every reply in its channel — its own thread's
+    first ones included — until its job ended. Everything else goes in the order it was
+    added, which keeps each thread in order.
     """
     row = (await s.execute(
         select(SlackQueue.holder, SlackQueue.held_until, SlackQueue.next_at,
@@ -150,7 +153,8 @@ async def next_turn(s: AsyncSession, *, queue: str, holder: str, lease: float,
     now: datetime = row.now
     first = (await s.execute(
         select(SlackOutbox).where(SlackOutbox.queue == queue)
-        .order_by(SlackOutbox.kind != CARD, SlackOutbox.position).limit(1)
+        .order_by(or_(SlackOutbox.kind != CARD, SlackOutbox.revision > 0),
+                  SlackOutbox.position).limit(1)
     )).scalar_one_or_none()
     if first is None:
         return Turn(held=True)
