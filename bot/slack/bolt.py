@@ -31,6 +31,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.error import BoltUnhandledRequestError
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.request.async_request import AsyncBoltRequest
 
 from bot import metrics
@@ -288,6 +289,20 @@ def _kind(body: object) -> str:
     return kind if isinstance(kind, str) and kind in known else "unknown"
 
 
+class _OwnClient(logging.Filter):
+    """Drops bolt's warning that a token is unused because a client was given."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
+def _bolt_logger() -> logging.Logger:
+    logger = logging.getLogger("ephem.bolt")
+    if not any(isinstance(f, _OwnClient) for f in logger.filters):
+        logger.addFilter(_OwnClient())
+    return logger
+
+
 def build_bolt_app(*, settings: Settings, handler: CommandHandler, notifier: Notifier,
                    store: Store, inflight: InFlight) -> AsyncApp:
     """The bolt app with Ephem's listeners; serve it with `HttpServer` or `SocketMode`."""
@@ -305,8 +320,11 @@ def build_bolt_app(*, settings: Settings, handler: CommandHandler, notifier: Not
     # body; bolt's check would only run later, and logs whole bodies of forged requests.
     # raise_error_for_unhandled_request: a request no listener takes reaches `error` (one log
     # line) instead of bolt's warning, which prints the body.
+    # logger: bolt reads SLACK_BOT_TOKEN from the environment itself and, given our client as
+    # well, warns on every start that it will not use it, which is the intent; that one
+    # warning is dropped (`_OwnClient`), every other line of bolt's is kept.
     app = AsyncApp(name="ephem", client=make_web_client(settings), signing_secret=secret,
-                   logger=logging.getLogger("ephem.bolt"), process_before_response=True,
+                   logger=_bolt_logger(), process_before_response=True,
                    request_verification_enabled=False, raise_error_for_unhandled_request=True)
     listeners = _Listeners(handler=handler, notifier=notifier, store=store, inflight=inflight)
     app.command(COMMAND)(listeners.command)
