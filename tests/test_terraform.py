@@ -299,3 +299,17 @@ async def test_providers_come_only_from_the_mirror(tf: Setup, tmp_path: Path) ->
     assert refused.value.details is not None
     assert "hashicorp/null" in refused.value.details and str(mirror) in refused.value.details
     assert "provider_mirror" in refused.value.details  # what to do about it
+
+
+def test_each_installation_has_its_own_working_directories(tmp_path: Path) -> None:
+    """Two Ephems on one machine (other state databases, or schemas) never share a working
+    directory, and the password is not what tells them apart."""
+    def root(url: str, schema: str = "ephem_tf") -> Path:
+        config = TerraformConfig(module=tmp_path, backend=TerraformBackend(schema_name=schema))
+        return TerraformProvider(config, state_url=url).root
+
+    one = root("postgresql://ephem:pw1@db:5432/ephem")
+    assert one == root("postgresql://ephem:pw2@db:5432/ephem")  # the same installation
+    assert one != root("postgresql://ephem:pw1@db:5432/other")
+    assert one != root("postgresql://ephem:pw1@db:5432/ephem", schema="tf_two")
+    assert one.parent.name == "ephem-terraform"

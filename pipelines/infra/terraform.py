@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from python_terraform import IsFlagged, Terraform
 from bot import proc
 from bot.config import PLACEHOLDER, TerraformConfig
 from bot.errors import PermanentError, TemporaryError
-from bot.pg import asyncpg_dsn, quote_ident
+from bot.pg import asyncpg_dsn, quote_ident, redact
 from bot.redaction import register, scrub
 from pipelines.base import PhaseContext
 
@@ -250,7 +251,13 @@ class TerraformProvider:
         self._conn_str = backend_url(conn, application_name=self.holder)
         register(self._conn_str, self._state_url)
         self.schema = config.backend.schema_name
-        self.root = config.workdir or Path(tempfile.gettempdir()) / "ephem-terraform"
+        # Per installation (state database and schema): two Ephems on one machine (a serve
+        # and a shell, say) both have an environment 1, and one directory would init and apply
+        # against the other's backend.
+        where = f"{redact(self._state_url)}\0{self.schema}"  # no password in it
+        installation = hashlib.sha256(where.encode()).hexdigest()
+        self.root = config.workdir or (Path(tempfile.gettempdir()) / "ephem-terraform"
+                                       / installation[:12])
         self.binary = find_binary(config.binary)
         self._init_lock = asyncio.Lock()
         self._schema_ready = False
