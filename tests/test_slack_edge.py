@@ -278,6 +278,9 @@ def _unhandled() -> list[tuple[str, bytes]]:
             "unexpected": [1, {"x": None}]})),
         ("submission with a string view", payload({"type": "view_submission", "user": user,
                                                    "view": MARKER})),
+        ("a well-formed submission of a modal not Ephem's", payload({
+            "type": "view_submission", "user": user,
+            "view": {"id": "V2", "type": "modal", "callback_id": "other:" + MARKER}})),
         ("view_closed", payload({"type": "view_closed", "user": user, "view": {}})),
         ("shortcut", payload({"type": "shortcut", "user": user, "callback_id": MARKER})),
         ("workflow step edit", payload({"type": "workflow_step_edit", "user": user,

@@ -34,6 +34,7 @@ from slack_sdk.models.blocks import (
 from bot.domain import CREATE_ORDER, DataMode, EnvStatus, PhaseAction, PhaseName, PhaseStatus
 from bot.mrkdwn import escape
 from bot.slack import messages
+from bot.slack.inbound import OWN_PREFIX
 from bot.store.models import Environment, PhaseRun
 
 # Slack's limits (https://api.slack.com/reference/block-kit/blocks).
@@ -46,7 +47,7 @@ MAX_CONTEXT_ELEMENTS = 10
 MAX_TEXT = 40000  # chat.postMessage truncates `text` beyond this
 SHORT_ERROR = 200
 
-ACTION_PREFIX = "ephem:"
+ACTION_PREFIX = OWN_PREFIX
 RETRY_ACTION = ACTION_PREFIX + "retry"
 DESTROY_ACTION = ACTION_PREFIX + "destroy"
 EXTEND_ACTION = ACTION_PREFIX + "extend"

@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+OWN_PREFIX = "ephem:"  # of the action and callback ids of Ephem's buttons, menus and modals
 SIGNATURE_WINDOW_SECONDS = 300  # Slack's own rule: a request older than five minutes is refused
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
@@ -233,6 +234,7 @@ class _ViewState(_Shape):
 
 class _View(_Shape):
     id: SlackId
+    type: Literal["modal"]
     callback_id: ShortText = ""
     private_metadata: str = Field(default="", max_length=3000)
     hash: ShortText | None = None
@@ -310,6 +312,7 @@ class _UrlVerification(_Shape):
 class Kind(StrEnum):
     COMMAND = "command"
     ACTION = "action"
+    SUBMISSION = "submission"  # a modal of Ephem's own, submitted
     INTERACTION = "interaction"  # an interactive payload Ephem has no listener for
     EVENT = "event"
     URL_VERIFICATION = "url_verification"
@@ -331,8 +334,14 @@ def check(encoding: Encoding, body: Mapping[str, Any]) -> Kind:
             read_actions(body)
             return Kind.ACTION
         if kind == "view_submission":
-            read_submission(body)
-            return Kind.INTERACTION
+            # One of Ephem's own modals (the deny reason) goes to its listener; any other
+            # submission, or one bolt could not read, is an interaction nobody answers.
+            try:
+                form = read_submission(body)
+            except Malformed:
+                return Kind.INTERACTION
+            return (Kind.SUBMISSION if form.view.callback_id.startswith(OWN_PREFIX)
+                    else Kind.INTERACTION)
         if isinstance(kind, str):
             _validated(_Interaction, body, "the interaction")
             return Kind.INTERACTION
