@@ -23,6 +23,7 @@ Use the fixture by importing `slack_api_fixture` into a test module (it register
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -38,7 +39,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bot.cli.app import Ephem
 from bot.ports import Invocation, Reply
+from bot.slack.bolt import build_bolt_app
+from bot.slack.http import HttpServer
 from bot.slack.outbox import OutboxTiming
 
 # The outbox at test speed: no channel pace, retries after hundredths of a second.
@@ -581,3 +585,20 @@ class RecordingHandler:
         self.submissions.append((inv, callback_id, metadata))
         await self._wait()
         return self.answer(inv)
+
+
+@contextlib.asynccontextmanager
+async def served(app: Ephem, secret: str) -> AsyncIterator[SlackSender]:
+    """`app` behind the real edge — bolt and the signed HTTP server, on a free port — started
+    with its scheduler left to the test, and a sender signing with `secret`; stopped after."""
+    bolt = build_bolt_app(settings=app.settings, handler=app.commands, notifier=app.notifier,
+                          store=app.store, inflight=app.inflight)
+    server = HttpServer(bolt_app=bolt, store=app.store, host="127.0.0.1", port=0,
+                        signing_secret=secret)
+    await server.start()
+    await app.start(scheduler=False)
+    try:
+        yield SlackSender(server.url + "/slack/events", secret)
+    finally:
+        await server.stop()
+        await app.stop()

@@ -20,8 +20,6 @@ from bot.cli.sample_data import SHOP, make_production
 from bot.config import SnapshotConfig, load_settings, parse_blueprint
 from bot.domain import ApprovalStatus, DataMode, EnvStatus, JobKind, JobStatus
 from bot.errors import ConfigError
-from bot.slack.bolt import build_bolt_app
-from bot.slack.http import HttpServer
 from bot.slack.writer import WebApiWriter, make_web_client
 from bot.store import repo
 from bot.store.models import ApprovalRequest, ApprovalVote, AuditEvent, Environment, Job
@@ -32,6 +30,7 @@ from tests.slackapi import (  # noqa: F401 (the fixture)
     Call,
     SlackApi,
     SlackSender,
+    served,
     slack_api_fixture,
 )
 
@@ -168,17 +167,8 @@ async def _bot(api: SlackApi, bot_db_url: str, raw: dict[str, Any], *, workers: 
     clock = Clock()
     app = build(settings, parse_blueprint(raw), timing=FAST_OUTBOX, clock=clock,
                 writer=WebApiWriter(make_web_client(settings)))
-    bolt = build_bolt_app(settings=settings, handler=app.commands, notifier=app.notifier,
-                          store=app.store, inflight=app.inflight)
-    server = HttpServer(bolt_app=bolt, store=app.store, host="127.0.0.1", port=0,
-                        signing_secret=SECRET)
-    await server.start()
-    await app.start(scheduler=False)
-    try:
-        yield Bot(app, api, SlackSender(server.url + "/slack/events", SECRET), clock)
-    finally:
-        await server.stop()
-        await app.stop()
+    async with served(app, SECRET) as sender:
+        yield Bot(app, api, sender, clock)
 
 
 @pytest.fixture

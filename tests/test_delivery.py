@@ -5,6 +5,7 @@ the real handlers, executor, runner and outbox on PostgreSQL, a local Slack Web 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -16,8 +17,6 @@ from sqlalchemy import func, select
 from bot.cli.app import Ephem, build
 from bot.config import load_settings, parse_blueprint
 from bot.domain import EnvStatus, JobStatus
-from bot.slack.bolt import build_bolt_app
-from bot.slack.http import HttpServer
 from bot.slack.writer import WebApiWriter, make_web_client
 from bot.store import repo
 from bot.store.models import Environment, Job
@@ -25,6 +24,7 @@ from tests.slackapi import (  # noqa: F401 (the fixture)
     FAST_OUTBOX,
     SlackApi,
     SlackSender,
+    served,
     slack_api_fixture,
 )
 
@@ -76,24 +76,14 @@ async def _bots(api: SlackApi, bot_db_url: str, prefix: str, *, count: int,
         "phases": phases,
         "retries": {"attempts": 1, "backoff": "1s"},
     })
-    bots, servers = [], []
-    for _ in range(count):
-        app = build(settings, blueprint, timing=FAST_OUTBOX,
-                    writer=WebApiWriter(make_web_client(settings)))
-        bolt = build_bolt_app(settings=settings, handler=app.commands, notifier=app.notifier,
-                              store=app.store, inflight=app.inflight)
-        server = HttpServer(bolt_app=bolt, store=app.store, host="127.0.0.1", port=0,
-                            signing_secret=SECRET)
-        await server.start()
-        await app.start(scheduler=False)
-        servers.append(server)
-        bots.append(Bot(app, api, SlackSender(server.url + "/slack/events", SECRET)))
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        bots = []
+        for _ in range(count):
+            app = build(settings, blueprint, timing=FAST_OUTBOX,
+                        writer=WebApiWriter(make_web_client(settings)))
+            sender = await stack.enter_async_context(served(app, SECRET))
+            bots.append(Bot(app, api, sender))
         yield bots
-    finally:
-        for server, bot in zip(servers, bots, strict=True):
-            await server.stop()
-            await bot.app.stop()
 
 
 @pytest.fixture

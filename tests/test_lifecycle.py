@@ -6,6 +6,7 @@ PostgreSQL, a local Slack Web API reading what Ephem said; the scheduler's clock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -20,8 +21,6 @@ from bot.cli.app import Ephem, build
 from bot.config import load_settings, parse_blueprint
 from bot.domain import EnvStatus
 from bot.pg import asyncpg_dsn
-from bot.slack.bolt import build_bolt_app
-from bot.slack.http import HttpServer
 from bot.slack.writer import WebApiWriter, make_web_client
 from bot.store import repo
 from bot.store.models import AuditEvent, Environment, SlackOutbox
@@ -29,6 +28,7 @@ from tests.slackapi import (  # noqa: F401 (the fixture)
     FAST_OUTBOX,
     SlackApi,
     SlackSender,
+    served,
     slack_api_fixture,
 )
 
@@ -99,24 +99,14 @@ async def _bots(api: SlackApi, bot_db_url: str, blueprint: dict[str, Any], *,
         slack_app_token=None, database_url=bot_db_url, workers=2, poll_seconds=0.1,
         lease_seconds=5, grace_seconds=5, secret_key="lifecycle-secret-key",
     )
-    bots, servers = [], []
-    for _ in range(count):
-        app = build(settings, parse_blueprint(blueprint), timing=FAST_OUTBOX,
-                    writer=WebApiWriter(make_web_client(settings)))
-        bolt = build_bolt_app(settings=settings, handler=app.commands, notifier=app.notifier,
-                              store=app.store, inflight=app.inflight)
-        server = HttpServer(bolt_app=bolt, store=app.store, host="127.0.0.1", port=0,
-                            signing_secret=SECRET)
-        await server.start()
-        await app.start(scheduler=False)  # the test ticks the scheduler itself
-        servers.append(server)
-        bots.append(Bot(app, api, SlackSender(server.url + "/slack/events", SECRET)))
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        bots = []
+        for _ in range(count):
+            app = build(settings, parse_blueprint(blueprint), timing=FAST_OUTBOX,
+                        writer=WebApiWriter(make_web_client(settings)))
+            sender = await stack.enter_async_context(served(app, SECRET))
+            bots.append(Bot(app, api, sender))
         yield bots
-    finally:
-        for server, bot in zip(servers, bots, strict=True):
-            await server.stop()
-            await bot.app.stop()
 
 
 PRICES = {"cost": {"cpu_hour": 0.0, "gib_hour": 0.0, "db_gb_day": 1.5}}

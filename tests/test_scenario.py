@@ -17,8 +17,6 @@ from bot.cli.app import Ephem, build
 from bot.config import load_settings, parse_blueprint
 from bot.domain import EnvStatus
 from bot.pg import asyncpg_dsn, quote_ident
-from bot.slack.bolt import build_bolt_app
-from bot.slack.http import HttpServer
 from bot.slack.writer import WebApiWriter, make_web_client
 from bot.store import repo
 from tests.conftest import as_user
@@ -27,6 +25,7 @@ from tests.slackapi import (  # noqa: F401 (the fixture)
     Call,
     SlackApi,
     SlackSender,
+    served,
     slack_api_fixture,
 )
 
@@ -92,17 +91,8 @@ async def _bot(api: SlackApi, bot_db_url: str, data: dict[str, Any], prefix: str
     })
     app = build(settings, blueprint, timing=FAST_OUTBOX,
                 writer=WebApiWriter(make_web_client(settings)))
-    bolt = build_bolt_app(settings=settings, handler=app.commands, notifier=app.notifier,
-                          store=app.store, inflight=app.inflight)
-    server = HttpServer(bolt_app=bolt, store=app.store, host="127.0.0.1", port=0,
-                        signing_secret=SECRET)
-    await server.start()
-    await app.start(scheduler=False)
-    try:
-        yield Bot(app, api, SlackSender(server.url + "/slack/events", SECRET), prefix)
-    finally:
-        await server.stop()
-        await app.stop()
+    async with served(app, SECRET) as sender:
+        yield Bot(app, api, sender, prefix)
 
 
 @pytest.fixture
