@@ -641,7 +641,9 @@ async def _approve_then_ready(bot: Bot, db_prefix: str) -> None:
     await bot.slack.action("ephem:approve", value=str(request.id), user_id=APP1,
                            channel_id=APPROVALS, message_ts=request.card_ts or "")
     await bot.wait(lambda: _env_is(bot, "ap-20", EnvStatus.READY), timeout=60)
-    assert await bot.job_statuses("ap-20") == [(JobKind.CREATE, JobStatus.SUCCEEDED)]
+    # The environment is ready a moment before its job is marked done.
+    done = [(JobKind.CREATE, JobStatus.SUCCEEDED)]
+    await bot.wait(lambda: _jobs_are(bot, "ap-20", done))
     assert (await bot.env("ap-20")).outputs["data"]["snapshot"].startswith(db_prefix)
     for name in ("ap-20", "ap-21"):
         await bot.slack.command(f"destroy {name}", user_id=OWNER, channel_id=CHANNEL)
@@ -653,6 +655,10 @@ async def _env_is(bot: Bot, name: str, status: EnvStatus) -> bool:
     async with bot.app.store.transaction() as s:
         env = await repo.find_live_environment(s, name)
         return env is not None and env.status is status
+
+
+async def _jobs_are(bot: Bot, name: str, want: list[tuple[JobKind, JobStatus]]) -> bool:
+    return await bot.job_statuses(name) == want
 
 
 async def _gone(bot: Bot, name: str) -> bool:
