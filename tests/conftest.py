@@ -58,7 +58,8 @@ def as_user(url: str, user: str) -> str:
     return with_database(url, urlsplit(url).path.lstrip("/"), user=user)
 
 
-async def _admin(url: str, *statements: str) -> None:
+async def admin(url: str, *statements: str) -> None:
+    """Run `statements` on `url`, one connection, in order."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         for sql in statements:
@@ -88,7 +89,7 @@ async def _drop_prefixed(url: str) -> None:
 def bot_db_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh database for the bot's own state, migrated once for the whole session."""
     name = f"{PREFIX}bot"
-    asyncio.run(_admin(pg_admin_url, f"CREATE DATABASE {quote_ident(name)}"))
+    asyncio.run(admin(pg_admin_url, f"CREATE DATABASE {quote_ident(name)}"))
     url = with_database(pg_admin_url, name)
     upgrade(url)
     try:

@@ -39,6 +39,7 @@ from pipelines.data.clone import (
     filesystem_of,
     reset_database,
 )
+from tests.conftest import admin
 
 TABLES = ("app.customers", "public.orders")
 ROWS = {"app.customers": 40, "public.orders": 120}
@@ -74,15 +75,6 @@ REFRESH MATERIALIZED VIEW app.busy;
 """
 
 
-async def _execute(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        for sql in statements:
-            await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def _fetchval(url: str, sql: str, *args: object) -> object:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -102,11 +94,11 @@ async def _counts(url: str, database: str) -> dict[str, int]:
 async def _make_golden(url: str, name: str, *, builder: str) -> None:
     """A small golden database: a couple of tables with rows, a sequence, a view, a function and
     some types, one table owned by a second role; then marked template, no connections."""
-    await _execute(url, f"CREATE DATABASE {quote_ident(name)}")
-    await _execute(with_database(url, name), GOLDEN_SQL,
+    await admin(url, f"CREATE DATABASE {quote_ident(name)}")
+    await admin(with_database(url, name), GOLDEN_SQL,
                    "CREATE TABLE public.audit (at timestamptz DEFAULT now())",
                    f"ALTER TABLE public.audit OWNER TO {quote_ident(builder)}")
-    await _execute(url, f"ALTER DATABASE {quote_ident(name)} "
+    await admin(url, f"ALTER DATABASE {quote_ident(name)} "
                         "WITH IS_TEMPLATE true ALLOW_CONNECTIONS false")
 
 
@@ -133,7 +125,7 @@ def prefix(db_prefix: str) -> str:
 async def golden(pg_admin_url: str, prefix: str) -> AsyncIterator[str]:
     """The golden database's name; everything `prefix`ed is dropped after the module."""
     builder = f"{prefix}builder"
-    await _execute(pg_admin_url, f"CREATE ROLE {quote_ident(builder)}",
+    await admin(pg_admin_url, f"CREATE ROLE {quote_ident(builder)}",
                    # Something else the builder owns on the server, that adopt must not move.
                    f"CREATE DATABASE {quote_ident(prefix + 'builder_own')} "
                    f"OWNER {quote_ident(builder)}")
@@ -161,7 +153,7 @@ def _name(prefix: str, what: str) -> str:
 
 async def _role(url: str, prefix: str) -> str:
     role = _name(prefix, "env")
-    await _execute(url, f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '{PASSWORD}'")
+    await admin(url, f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD '{PASSWORD}'")
     return role
 
 
@@ -194,7 +186,7 @@ async def test_clone_is_an_identical_independent_copy(pg_admin_url: str, golden:
     assert await _fetchval(clone_url, "SELECT public.total_qty()") == await _fetchval(
         clone_url, "SELECT sum(qty) FROM public.orders")
 
-    await _execute(clone_url, "DELETE FROM public.orders",
+    await admin(clone_url, "DELETE FROM public.orders",
                    "INSERT INTO app.customers (name) VALUES ('only in the clone')")
     assert await _counts(pg_admin_url, target) == {"app.customers": 41, "public.orders": 0}
     # The golden database is untouched: a fresh clone has the original rows.
@@ -206,7 +198,7 @@ async def test_clone_is_an_identical_independent_copy(pg_admin_url: str, golden:
 async def test_clone_twice_is_idempotent(pg_admin_url: str, golden: str, prefix: str) -> None:
     target = _name(prefix, "env")
     first = await clone_database(pg_admin_url, template=golden, target=target)
-    await _execute(with_database(pg_admin_url, target), "DELETE FROM public.orders")
+    await admin(with_database(pg_admin_url, target), "DELETE FROM public.orders")
 
     second = await clone_database(pg_admin_url, template=golden, target=target)
 
@@ -398,7 +390,7 @@ async def test_pool_members_are_told_apart_from_look_alikes(pg_admin_url: str, g
     lookalike = f"{members}7"
     await clone_database(pg_admin_url, template=golden, target=lookalike)
     # A member a fill made but did not get to comment (it stopped in between).
-    await _execute(pg_admin_url, f"CREATE DATABASE {quote_ident(members + '1')} "
+    await admin(pg_admin_url, f"CREATE DATABASE {quote_ident(members + '1')} "
                                  f"TEMPLATE {quote_ident(golden)} ALLOW_CONNECTIONS false")
     assert await pool.ready(golden) == 0
 
@@ -433,13 +425,13 @@ async def test_drain_without_a_template_drops_pools_of_vanished_templates(
     pool = _pool(pg_admin_url, prefix)
     old = _name(prefix, "snap_old")
     await clone_database(pg_admin_url, template=golden, target=old)
-    await _execute(pg_admin_url, f"ALTER DATABASE {quote_ident(old)} "
+    await admin(pg_admin_url, f"ALTER DATABASE {quote_ident(old)} "
                                  "WITH IS_TEMPLATE true ALLOW_CONNECTIONS false")
     assert await pool.fill(old, 2) == 2
     assert await pool.fill(golden, 1) == 1
 
     assert await pool.drain() == 0  # both templates still exist
-    await _execute(pg_admin_url, f"ALTER DATABASE {quote_ident(old)} IS_TEMPLATE false",
+    await admin(pg_admin_url, f"ALTER DATABASE {quote_ident(old)} IS_TEMPLATE false",
                    f"DROP DATABASE {quote_ident(old)}")
     assert await pool.drain() == 2
 
@@ -510,7 +502,7 @@ def pg18_url() -> Iterator[str]:
 
 async def test_file_copy_uses_clone_on_postgresql_18(pg18_url: str, prefix: str) -> None:
     builder = f"{prefix}builder"
-    await _execute(pg18_url, f"CREATE ROLE {quote_ident(builder)}")
+    await admin(pg18_url, f"CREATE ROLE {quote_ident(builder)}")
     golden = f"{prefix}snap_pg18"
     await _make_golden(pg18_url, golden, builder=builder)
     target = _name(prefix, "env")
@@ -578,7 +570,7 @@ async def test_on_btrfs_postgresql_18_clones_by_reflink_at_every_size(
     assert method.reflink and method.filesystem == "btrfs"
     assert "PostgreSQL 18, data directory " in method.reason and " on btrfs " in method.reason
     builder = f"{prefix}builder"
-    await _execute(btrfs_pg18, f"CREATE ROLE {quote_ident(builder)}")
+    await admin(btrfs_pg18, f"CREATE ROLE {quote_ident(builder)}")
     golden = f"{prefix}snap_btrfs"
     await _make_golden(btrfs_pg18, golden, builder=builder)
     target = _name(prefix, "env")
@@ -588,7 +580,7 @@ async def test_on_btrfs_postgresql_18_clones_by_reflink_at_every_size(
 
     assert result.strategy == FILE_COPY_CLONE
     assert await _counts(btrfs_pg18, target) == ROWS
-    await _execute(with_database(btrfs_pg18, target), "DELETE FROM public.orders")
+    await admin(with_database(btrfs_pg18, target), "DELETE FROM public.orders")
     again = _name(prefix, "env")
     await clone_database(btrfs_pg18, template=golden, target=again)
     assert await _counts(btrfs_pg18, again) == ROWS  # the clone shares nothing it changes

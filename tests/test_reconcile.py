@@ -28,6 +28,7 @@ from bot.store import Store, repo
 from bot.store.models import AuditEvent, OrphanSighting
 from pipelines.base import PhaseContext
 from pipelines.infra.namespace import NamespaceProvider
+from tests.conftest import admin
 from tests.kube import Cluster, kube_fixture  # noqa: F401
 from tests.phases import make_env
 from tests.slackapi import FAST_OUTBOX, SlackApi, slack_api_fixture  # noqa: F401
@@ -43,15 +44,6 @@ def ctx(env_id: int, name: str) -> PhaseContext:
     return PhaseContext(env_id=env_id, name=name, owner_id="U1", release_set=ReleaseSet({}),
                         data=DataRequest(DataMode.NONE), blueprint=Blueprint(), outputs={},
                         emit=emit)
-
-
-async def admin(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        for sql in statements:
-            await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
