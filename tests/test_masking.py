@@ -462,3 +462,19 @@ def test_json_masking_by_shape_agrees_with_parsing_every_document() -> None:
                 slow(variant), parse_float=Decimal), variant
     assert masker("{not json") == '"[redacted]"'
     assert masker('{"contact": {"email": "a@b.example"}') == '"[redacted]"'  # unterminated
+
+
+@pytest.mark.parametrize("locale", ["en_US", "de_DE", "ja_JP", "fr_FR"])
+def test_word_lists_are_the_ones_a_faker_instance_has(locale: str) -> None:
+    # The lists are read from the person provider module directly (cheaper than a Faker
+    # instance); they must be the instance's own, in its order, or masked names would change.
+    from faker import Faker
+
+    providers = Faker(locale).factories[0].get_providers()
+
+    def of(attr: str) -> tuple[str, ...]:
+        found = next(getattr(p, attr) for p in providers if hasattr(p, attr))
+        return tuple(dict.fromkeys(str(w) for w in found))
+
+    assert first_names(locale) == of("first_names")
+    assert last_names(locale) == of("last_names")

@@ -40,8 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.data.rules import ColumnRule
 
+try:  # the compiled row loop, built at install (`_rowmask.c`); the Python loop otherwise
+    from pipelines.data import _rowmask
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _rowmask = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
-    from pipelines.data.masking import SharedMaskers
+    from pipelines.data.masking import SharedMaskers, _JsonMasker
+
+COMPILED = _rowmask is not None  # whether rows are masked by the compiled loop (doctor says)
 
 Masker = Callable[[str | None], str | None]
 # The leak search (`leaks.find` bound to the build's sampled values): searched fields of many
@@ -52,6 +59,8 @@ Hits = dict[int, dict[str, set[bytes]]]  # column position → source column →
 NULL = b"\\N"
 QUEUE_CHUNKS = 16  # chunks in flight between source and target (each a few dozen kB)
 FIELD_CACHE = 65_536  # entries per masked column before the cache starts over
+JSON_STRUCTURES = 4_096  # JSON structures planned per column (compiled loop)
+JSON_STRINGS = 131_072  # masked strings cached per JSON path (compiled loop)
 CACHE_TRIAL = 8_192  # rows after which a masked column's cache is kept only if it is useful:
 CACHE_USEFUL = 0.9  # fewer than this share of its values were new
 BLOCK_BYTES = 256 * 1024  # rows sent to a pool process at a time: big enough to pay for IPC
@@ -122,8 +131,10 @@ class MaskPlan:
                    search=tuple((search or {}).items()))
 
     def row_masker(self, finder: Finder | None = None,
-                   shared: SharedMaskers | None = None) -> RowMasker:
-        """The row masker of this plan; its maskers from `shared` (a fresh set when None)."""
+                   shared: SharedMaskers | None = None, *, compiled: bool = COMPILED
+                   ) -> RowMasker:
+        """The row masker of this plan; its maskers from `shared` (a fresh set when None);
+        rows walked by the compiled loop unless `compiled` is False."""
         from pipelines.data.masking import SharedMaskers
 
         shared = shared or SharedMaskers(self.key)
@@ -132,8 +143,10 @@ class MaskPlan:
         paired = {i: shared.json_with_search(rule) for i, rule in self.rules
                   if i in searched and rule.transformer == "json"}
         maskers = {i: shared.masker(rule) for i, rule in self.rules if i not in paired}
+        jsons = {i: shared.json(rule) for i, rule in self.rules if rule.transformer == "json"}
         return RowMasker(maskers, columns=self.columns, plan=self, finder=finder,
-                         search=sorted(searched - paired.keys()), paired=paired)
+                         search=sorted(searched - paired.keys()), paired=paired, jsons=jsons,
+                         compiled=compiled)
 
 
 _POOLED: dict[str, RowMasker] = {}  # in a pool process: plan token → its row masker
@@ -220,7 +233,10 @@ class RowMasker:
     def __init__(self, maskers: Mapping[int, Masker], *, columns: Sequence[str],
                  plan: MaskPlan | None = None, search: Sequence[int] = (),
                  paired: Mapping[int, Callable[[str], tuple[str, str]]] | None = None,
-                 finder: Finder | None = None) -> None:
+                 finder: Finder | None = None,
+                 jsons: Mapping[int, _JsonMasker] | None = None,
+                 direct: Mapping[int, Callable[[str], str | None]] | None = None,
+                 compiled: bool = COMPILED) -> None:
         self._columns = tuple(columns)
         self._width = len(columns)
         self._pending: list[bytes] = []
@@ -241,6 +257,15 @@ class RowMasker:
         self._search = list(search) if finder is not None else []
         self._paired = [(i, _paired_masker(both)) for i, both in sorted((paired or {}).items())]
         self.hits: Hits = {}
+        # The JSON masker of each JSON column masked or paired above: the compiled loop masks
+        # its documents itself, with the Python field function for the ones it cannot.
+        self._jsons = dict(jsons or {})
+        # A masked column's transformer, when it is compiled: the compiled loop calls it
+        # itself, without the field masker's Python frames around it.
+        self._direct = dict(direct or {})
+        if compiled and _rowmask is None:
+            raise ValueError("the compiled row loop is not built (pipelines/data/_rowmask.c)")
+        self._loop = self._compiled if compiled else None
 
     @property
     def searching(self) -> bool:
@@ -280,12 +305,17 @@ class RowMasker:
 
     def rows(self, block: bytes) -> bytes:
         """Mask whole rows (separated, not ended, by newlines); the result ends in one."""
-        lines = block.split(b"\n")
         sizes = [0 if cache is None else len(cache) for _, _, cache in self._fields]
-        searched: list[list[bytes]] = [[] for _ in self._search]
-        beside: list[list[bytes]] = [[] for _ in self._paired]
-        out = self._rows(lines, searched, beside)
-        self._tune(len(lines), sizes)
+        if self._loop is not None:
+            out, searched, beside = self._loop(block)
+            count = block.count(b"\n") + 1
+        else:
+            lines = block.split(b"\n")
+            searched = [[] for _ in self._search]
+            beside = [[] for _ in self._paired]
+            out = self._rows(lines, searched, beside)
+            count = len(lines)
+        self._tune(count, sizes)
         if self._finder is not None:
             self._find(searched, beside)
         return out
@@ -308,6 +338,28 @@ class RowMasker:
         """The stream has ended: it must not end inside a row."""
         if any(self._pending):
             raise CopyFormatError("the COPY stream ended inside a row")
+
+    def _compiled(self, block: bytes) -> tuple[bytes, list[list[bytes]], list[list[bytes]]]:
+        """`_rows` by the compiled loop (`_rowmask.c`): the masked rows, the searched fields
+        and the searched text of the paired columns, as `_rows` collects them."""
+        fields = [(i, cache, mask, self._direct.get(i)) for i, mask, cache in self._fields
+                  if i not in self._jsons]
+        paired = dict(self._paired)
+        plain = {i: mask for i, mask, _ in self._fields}
+        jsons: list[tuple[int, dict[bytes, Any], Callable[[list[bytes]], Any],
+                          Callable[[bytes], Any], bool, int, int]]
+        jsons = [(i, masker.structures, masker.c_plan, paired.get(i) or plain[i], i in paired,
+                  JSON_STRUCTURES, JSON_STRINGS) for i, masker in sorted(self._jsons.items())]
+        where: list[int] = []
+        try:
+            return _rowmask.mask_rows(block, self._width, fields, jsons, self._search,
+                                      flat_field, CopyFormatError, where)
+        except CopyFormatError:
+            raise
+        except (ValueError, UnicodeError) as exc:
+            if not where:
+                raise
+            raise ColumnMaskingError(self._columns[where[0]], exc) from None
 
     def _rows(self, lines: list[bytes], searched: list[list[bytes]],
               beside: list[list[bytes]]) -> bytes:

@@ -1,0 +1,672 @@
+/* The row loop of a masked COPY, compiled: `copy.RowMasker._rows` without the interpreter.
+ *
+ * Why: a masked snapshot spends most of its time walking rows, not masking values — values
+ * repeat (a customer's e-mail on each of their orders, a name inside every order's JSON), so
+ * most fields are cache hits, and in Python each hit still costs a split, a lookup, a join and
+ * a few hundred bytecodes. Here a block of COPY text rows is split, looked up and joined in C;
+ * Python runs only for what C has not seen: a field missing from its column's cache, a JSON
+ * structure not planned yet, a JSON string missing from its path's cache. The caches and the
+ * masking itself stay in Python (`copy.py`, `masking.py`), so there is one definition of what
+ * a masked value is; this file only decides when Python needs to be asked.
+ *
+ * mask_rows(block, width, fields, jsons, search, flat, format_error, where)
+ *   block    bytes: whole rows of COPY text, separated (not ended) by newlines
+ *   width    the number of fields in a row
+ *   fields   [(position, cache dict or None, field masker bytes -> bytes, direct)]: `direct`,
+ *            when not None, is the column's transformer compiled (text -> text), called
+ *            without the field masker's Python frames when its result needs no escaping
+ *   jsons    [(position, structures dict, planner, fallback, searched, structures limit,
+ *            strings limit)]:
+ *            a JSON column, masked here when a document needs no unescaping (see below);
+ *            `fallback(raw)` is the Python field masker for the rest: bytes -> bytes, or
+ *            (masked, searched) when `searched`
+ *   search   [position]: fields (after masking) handed to the leak search
+ *   flat     bytes -> bytes: how a searched field holding a backslash is flattened
+ *   format_error  the exception raised for a row with the wrong number of fields
+ *   where    a list; on a masker's error its first item is set to the column position
+ * -> (masked rows ending in a newline, [[searched field] per search position],
+ *     [[searched text] per searched JSON column])
+ *
+ * A JSON document whose COPY field holds no backslash and no control character, has an even
+ * number of quotes and is printable is cut at its quotes: every quote delimits a string, so
+ * the parts alternate between structure and string contents. Its structure (the even parts
+ * joined by \x01) is looked up in `structures`: an entry (key indices, keys, plan) says where
+ * the object keys are, which keys the plan was made for, and the plan: [(part index, cache,
+ * miss, generated, direct)] — the strings the rules reach, each with its path's cache (string
+ * contents -> masked contents, JSON-escaped) and the Python function that fills it
+ * (`miss(contents)`, None when the rule writes null, which needs the Python path), or first
+ * the compiled transformer `direct` (as for fields). When the entry is missing or
+ * its keys differ, `planner(parts)` makes it (None: a structure that is not one JSON value).
+ * The output is what `masking._JsonMasker` gives for the same document, byte for byte.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *data = PyMem_Realloc(b->data, (size_t)cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->len, s, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static int buf_byte(Buf *b, char c) {
+    if (buf_reserve(b, 1) < 0)
+        return -1;
+    b->data[b->len++] = c;
+    return 0;
+}
+
+/* Copy `s` with each byte `from` written as `to` (`to` = NULL: doubled). */
+static int buf_put_mapping(Buf *b, const char *s, Py_ssize_t n, char from, const char *to) {
+    Py_ssize_t start = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] != from)
+            continue;
+        if (buf_put(b, s + start, i - start) < 0)
+            return -1;
+        if (to == NULL) {
+            if (buf_put(b, s + i, 1) < 0 || buf_put(b, s + i, 1) < 0)
+                return -1;
+        } else if (buf_put(b, to, 1) < 0) {
+            return -1;
+        }
+        start = i + 1;
+    }
+    return buf_put(b, s + start, n - start);
+}
+
+/* `miss(raw)`, or first `direct(text)`: a compiled transformer (text -> text) that gives what
+ * the masker behind `miss` gives for text. Its result is used as it is when it needs no
+ * escaping — ASCII, printable, no backslash (and no quote, `json`: it goes between quotes) —
+ * and otherwise left to `miss`, which escapes; so is a field with a COPY escape in it. */
+static PyObject *compute(PyObject *miss, PyObject *direct, int json, PyObject *raw) {
+    const char *s = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if (direct != NULL && direct != Py_None && memchr(s, '\\', (size_t)n) == NULL) {
+        PyObject *text = PyUnicode_DecodeUTF8(s, n, "strict");
+        if (text == NULL) {
+            PyErr_Clear(); /* `miss` reports it as the Python path does */
+            return PyObject_CallOneArg(miss, raw);
+        }
+        PyObject *out = PyObject_CallOneArg(direct, text);
+        Py_DECREF(text);
+        if (out == NULL)
+            return NULL;
+        if (PyUnicode_Check(out) && PyUnicode_IS_ASCII(out)) {
+            const char *u = (const char *)PyUnicode_1BYTE_DATA(out);
+            Py_ssize_t len = PyUnicode_GET_LENGTH(out), i = 0;
+            while (i < len && u[i] >= 0x20 && u[i] < 0x7f && u[i] != '\\' &&
+                   !(json && u[i] == '"'))
+                i++;
+            if (i == len) {
+                PyObject *bytes = PyBytes_FromStringAndSize(u, len);
+                Py_DECREF(out);
+                return bytes;
+            }
+        }
+        Py_DECREF(out);
+    }
+    return PyObject_CallOneArg(miss, raw);
+}
+
+/* The value of `key` in `cache`, computed (`compute`) when absent (a new reference; NULL with
+ * an exception set on error). `limit` > 0 bounds the cache: it starts over when full. */
+static PyObject *cached(PyObject *cache, PyObject *miss, PyObject *direct, int json,
+                        const char *s, Py_ssize_t n, Py_ssize_t limit) {
+    PyObject *key = PyBytes_FromStringAndSize(s, n);
+    if (key == NULL)
+        return NULL;
+    if (cache == Py_None) {
+        PyObject *out = compute(miss, direct, json, key);
+        Py_DECREF(key);
+        return out;
+    }
+    PyObject *found = PyDict_GetItemWithError(cache, key);
+    if (found != NULL) {
+        Py_DECREF(key);
+        Py_INCREF(found);
+        return found;
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    PyObject *out = compute(miss, direct, json, key);
+    if (out == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    if (limit > 0 && PyDict_GET_SIZE(cache) >= limit)
+        PyDict_Clear(cache);
+    int failed = PyDict_SetItem(cache, key, out);
+    Py_DECREF(key);
+    if (failed < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------------------ JSON */
+
+typedef struct {
+    Py_ssize_t position;
+    PyObject *structures, *planner, *fallback;
+    int searched;
+    Py_ssize_t limit, leaf_limit; /* entries in `structures`, in each string cache */
+    PyObject *beside; /* list of searched texts, when searched */
+} Json;
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Part;
+
+/* Whether a field can be cut at its quotes: no backslash, no control character, printable.
+ * Bytes over 0x7f are checked as text (Python's str.isprintable), which is rare and costly;
+ * -1 on error. */
+static int quick_field(const char *s, Py_ssize_t n, Py_ssize_t *quotes) {
+    int ascii = 1;
+    Py_ssize_t q = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"')
+            q++;
+        else if (c == '\\' || c < 0x20 || c == 0x7f)
+            return 0;
+        else if (c > 0x7f)
+            ascii = 0;
+    }
+    *quotes = q;
+    if (ascii)
+        return 1;
+    PyObject *text = PyUnicode_DecodeUTF8(s, n, "strict");
+    if (text == NULL) {
+        PyErr_Clear(); /* the Python path reports it */
+        return 0;
+    }
+    Py_ssize_t len = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    int printable = 1;
+    for (Py_ssize_t i = 0; i < len && printable; i++)
+        printable = Py_UNICODE_ISPRINTABLE(PyUnicode_READ(kind, data, i));
+    Py_DECREF(text);
+    return printable;
+}
+
+/* The plan entry (key indices, keys, plan) for these parts (a borrowed reference, Py_None
+ * when the document needs the Python path), or NULL with an exception. */
+static PyObject *json_plan(Json *j, Part *parts, Py_ssize_t count) {
+    Py_ssize_t size = count / 2; /* \x01 between the even parts */
+    for (Py_ssize_t i = 0; i < count; i += 2)
+        size += parts[i].n;
+    PyObject *structure = PyBytes_FromStringAndSize(NULL, size);
+    if (structure == NULL)
+        return NULL;
+    char *w = PyBytes_AS_STRING(structure);
+    for (Py_ssize_t i = 0; i < count; i += 2) {
+        if (i > 0)
+            *w++ = '\x01';
+        memcpy(w, parts[i].s, (size_t)parts[i].n);
+        w += parts[i].n;
+    }
+    PyObject *entry = PyDict_GetItemWithError(j->structures, structure);
+    if (entry == NULL && PyErr_Occurred()) {
+        Py_DECREF(structure);
+        return NULL;
+    }
+    if (entry != NULL && entry != Py_None) {
+        PyObject *indices = PyTuple_GET_ITEM(entry, 0), *keys = PyTuple_GET_ITEM(entry, 1);
+        Py_ssize_t nk = PyTuple_GET_SIZE(indices);
+        int same = 1;
+        for (Py_ssize_t k = 0; k < nk && same; k++) {
+            Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indices, k));
+            PyObject *key = PyTuple_GET_ITEM(keys, k);
+            same = at >= 0 && at < count && PyBytes_GET_SIZE(key) == parts[at].n &&
+                   memcmp(PyBytes_AS_STRING(key), parts[at].s, (size_t)parts[at].n) == 0;
+        }
+        if (same) {
+            Py_DECREF(structure);
+            return PyTuple_GET_ITEM(entry, 2);
+        }
+    }
+    if (entry == Py_None) {
+        Py_DECREF(structure);
+        return Py_None;
+    }
+    PyObject *list = PyList_New(count);
+    if (list == NULL) {
+        Py_DECREF(structure);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *part = PyBytes_FromStringAndSize(parts[i].s, parts[i].n);
+        if (part == NULL) {
+            Py_DECREF(list);
+            Py_DECREF(structure);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, part);
+    }
+    PyObject *made = PyObject_CallOneArg(j->planner, list);
+    Py_DECREF(list);
+    if (made == NULL) {
+        Py_DECREF(structure);
+        return NULL;
+    }
+    if (made != Py_None && (!PyTuple_Check(made) || PyTuple_GET_SIZE(made) != 3)) {
+        PyErr_SetString(PyExc_TypeError, "a JSON planner returns (indices, keys, plan) or None");
+        Py_DECREF(made);
+        Py_DECREF(structure);
+        return NULL;
+    }
+    if (PyDict_GET_SIZE(j->structures) >= j->limit)
+        PyDict_Clear(j->structures);
+    int failed = PyDict_SetItem(j->structures, structure, made);
+    Py_DECREF(structure);
+    Py_DECREF(made); /* the dict holds it */
+    if (failed < 0)
+        return NULL;
+    return made == Py_None ? Py_None : PyTuple_GET_ITEM(made, 2);
+}
+
+/* Mask one JSON field into `out` (and its searched text into `searched`). Returns 1 when
+ * done, 0 when the field needs the Python path (nothing written), -1 on error. */
+static int json_quick(Json *j, const char *s, Py_ssize_t n, Buf *out, Buf *searched,
+                      Part **scratch, Py_ssize_t *scratch_cap) {
+    Py_ssize_t quotes = 0;
+    int quick = quick_field(s, n, &quotes);
+    if (quick <= 0)
+        return quick;
+    if (quotes & 1) /* not JSON: the Python path redacts it */
+        return 0;
+    Py_ssize_t count = quotes + 1;
+    if (count > *scratch_cap) {
+        Part *grown = PyMem_Realloc(*scratch, (size_t)count * sizeof(Part));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        *scratch = grown;
+        *scratch_cap = count;
+    }
+    Part *parts = *scratch;
+    Py_ssize_t start = 0, k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] == '"') {
+            parts[k].s = s + start;
+            parts[k].n = i - start;
+            k++;
+            start = i + 1;
+        }
+    }
+    parts[k].s = s + start;
+    parts[k].n = n - start;
+
+    PyObject *plan = json_plan(j, parts, count);
+    if (plan == NULL)
+        return -1;
+    if (plan == Py_None)
+        return 0;
+    Py_ssize_t steps = PyTuple_GET_SIZE(plan);
+    PyObject *masked[64];
+    if (steps > 64)
+        return 0;
+    for (Py_ssize_t p = 0; p < steps; p++) {
+        PyObject *step = PyTuple_GET_ITEM(plan, p);
+        Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(step, 0));
+        PyObject *value = NULL;
+        if (at >= 0 && at < count)
+            value = cached(PyTuple_GET_ITEM(step, 1), PyTuple_GET_ITEM(step, 2),
+                           PyTuple_GET_ITEM(step, 4), 1, parts[at].s, parts[at].n,
+                           j->leaf_limit);
+        else
+            PyErr_SetString(PyExc_IndexError, "a JSON plan points outside the document");
+        if (value == NULL || value == Py_None || !PyBytes_Check(value)) {
+            int bad = value != NULL && value != Py_None;
+            Py_XDECREF(value);
+            for (Py_ssize_t q = 0; q < p; q++)
+                Py_DECREF(masked[q]);
+            if (bad)
+                PyErr_SetString(PyExc_TypeError, "a JSON leaf masker returns bytes or None");
+            return (value == NULL || bad) ? -1 : 0;
+        }
+        masked[p] = value;
+    }
+    /* Write the document: parts with the planned strings replaced, quotes between. */
+    int rc = 1;
+    Py_ssize_t p = 0;
+    for (Py_ssize_t i = 0; i < count && rc == 1; i++) {
+        if (i > 0 && (buf_byte(out, '"') < 0 || (searched && buf_byte(searched, '"') < 0))) {
+            rc = -1;
+            break;
+        }
+        const char *text = parts[i].s;
+        Py_ssize_t len = parts[i].n;
+        int generated = 0;
+        if (p < steps && PyLong_AsSsize_t(PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, p), 0)) == i) {
+            text = PyBytes_AS_STRING(masked[p]);
+            len = PyBytes_GET_SIZE(masked[p]);
+            generated = PyObject_IsTrue(PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, p), 3));
+            p++;
+        }
+        if (buf_put_mapping(out, text, len, '\\', NULL) < 0)
+            rc = -1;
+        else if (searched && !generated && buf_put_mapping(searched, text, len, '\\', " ") < 0)
+            rc = -1;
+    }
+    for (Py_ssize_t q = 0; q < steps; q++)
+        Py_DECREF(masked[q]);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------ rows */
+
+enum { PASS = 0, FIELD = 1, JSON = 2 };
+
+typedef struct {
+    int kind;
+    PyObject *cache, *mask, *direct; /* FIELD */
+    Json *json;             /* JSON */
+} Column;
+
+static PyObject *mask_rows(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer block;
+    Py_ssize_t width;
+    PyObject *fields, *jsons, *search, *flat, *format_error, *where;
+    if (!PyArg_ParseTuple(args, "y*nO!O!O!OOO!", &block, &width, &PyList_Type, &fields,
+                          &PyList_Type, &jsons, &PyList_Type, &search, &flat, &format_error,
+                          &PyList_Type, &where))
+        return NULL;
+    PyObject *result = NULL, *searched_lists = NULL, *beside_lists = NULL;
+    Column *columns = NULL;
+    Json *json_specs = NULL;
+    Py_ssize_t *bounds = NULL, *search_at = NULL;
+    PyObject **values = NULL;
+    Part *scratch = NULL;
+    Py_ssize_t scratch_cap = 0;
+    Buf out = {0}, text = {0};
+    Py_ssize_t nsearch = PyList_GET_SIZE(search), njson = PyList_GET_SIZE(jsons);
+
+    if (width < 1 || width > 100000) {
+        PyErr_SetString(PyExc_ValueError, "width out of range");
+        goto done;
+    }
+    columns = PyMem_Calloc((size_t)width, sizeof(Column));
+    bounds = PyMem_Calloc((size_t)width + 1, sizeof(Py_ssize_t));
+    values = PyMem_Calloc((size_t)width, sizeof(PyObject *));
+    search_at = PyMem_Calloc((size_t)nsearch + 1, sizeof(Py_ssize_t));
+    json_specs = PyMem_Calloc((size_t)njson + 1, sizeof(Json));
+    searched_lists = PyList_New(nsearch);
+    beside_lists = PyList_New(0);
+    if (!columns || !bounds || !values || !search_at || !json_specs) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!searched_lists || !beside_lists)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fields); i++) {
+        Py_ssize_t at;
+        PyObject *cache, *mask, *direct;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(fields, i), "nOOO", &at, &cache, &mask, &direct))
+            goto done;
+        if (at < 0 || at >= width || (cache != Py_None && !PyDict_Check(cache))) {
+            PyErr_SetString(PyExc_ValueError, "a masked field is outside the row");
+            goto done;
+        }
+        columns[at] = (Column){FIELD, cache, mask, direct, NULL};
+    }
+    for (Py_ssize_t i = 0; i < njson; i++) {
+        Json *j = &json_specs[i];
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(jsons, i), "nO!OOpnn", &j->position,
+                              &PyDict_Type, &j->structures, &j->planner, &j->fallback,
+                              &j->searched, &j->limit, &j->leaf_limit))
+            goto done;
+        if (j->position < 0 || j->position >= width) {
+            PyErr_SetString(PyExc_ValueError, "a JSON field is outside the row");
+            goto done;
+        }
+        if (j->searched) {
+            j->beside = PyList_New(0);
+            if (j->beside == NULL || PyList_Append(beside_lists, j->beside) < 0)
+                goto done;
+            Py_DECREF(j->beside); /* beside_lists holds it */
+        }
+        columns[j->position] = (Column){JSON, NULL, NULL, NULL, j};
+    }
+    for (Py_ssize_t i = 0; i < nsearch; i++) {
+        search_at[i] = PyLong_AsSsize_t(PyList_GET_ITEM(search, i));
+        if (search_at[i] < 0 || search_at[i] >= width) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "a searched field is outside the row");
+            goto done;
+        }
+        PyObject *list = PyList_New(0);
+        if (list == NULL)
+            goto done;
+        PyList_SET_ITEM(searched_lists, i, list);
+    }
+
+    const char *data = block.buf;
+    Py_ssize_t size = block.len, line = 0;
+    if (buf_reserve(&out, size + size / 4 + 16) < 0)
+        goto done;
+    for (;;) {
+        const char *nl = memchr(data + line, '\n', (size_t)(size - line));
+        Py_ssize_t end = nl ? nl - data : size;
+        /* Field bounds: bounds[k] is where field k starts, bounds[k+1] - 1 where it ends. */
+        Py_ssize_t k = 0, pos = line;
+        bounds[0] = line;
+        while (pos < end) {
+            const char *tab = memchr(data + pos, '\t', (size_t)(end - pos));
+            if (tab == NULL)
+                break;
+            if (++k >= width) {
+                k = width; /* too many: counted below */
+                while ((tab = memchr(tab + 1, '\t', (size_t)(data + end - tab - 1))))
+                    k++;
+                break;
+            }
+            pos = tab - data + 1;
+            bounds[k] = pos;
+        }
+        if (k + 1 != width) {
+            PyErr_Format(format_error, "a COPY row has %zd fields, expected %zd", k + 1, width);
+            goto done;
+        }
+        bounds[width] = end + 1;
+        for (Py_ssize_t c = 0; c < width; c++) {
+            const char *f = data + bounds[c];
+            Py_ssize_t n = bounds[c + 1] - 1 - bounds[c];
+            Column *col = &columns[c];
+            if (c > 0 && buf_byte(&out, '\t') < 0)
+                goto done;
+            if (col->kind == PASS) {
+                if (buf_put(&out, f, n) < 0)
+                    goto done;
+                continue;
+            }
+            if (col->kind == FIELD) {
+                PyObject *v = cached(col->cache, col->mask, col->direct, 0, f, n, 0);
+                if (v == NULL || !PyBytes_Check(v)) {
+                    if (v != NULL)
+                        PyErr_SetString(PyExc_TypeError, "a field masker returns bytes");
+                    Py_XDECREF(v);
+                    goto failed_at_column;
+                }
+                values[c] = v;
+                if (buf_put(&out, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v)) < 0)
+                    goto done;
+                continue;
+            }
+            Json *j = col->json;
+            if (n == 2 && f[0] == '\\' && f[1] == 'N') { /* NULL stays NULL */
+                if (buf_put(&out, f, n) < 0)
+                    goto done;
+                if (j->searched) {
+                    PyObject *empty = PyBytes_FromStringAndSize("", 0);
+                    int failed = empty == NULL || PyList_Append(j->beside, empty) < 0;
+                    Py_XDECREF(empty);
+                    if (failed)
+                        goto done;
+                }
+                continue;
+            }
+            Py_ssize_t mark = out.len;
+            text.len = 0;
+            int rc = json_quick(j, f, n, &out, j->searched ? &text : NULL, &scratch,
+                                &scratch_cap);
+            if (rc < 0)
+                goto failed_at_column;
+            if (rc == 1) {
+                if (values[c] == NULL && nsearch) {
+                    values[c] = PyBytes_FromStringAndSize(out.data + mark, out.len - mark);
+                    if (values[c] == NULL)
+                        goto done;
+                }
+                if (j->searched) {
+                    PyObject *t = PyBytes_FromStringAndSize(text.data, text.len);
+                    int failed = t == NULL || PyList_Append(j->beside, t) < 0;
+                    Py_XDECREF(t);
+                    if (failed)
+                        goto done;
+                }
+                continue;
+            }
+            out.len = mark; /* the Python path, for the whole field */
+            PyObject *raw = PyBytes_FromStringAndSize(f, n);
+            if (raw == NULL)
+                goto done;
+            PyObject *r = PyObject_CallOneArg(j->fallback, raw);
+            Py_DECREF(raw);
+            if (r == NULL)
+                goto failed_at_column;
+            PyObject *masked = r, *found = NULL;
+            if (j->searched) {
+                if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2) {
+                    Py_DECREF(r);
+                    PyErr_SetString(PyExc_TypeError, "a searched JSON fallback returns a pair");
+                    goto done;
+                }
+                masked = PyTuple_GET_ITEM(r, 0);
+                found = PyTuple_GET_ITEM(r, 1);
+            }
+            if (!PyBytes_Check(masked) || (found && !PyBytes_Check(found))) {
+                Py_DECREF(r);
+                PyErr_SetString(PyExc_TypeError, "a JSON fallback returns bytes");
+                goto done;
+            }
+            int failed = buf_put(&out, PyBytes_AS_STRING(masked), PyBytes_GET_SIZE(masked)) < 0
+                         || (found && PyList_Append(j->beside, found) < 0);
+            Py_INCREF(masked);
+            values[c] = masked;
+            Py_DECREF(r);
+            if (failed)
+                goto done;
+            continue;
+        failed_at_column:
+            if (PyErr_ExceptionMatches(PyExc_ValueError) ||
+                PyErr_ExceptionMatches(PyExc_UnicodeError)) {
+                PyObject *at = PyLong_FromSsize_t(c);
+                if (at == NULL)
+                    goto done;
+                if (PyList_GET_SIZE(where) > 0)
+                    PyList_SetItem(where, 0, at); /* steals */
+                else {
+                    PyList_Append(where, at);
+                    Py_DECREF(at);
+                }
+            }
+            goto done;
+        }
+        if (buf_byte(&out, '\n') < 0)
+            goto done;
+        for (Py_ssize_t s = 0; s < nsearch; s++) {
+            Py_ssize_t c = search_at[s];
+            PyObject *v = values[c];
+            if (v == NULL) {
+                v = PyBytes_FromStringAndSize(data + bounds[c], bounds[c + 1] - 1 - bounds[c]);
+                if (v == NULL)
+                    goto done;
+                values[c] = v;
+            }
+            PyObject *item = v;
+            if (memchr(PyBytes_AS_STRING(v), '\\', (size_t)PyBytes_GET_SIZE(v))) {
+                item = PyObject_CallOneArg(flat, v);
+                if (item == NULL)
+                    goto done;
+            } else {
+                Py_INCREF(item);
+            }
+            int failed = PyList_Append(PyList_GET_ITEM(searched_lists, s), item) < 0;
+            Py_DECREF(item);
+            if (failed)
+                goto done;
+        }
+        for (Py_ssize_t c = 0; c < width; c++)
+            Py_CLEAR(values[c]);
+        if (nl == NULL)
+            break;
+        line = end + 1;
+    }
+    PyObject *rows = PyBytes_FromStringAndSize(out.data, out.len);
+    if (rows != NULL) {
+        result = PyTuple_Pack(3, rows, searched_lists, beside_lists);
+        Py_DECREF(rows);
+    }
+
+done:
+    if (values)
+        for (Py_ssize_t c = 0; c < width; c++)
+            Py_XDECREF(values[c]);
+    PyMem_Free(values);
+    PyMem_Free(columns);
+    PyMem_Free(bounds);
+    PyMem_Free(search_at);
+    PyMem_Free(json_specs);
+    PyMem_Free(scratch);
+    PyMem_Free(out.data);
+    PyMem_Free(text.data);
+    Py_XDECREF(searched_lists);
+    Py_XDECREF(beside_lists);
+    PyBuffer_Release(&block);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"mask_rows", mask_rows, METH_VARARGS,
+     "Mask a block of COPY text rows (see the module's source for the arguments)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_rowmask",
+    "The row loop of a masked COPY, compiled (pipelines.data.copy).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__rowmask(void) { return PyModule_Create(&module); }

@@ -1,0 +1,18 @@
+"""The compiled row loop of a masked COPY (`_rowmask.c`, which documents the arguments)."""
+
+from collections.abc import Callable
+from typing import Any
+
+def mask_rows(
+    block: bytes,
+    width: int,
+    fields: list[tuple[int, dict[bytes, bytes] | None, Callable[[bytes], bytes],
+                      Callable[[str], str | None] | None]],
+    jsons: list[tuple[int, dict[bytes, Any], Callable[[list[bytes]], Any], Callable[[bytes], Any],
+                      bool, int, int]],
+    search: list[int],
+    flat: Callable[[bytes], bytes],
+    format_error: type[Exception],
+    where: list[int],
+    /,
+) -> tuple[bytes, list[list[bytes]], list[list[bytes]]]: ...
