@@ -14,6 +14,8 @@ import pickle
 import random
 import shutil
 import string
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -346,3 +348,22 @@ def test_no_reference_leaks() -> None:
             transform(pattern.format(i % 100))
         gc.collect()
         assert _rss() - before < 2 * 1024 * 1024, pattern
+
+
+def test_without_the_extension_everything_runs_in_python() -> None:
+    """An install without a C compiler has no `_fastmask`: masking works as before, in
+    Python, and says so."""
+    code = """
+import sys
+sys.modules["pipelines.data._fastmask"] = None  # what a missing extension looks like
+from pipelines.data import masking
+from pipelines.data.rules import ColumnRule
+assert masking.COMPILED is False
+assert masking._BUILDERS["email"] is masking._PYTHON_BUILDERS["email"]
+mask = masking.make_masker(ColumnRule("date_shift", {"days": 30}), key=b"k")
+print(mask("2024-01-31 12:00:00+00"))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    python = masking._PYTHON_BUILDERS["date_shift"]({"days": 30}, b"k")
+    assert out == python("2024-01-31 12:00:00+00")
