@@ -165,11 +165,13 @@ def compare(name: str, params: dict[str, Any], key: bytes, values: Iterable[str]
 
 
 @needs_c
-def test_sha256_matches_hashlib() -> None:
+@pytest.mark.parametrize("portable", [False, True], ids=["default", "portable"])
+def test_sha256_matches_hashlib(portable: bool) -> None:
+    """Both compressions (SHA-NI where the CPU has it, and the portable one) are SHA-256."""
     rng = random.Random(7)
     for n in [*range(300), 1000, 4095, 4096, 65_537]:
         data = rng.randbytes(n)
-        assert _fastmask.sha256(data) == hashlib.sha256(data).digest(), n
+        assert _fastmask.sha256(data, portable) == hashlib.sha256(data).digest(), n
 
 
 @needs_c

@@ -72,8 +72,19 @@ static void sha256_portable(uint32_t h[8], const uint8_t *p, size_t blocks)
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(FASTMASK_PORTABLE)
 /* The SHA extensions of x86 (SHA-NI): the same compression, several times faster. Used only when
  * the CPU says it has them (checked once at import). */
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_SHANI 1
+
+static int cpu_has_shani(void)
+{
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 9)) || !(c & (1u << 19)))
+        return 0;  /* SSSE3 and SSE4.1 */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    return (b >> 29) & 1;  /* SHA */
+}
 
 __attribute__((target("sha,sse4.1,ssse3")))
 static void sha256_shani(uint32_t h[8], const uint8_t *p, size_t blocks)
@@ -1226,16 +1237,24 @@ static PyObject *fm_date_shift(PyObject *Py_UNUSED(mod), PyObject *args, PyObjec
     return (PyObject *)t;
 }
 
-static PyObject *fm_sha256(PyObject *Py_UNUSED(mod), PyObject *arg)
+/* sha256(data, portable=False): for the tests, which check each compression against hashlib
+ * (the portable one is what runs on CPUs without SHA-NI). */
+static PyObject *fm_sha256(PyObject *Py_UNUSED(mod), PyObject *args, PyObject *kw)
 {
+    static char *names[] = {"data", "portable", NULL};
     Py_buffer b;
+    int portable = 0;
     sha256_ctx c;
     uint8_t out[32];
-    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+    void (*saved)(uint32_t h[8], const uint8_t *p, size_t blocks) = sha256_blocks;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*|p", names, &b, &portable))
         return NULL;
+    if (portable)
+        sha256_blocks = sha256_portable;
     sha256_init(&c);
     sha256_update(&c, (const uint8_t *)b.buf, (size_t)b.len);
     sha256_final(&c, out);
+    sha256_blocks = saved;
     PyBuffer_Release(&b);
     return PyBytes_FromStringAndSize((const char *)out, 32);
 }
@@ -1255,8 +1274,8 @@ static PyMethodDef methods[] = {
      "phone(key, keep_prefix=None, *, fallback=None)"},
     {"date_shift", (PyCFunction)(void (*)(void))fm_date_shift, METH_VARARGS | METH_KEYWORDS,
      "date_shift(key, days, *, fallback=None)"},
-    {"sha256", (PyCFunction)fm_sha256, METH_O,
-     "sha256(data): the embedded SHA-256 (for tests against hashlib)."},
+    {"sha256", (PyCFunction)(void (*)(void))fm_sha256, METH_VARARGS | METH_KEYWORDS,
+     "sha256(data, portable=False): the embedded SHA-256 (for tests against hashlib)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1273,9 +1292,7 @@ PyMODINIT_FUNC PyInit__fastmask(void)
     if (PyType_Ready(&TransformType) < 0)
         return NULL;
 #ifdef HAVE_SHANI
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1")
-            && __builtin_cpu_supports("ssse3")) {
+    if (cpu_has_shani()) {
         sha256_blocks = sha256_shani;
         accel = "sha-ni";
     }
