@@ -369,3 +369,80 @@ print(mask("2024-01-31 12:00:00+00"))
                          check=True).stdout.strip()
     python = masking._PYTHON_BUILDERS["date_shift"]({"days": 30}, b"k")
     assert out == python("2024-01-31 12:00:00+00")
+
+
+# --------------------------------------------------------------------------- hypothesis
+
+
+def _hypothesis_tests() -> None:
+    """Property tests where hypothesis is installed: it searches for the inputs on which C and
+    Python differ (and shrinks them), beyond what the seeded loops above draw."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(codec=None, exclude_categories=()), max_size=80)
+    phone_like = st.lists(st.one_of(st.sampled_from("+0123456789 -().\u2003ä"), st.characters()),
+                          max_size=30).map("".join)
+    date_like = st.builds(
+        lambda y, m, d, rest: f"{y}-{m}-{d}{rest}",
+        st.integers(1, 9999).map("{:04d}".format) | st.integers(0, 12000).map(str)
+        | st.text("0123456789\u0662", min_size=1, max_size=6),
+        st.integers(1, 12).map("{:02d}".format) | st.text("0123456789", min_size=1, max_size=3),
+        st.integers(1, 31).map("{:02d}".format) | st.text("0123456789", min_size=1, max_size=3),
+        st.sampled_from(["", " ", "T", "\n", "\nx", " BC", " 12:00+00", "x", " é"]) | text)
+    key = st.binary(min_size=1, max_size=130)
+    checks = settings(max_examples=500, deadline=None,
+                      suppress_health_check=[HealthCheck.too_slow])
+
+    def same(name: str, params: dict[str, Any], k: bytes, value: str,
+             raw: Callable[[str], str | None]) -> None:
+        compare(name, params, k, [value], raw)
+
+    @checks
+    @given(key, text, st.integers(1, 64))
+    def hash_(k: bytes, value: str, length: int) -> None:
+        same("hash", {"length": length}, k, value, _fastmask.hash(k, length))
+
+    @checks
+    @given(key, text)
+    def email(k: bytes, value: str) -> None:
+        first, last = masking._email_words()
+        same("email", {}, k, value, _fastmask.email(k, first, last, masking.EMAIL_DOMAINS))
+
+    @checks
+    @given(key, text, st.sampled_from(["first_name", "last_name", "full_name"]))
+    def names(k: bytes, value: str, kind: str) -> None:
+        same(kind, {}, k, value, _fastmask.names(k, kind, first_names(), last_names()))
+
+    @checks
+    @given(key, text)
+    def address(k: bytes, value: str) -> None:
+        same("address", {}, k, value, _fastmask.address(k, street_names()))
+
+    @checks
+    @given(key, text, st.lists(st.tuples(st.text(max_size=5), st.sampled_from(["hash", "digits"]),
+                                         st.integers(1, 64)), min_size=1, max_size=5))
+    def template(k: bytes, value: str, fields: list[tuple[str, str, int]]) -> None:
+        fmt = "".join(f"{lit.replace('{', '{{').replace('}', '}}')}{{{f}:{w}}}"
+                      for lit, f, w in fields)
+        same("template", {"format": fmt}, k, value, _fastmask.template(k, parse_template(fmt)))
+
+    @checks
+    @given(key, phone_like | text, st.none() | st.integers(0, 6))
+    def phone(k: bytes, value: str, keep: int | None) -> None:
+        params = {} if keep is None else {"keep_prefix": keep}
+        same("phone", params, k, value, _fastmask.phone(k, keep))
+
+    @checks
+    @given(key, date_like | text, st.integers(1, 36500))
+    def date_shift(k: bytes, value: str, days: int) -> None:
+        same("date_shift", {"days": days}, k, value, _fastmask.date_shift(k, days))
+
+    for test in (hash_, email, names, address, template, phone, date_shift):
+        test()
+
+
+@needs_c
+def test_hypothesis_finds_no_difference() -> None:
+    pytest.importorskip("hypothesis")
+    _hypothesis_tests()
