@@ -17,6 +17,14 @@ picked from lists taken from Faker once per locale and indexed by the HMAC (seed
 value is about 20 times slower: bench/masking.py). Each masker caches its recent results in a
 bounded LRU, since real columns repeat values.
 
+The keyed transformers (hash, email, the names, address, template, phone, date_shift) also
+exist compiled, in `_fastmask.c`, byte for byte the same: a build spends most of its masking
+time on values it has not seen yet, and a compiled transformer is several times cheaper per
+value (bench/masking.py). When the extension was built, `_BUILDERS` gives the compiled ones,
+each holding the Python transformer as its fallback for the values it leaves to Python (a
+date that is refused, say, so the same MaskingError is raised); without it, everything runs in
+Python. `COMPILED` says which.
+
 The key is never logged or put in an error; `MaskingError` names the transformer, never the
 value (which is production data).
 
@@ -49,8 +57,16 @@ from pipelines.data.rules import (
     parse_template,
 )
 
+try:
+    from pipelines.data import _fastmask
+except ImportError:  # not built (no C compiler at install time): the same output, in Python
+    _fastmask = None  # type: ignore[assignment]
+
 Masker = Callable[[str | None], str | None]
 Transform = Callable[[str], str | None]
+Builder = Callable[[Mapping[str, Any], bytes], Transform]
+
+COMPILED: bool = _fastmask is not None  # the keyed transformers run compiled (`_fastmask`)
 
 REDACTED = "[redacted]"
 EMAIL_DOMAINS = ("example.com", "example.net", "example.org")  # RFC 2606: nobody's mailbox
@@ -203,7 +219,7 @@ def _email(params: Mapping[str, Any], key: bytes) -> Transform:
     keyed = _Keyed(key, "email")
     first, last = _email_words()
     nf, nl = len(first), len(last)
-    domains = (str(params["domain"]),) if "domain" in params else EMAIL_DOMAINS
+    domains = _email_domains(params)
     nd = len(domains)
 
     def email(value: str) -> str:
@@ -892,7 +908,9 @@ def _blank(value: str | None) -> str:
 
 # --------------------------------------------------------------------------- entry point
 
-_BUILDERS: Mapping[str, Callable[[Mapping[str, Any], bytes], Transform]] = {
+# The transformers in Python: the reference the compiled ones are tested against, and what runs
+# when the extension is missing.
+_PYTHON_BUILDERS: Mapping[str, Builder] = {
     "redact": _redact,
     "hash": _hash,
     "email": _email,
@@ -906,6 +924,60 @@ _BUILDERS: Mapping[str, Callable[[Mapping[str, Any], bytes], Transform]] = {
     "regex": _regex,
     "json": _json,
     "template": _template,
+}
+
+
+def _email_domains(params: Mapping[str, Any]) -> tuple[str, ...]:
+    return (str(params["domain"]),) if "domain" in params else EMAIL_DOMAINS
+
+
+def _locale(params: Mapping[str, Any]) -> str:
+    return str(params.get("locale", DEFAULT_LOCALE))
+
+
+def _compiled_names(kind: str) -> Callable[[Mapping[str, Any], bytes, Transform], Transform]:
+    def make(params: Mapping[str, Any], key: bytes, slow: Transform) -> Transform:
+        locale = _locale(params)
+        return _fastmask.names(key, kind, first_names(locale), last_names(locale), fallback=slow)
+
+    return make
+
+
+# How each compiled transformer is made from a rule's parameters, the key and the Python
+# transformer (its fallback). The word lists are the Python transformers' own, in their order.
+_COMPILED_MAKERS: Mapping[str, Callable[[Mapping[str, Any], bytes, Transform], Transform]] = {
+    "hash": lambda p, key, slow: _fastmask.hash(key, int(p.get("length", 64)), fallback=slow),
+    "email": lambda p, key, slow: _fastmask.email(
+        key, *_email_words(), _email_domains(p), fallback=slow),
+    **{kind: _compiled_names(kind) for kind in ("first_name", "last_name", "full_name")},
+    "address": lambda p, key, slow: _fastmask.address(
+        key, street_names(_locale(p)), fallback=slow),
+    "template": lambda p, key, slow: _fastmask.template(
+        key, parse_template(str(p["format"])), fallback=slow),
+    "phone": lambda p, key, slow: _fastmask.phone(key, p.get("keep_prefix"), fallback=slow),
+    "date_shift": lambda p, key, slow: _fastmask.date_shift(key, int(p["days"]), fallback=slow),
+}
+
+
+def _compiled(name: str) -> Builder:
+    """The builder of transformer `name`: compiled, with the Python one as its fallback. A
+    word list the C code cannot hold (empty, or text that is not valid Unicode) keeps the whole
+    transformer in Python."""
+    python, make = _PYTHON_BUILDERS[name], _COMPILED_MAKERS[name]
+
+    def build(params: Mapping[str, Any], key: bytes) -> Transform:
+        slow = python(params, key)
+        try:
+            return make(params, key, slow)
+        except ValueError:
+            return slow
+
+    return build
+
+
+_BUILDERS: Mapping[str, Builder] = {
+    name: _compiled(name) if COMPILED and name in _COMPILED_MAKERS else build
+    for name, build in _PYTHON_BUILDERS.items()
 }
 
 
