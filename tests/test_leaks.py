@@ -1,8 +1,12 @@
-"""The leak check's judgement of values a replacing rule left unchanged."""
+"""The leak check's judgement of values a replacing rule left unchanged, and its search (in
+Python and compiled, which must agree)."""
 
 from __future__ import annotations
 
-from pipelines.data.copy import flat_field
+import pickle
+import random
+
+from pipelines.data.copy import FLAT, flat_field
 from pipelines.data.leaks import Haystack, find, needles
 from pipelines.data.masking import SharedMaskers, last_names, make_masker
 from pipelines.data.rules import ColumnRule
@@ -77,3 +81,29 @@ def test_the_search_finds_sampled_values_whole_and_inside_copy_fields() -> None:
     assert find(haystack, values) == {"customers.email": {b"ann.lee@mail.example"},
                                       "customers.phone": {b"+44 20 7946 0958"}}
     assert find(haystack, [b"bob.lee@mail.example", b"+44 20 7946 0000"]) == {}
+
+
+def test_the_compiled_search_finds_what_the_python_search_finds() -> None:
+    rng = random.Random(5)
+    words = ["ann", "lee", "mail", "example", "44", "20", "7946", "0958", "Zoë", "O'Brien",
+             "straße", "x", "🐘", "a.b", "(415)", "555-0123"]
+    separators = [" ", ".", ",", "@", "-", "\t", "\n", "\\", "/", '"', ": ", "", "\x0b"]
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(words) + rng.choice(separators) for _ in range(n)).strip()
+
+    sampled = {"t.a": [text(rng.randint(1, 4)) for _ in range(150)],
+               "t.b": [text(rng.randint(1, 3)) for _ in range(150)] + ["Zoë O'Brien"]}
+    haystack = Haystack.build(sampled)
+    assert haystack.needles() is not None  # the compiled lookups are built
+    found_any = 0
+    for _ in range(300):
+        values = [text(rng.randint(0, 12)).translate(FLAT).encode()
+                  for _ in range(rng.randint(0, 30))]
+        if rng.random() < 0.3:
+            values.append(rng.choice(sampled["t.b"]).translate(FLAT).encode())
+        expected = find(haystack, values, compiled=False)
+        assert find(haystack, values) == expected
+        found_any += bool(expected)
+    assert found_any > 50  # the comparison covered hits, not only misses
+    assert pickle.loads(pickle.dumps(haystack)).whole == haystack.whole  # sent to pool processes

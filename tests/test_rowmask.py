@@ -100,7 +100,10 @@ def _run(compiled: bool, data: bytes, *, chunk: int, search: bool
     masker = plan.row_masker(_finder() if search else None, shared, compiled=compiled)
     out = b"".join(masker.feed(data[i:i + chunk]) for i in range(0, len(data), chunk))
     masker.close()
-    if compiled:  # the documents went through the compiled JSON path, not only the fallback
+    if compiled:
+        # The loop called the compiled transformers directly, where there are some …
+        assert all(shared.direct(RULES[i]) is not None for i in (1, 2, 6))
+        # … and the documents went through the compiled JSON path, not only the fallback.
         planned = shared.json(RULES[3]).structures.values()
         assert sum(1 for entry in planned if entry is not None and entry[2]) >= 3
     return out, masker.take_hits()

@@ -41,6 +41,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 typedef struct {
@@ -657,6 +658,200 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------ leak search */
+
+/* Needles(whole, words): the leak search's lookups (`leaks.find`) without a Python object per
+ * searched value or word. `whole` are values looked for as a whole searched value (each line
+ * of one), `words` the anchors looked for among the words of the searched text (words: runs of
+ * bytes that are neither ASCII whitespace nor one of `leaks._DELIMITERS`).
+ * scan(values) -> (indices of `whole` found, indices of `words` found), each index once. */
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+    Py_ssize_t index; /* -1: an empty slot */
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    size_t mask;
+} Table;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *held; /* the tuple of both lists: keeps the bytes the slots point into alive */
+    Table whole, words;
+    Py_ssize_t nwhole, nwords;
+} Needles;
+
+static unsigned char SEPARATOR[256];
+
+static uint64_t fnv(const char *s, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static int table_build(Table *t, PyObject *list) {
+    Py_ssize_t count = PyList_GET_SIZE(list);
+    size_t size = 16;
+    while (size < (size_t)count * 2 + 1)
+        size *= 2;
+    t->slots = PyMem_Malloc(size * sizeof(Slot));
+    if (t->slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->mask = size - 1;
+    for (size_t i = 0; i < size; i++)
+        t->slots[i].index = -1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "needles are bytes");
+            return -1;
+        }
+        const char *s = PyBytes_AS_STRING(item);
+        Py_ssize_t n = PyBytes_GET_SIZE(item);
+        size_t at = (size_t)fnv(s, n) & t->mask;
+        while (t->slots[at].index >= 0 &&
+               !(t->slots[at].n == n && memcmp(t->slots[at].s, s, (size_t)n) == 0))
+            at = (at + 1) & t->mask;
+        if (t->slots[at].index < 0)
+            t->slots[at] = (Slot){s, n, i};
+    }
+    return 0;
+}
+
+static Py_ssize_t table_find(const Table *t, const char *s, Py_ssize_t n) {
+    size_t at = (size_t)fnv(s, n) & t->mask;
+    while (t->slots[at].index >= 0) {
+        if (t->slots[at].n == n && memcmp(t->slots[at].s, s, (size_t)n) == 0)
+            return t->slots[at].index;
+        at = (at + 1) & t->mask;
+    }
+    return -1;
+}
+
+static void needles_dealloc(Needles *self) {
+    PyMem_Free(self->whole.slots);
+    PyMem_Free(self->words.slots);
+    Py_XDECREF(self->held);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *needles_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *whole, *words;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0) {
+        PyErr_SetString(PyExc_TypeError, "Needles takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &whole, &PyList_Type, &words))
+        return NULL;
+    Needles *self = (Needles *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    PyObject *a = PyList_GetSlice(whole, 0, PY_SSIZE_T_MAX);
+    PyObject *b = PyList_GetSlice(words, 0, PY_SSIZE_T_MAX);
+    if (a != NULL && b != NULL)
+        self->held = PyTuple_Pack(2, a, b);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    if (self->held == NULL || table_build(&self->whole, PyTuple_GET_ITEM(self->held, 0)) < 0 ||
+        table_build(&self->words, PyTuple_GET_ITEM(self->held, 1)) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->nwhole = PyList_GET_SIZE(whole);
+    self->nwords = PyList_GET_SIZE(words);
+    return (PyObject *)self;
+}
+
+/* Append index `i` to `list` unless `seen[i]` says it is there already. */
+static int found_once(PyObject *list, unsigned char *seen, Py_ssize_t i) {
+    if (i < 0 || seen[i])
+        return 0;
+    seen[i] = 1;
+    PyObject *index = PyLong_FromSsize_t(i);
+    if (index == NULL)
+        return -1;
+    int rc = PyList_Append(list, index);
+    Py_DECREF(index);
+    return rc;
+}
+
+static PyObject *needles_scan(Needles *self, PyObject *values) {
+    if (!PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "scan takes a list of bytes");
+        return NULL;
+    }
+    PyObject *whole = PyList_New(0), *words = PyList_New(0), *result = NULL;
+    unsigned char *seen_whole = PyMem_Calloc((size_t)self->nwhole + 1, 1);
+    unsigned char *seen_words = PyMem_Calloc((size_t)self->nwords + 1, 1);
+    if (whole == NULL || words == NULL || seen_whole == NULL || seen_words == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t v = 0; v < PyList_GET_SIZE(values); v++) {
+        PyObject *item = PyList_GET_ITEM(values, v);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "scan takes a list of bytes");
+            goto done;
+        }
+        const char *s = PyBytes_AS_STRING(item);
+        Py_ssize_t n = PyBytes_GET_SIZE(item), line = 0;
+        for (Py_ssize_t i = 0; i <= n; i++) { /* each line, as a whole */
+            if (i < n && s[i] != '\n')
+                continue;
+            if (self->nwhole &&
+                found_once(whole, seen_whole, table_find(&self->whole, s + line, i - line)) < 0)
+                goto done;
+            line = i + 1;
+        }
+        if (!self->nwords)
+            continue;
+        Py_ssize_t i = 0;
+        while (i < n) { /* each word */
+            while (i < n && SEPARATOR[(unsigned char)s[i]])
+                i++;
+            Py_ssize_t start = i;
+            while (i < n && !SEPARATOR[(unsigned char)s[i]])
+                i++;
+            if (i > start &&
+                found_once(words, seen_words, table_find(&self->words, s + start, i - start)) < 0)
+                goto done;
+        }
+    }
+    result = PyTuple_Pack(2, whole, words);
+done:
+    Py_XDECREF(whole);
+    Py_XDECREF(words);
+    PyMem_Free(seen_whole);
+    PyMem_Free(seen_words);
+    return result;
+}
+
+static PyMethodDef needles_methods[] = {
+    {"scan", (PyCFunction)needles_scan, METH_O,
+     "scan(values) -> (indices of whole values found, indices of words found)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject NeedlesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pipelines.data._rowmask.Needles",
+    .tp_basicsize = sizeof(Needles),
+    .tp_dealloc = (destructor)needles_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The leak search's values and anchor words, looked up in C.",
+    .tp_methods = needles_methods,
+    .tp_new = needles_new,
+};
+
 static PyMethodDef methods[] = {
     {"mask_rows", mask_rows, METH_VARARGS,
      "Mask a block of COPY text rows (see the module's source for the arguments)."},
@@ -669,4 +864,21 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__rowmask(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__rowmask(void) {
+    /* leaks._DELIMITERS and ASCII whitespace (what bytes.split() splits on) */
+    const char *separators = ".,;:!?()<>[]{}\"'|=/*\\ \t\n\r\x0b\x0c";
+    for (const char *c = separators; *c; c++)
+        SEPARATOR[(unsigned char)*c] = 1;
+    if (PyType_Ready(&NeedlesType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&NeedlesType);
+    if (PyModule_AddObject(m, "Needles", (PyObject *)&NeedlesType) < 0) {
+        Py_DECREF(&NeedlesType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

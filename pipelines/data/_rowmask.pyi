@@ -16,3 +16,9 @@ def mask_rows(
     where: list[int],
     /,
 ) -> tuple[bytes, list[list[bytes]], list[list[bytes]]]: ...
+
+class Needles:
+    """The leak search's whole values and anchor words, looked up in C."""
+
+    def __init__(self, whole: list[bytes], words: list[bytes], /) -> None: ...
+    def scan(self, values: list[bytes], /) -> tuple[list[int], list[int]]: ...

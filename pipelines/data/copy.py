@@ -144,9 +144,11 @@ class MaskPlan:
                   if i in searched and rule.transformer == "json"}
         maskers = {i: shared.masker(rule) for i, rule in self.rules if i not in paired}
         jsons = {i: shared.json(rule) for i, rule in self.rules if rule.transformer == "json"}
+        direct = {i: found for i, rule in self.rules
+                  if i in maskers and (found := shared.direct(rule)) is not None}
         return RowMasker(maskers, columns=self.columns, plan=self, finder=finder,
                          search=sorted(searched - paired.keys()), paired=paired, jsons=jsons,
-                         compiled=compiled)
+                         direct=direct, compiled=compiled)
 
 
 _POOLED: dict[str, RowMasker] = {}  # in a pool process: plan token → its row masker
@@ -317,14 +319,17 @@ class RowMasker:
             count = len(lines)
         self._tune(count, sizes)
         if self._finder is not None:
-            self._find(searched, beside)
+            self._find(searched, beside, flat=self._loop is not None)
         return out
 
-    def _find(self, searched: list[list[bytes]], beside: list[list[bytes]]) -> None:
+    def _find(self, searched: list[list[bytes]], beside: list[list[bytes]], *,
+              flat: bool) -> None:
+        """Hand the searched fields to the finder (`flat`: already as `flat_field` makes
+        them, as the compiled loop hands them over)."""
         assert self._finder is not None
         for position, raws in zip(self._search, searched, strict=True):
-            self._found(position, [raw if b"\\" not in raw else flat_field(raw)
-                                   for raw in raws])
+            self._found(position, raws if flat else [
+                raw if b"\\" not in raw else flat_field(raw) for raw in raws])
         for (position, _), values in zip(self._paired, beside, strict=True):
             self._found(position, values)
 

@@ -832,11 +832,13 @@ class _JsonMasker:
 
 
 def _json(params: Mapping[str, Any], key: bytes,
-          nested: Callable[[ColumnRule], Masker] | None = None) -> _JsonMasker:
+          nested: Callable[[ColumnRule], Masker] | None = None,
+          direct: Callable[[Masker], Transform | None] | None = None) -> _JsonMasker:
     """Mask the values at each path with its nested rule (made by `nested` when given)."""
     make = nested or (lambda rule: make_masker(rule, key=key))
     return _JsonMasker([(parse_json_path(p), make(rule)) for p, rule in params["paths"].items()],
-                       [rule.transformer not in PASS_THROUGH for rule in params["paths"].values()])
+                       [rule.transformer not in PASS_THROUGH for rule in params["paths"].values()],
+                       direct)
 
 
 class SharedMaskers:
@@ -854,6 +856,7 @@ class SharedMaskers:
         self._key, self._size = key, cache_size
         self._maskers: dict[str, Masker] = {}
         self._jsons: dict[str, _JsonMasker] = {}
+        self._compiled: dict[int, Transform] = {}  # id of a masker → its compiled transformer
 
     def masker(self, rule: ColumnRule) -> Masker:
         """The shared masker of `rule` (as `make_masker` makes it, cache aside)."""
@@ -876,8 +879,18 @@ class SharedMaskers:
             checked = check_rule(rule)
             if checked.transformer != "json":
                 raise ValueError("a JSON masker needs a json rule")
-            found = self._jsons[ident] = _json(checked.params, self._key, self.masker)
+            found = self._jsons[ident] = _json(checked.params, self._key, self.masker,
+                                               self.compiled_of)
         return found
+
+    def direct(self, rule: ColumnRule) -> Transform | None:
+        """The compiled transformer behind `masker(rule)`, when it has one: what it gives for
+        any text but None (the compiled row loop calls it without the masker around it)."""
+        return self.compiled_of(self.masker(rule))
+
+    def compiled_of(self, masker: Masker) -> Transform | None:
+        """The compiled transformer behind one of this set's maskers, if any."""
+        return self._compiled.get(id(masker))
 
     def _make(self, rule: ColumnRule) -> Masker:
         if rule.transformer in ("keep", "null", "redact"):
@@ -899,6 +912,8 @@ class SharedMaskers:
                 out = cache[value] = transform(value)
             return out
 
+        if _fastmask is not None and isinstance(transform, _fastmask.Transform):
+            self._compiled[id(masker)] = transform
         return masker
 
 
