@@ -25,7 +25,7 @@
  *   format_error  the exception raised for a row with the wrong number of fields
  *   where    a list; on a masker's error its first item is set to the column position
  * -> (masked rows ending in a newline, [[searched field] per search position],
- *     [[searched text] per searched JSON column])
+ *     [[searched text] per searched JSON column], number of rows)
  *
  * A JSON document whose COPY field holds no backslash and no control character, has an even
  * number of quotes and is printable is cut at its quotes: every quote delimits a string, so
@@ -49,9 +49,7 @@ typedef struct {
     Py_ssize_t len, cap;
 } Buf;
 
-static int buf_reserve(Buf *b, Py_ssize_t extra) {
-    if (b->len + extra <= b->cap)
-        return 0;
+static int buf_grow(Buf *b, Py_ssize_t extra) {
     Py_ssize_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + extra)
         cap *= 2;
@@ -65,7 +63,11 @@ static int buf_reserve(Buf *b, Py_ssize_t extra) {
     return 0;
 }
 
-static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+static inline int buf_reserve(Buf *b, Py_ssize_t extra) {
+    return b->len + extra <= b->cap ? 0 : buf_grow(b, extra);
+}
+
+static inline int buf_put(Buf *b, const char *s, Py_ssize_t n) {
     if (buf_reserve(b, n) < 0)
         return -1;
     memcpy(b->data + b->len, s, (size_t)n);
@@ -73,30 +75,23 @@ static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
     return 0;
 }
 
-static int buf_byte(Buf *b, char c) {
+static inline int buf_byte(Buf *b, char c) {
     if (buf_reserve(b, 1) < 0)
         return -1;
     b->data[b->len++] = c;
     return 0;
 }
 
-/* Copy `s` with each byte `from` written as `to` (`to` = NULL: doubled). */
-static int buf_put_mapping(Buf *b, const char *s, Py_ssize_t n, char from, const char *to) {
-    Py_ssize_t start = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (s[i] != from)
-            continue;
-        if (buf_put(b, s + start, i - start) < 0)
+/* Copy `s` with each backslash doubled (`to` = NULL) or written as `*to`. */
+static int buf_put_backslashes(Buf *b, const char *s, Py_ssize_t n, const char *to) {
+    const char *end = s + n, *at;
+    while ((at = memchr(s, '\\', (size_t)(end - s))) != NULL) {
+        if (buf_put(b, s, at - s) < 0 || buf_put(b, to ? to : at, 1) < 0 ||
+            (to == NULL && buf_put(b, at, 1) < 0))
             return -1;
-        if (to == NULL) {
-            if (buf_put(b, s + i, 1) < 0 || buf_put(b, s + i, 1) < 0)
-                return -1;
-        } else if (buf_put(b, to, 1) < 0) {
-            return -1;
-        }
-        start = i + 1;
+        s = at + 1;
     }
-    return buf_put(b, s + start, n - start);
+    return buf_put(b, s, end - s);
 }
 
 /* `miss(raw)`, or first `direct(text)`: a compiled transformer (text -> text) that gives what
@@ -375,9 +370,9 @@ static int json_quick(Json *j, const char *s, Py_ssize_t n, Buf *out, Buf *searc
             generated = PyObject_IsTrue(PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, p), 3));
             p++;
         }
-        if (buf_put_mapping(out, text, len, '\\', NULL) < 0)
+        if (buf_put_backslashes(out, text, len, NULL) < 0)
             rc = -1;
-        else if (searched && !generated && buf_put_mapping(searched, text, len, '\\', " ") < 0)
+        else if (searched && !generated && buf_put_backslashes(searched, text, len, " ") < 0)
             rc = -1;
     }
     for (Py_ssize_t q = 0; q < steps; q++)
@@ -473,7 +468,7 @@ static PyObject *mask_rows(PyObject *Py_UNUSED(self), PyObject *args) {
     }
 
     const char *data = block.buf;
-    Py_ssize_t size = block.len, line = 0;
+    Py_ssize_t size = block.len, line = 0, nrows = 0;
     if (buf_reserve(&out, size + size / 4 + 16) < 0)
         goto done;
     for (;;) {
@@ -630,15 +625,17 @@ static PyObject *mask_rows(PyObject *Py_UNUSED(self), PyObject *args) {
         }
         for (Py_ssize_t c = 0; c < width; c++)
             Py_CLEAR(values[c]);
+        nrows++;
         if (nl == NULL)
             break;
         line = end + 1;
     }
     PyObject *rows = PyBytes_FromStringAndSize(out.data, out.len);
-    if (rows != NULL) {
-        result = PyTuple_Pack(3, rows, searched_lists, beside_lists);
-        Py_DECREF(rows);
-    }
+    PyObject *count = PyLong_FromSsize_t(nrows);
+    if (rows != NULL && count != NULL)
+        result = PyTuple_Pack(4, rows, searched_lists, beside_lists, count);
+    Py_XDECREF(rows);
+    Py_XDECREF(count);
 
 done:
     if (values)
@@ -682,6 +679,10 @@ typedef struct {
     PyObject *held; /* the tuple of both lists: keeps the bytes the slots point into alive */
     Table whole, words;
     Py_ssize_t nwhole, nwords;
+    /* Filters that turn most words away before they are hashed: the lengths of the words
+     * looked for (64: longer), and their first and last bytes. */
+    unsigned char lengths[65];
+    uint64_t ends[65536 / 64];
 } Needles;
 
 static unsigned char SEPARATOR[256];
@@ -767,6 +768,16 @@ static PyObject *needles_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     }
     self->nwhole = PyList_GET_SIZE(whole);
     self->nwords = PyList_GET_SIZE(words);
+    for (Py_ssize_t i = 0; i < self->nwords; i++) {
+        PyObject *word = PyList_GET_ITEM(PyTuple_GET_ITEM(self->held, 1), i);
+        Py_ssize_t n = PyBytes_GET_SIZE(word);
+        if (n == 0)
+            continue;
+        const unsigned char *w = (const unsigned char *)PyBytes_AS_STRING(word);
+        unsigned key = (unsigned)w[0] << 8 | w[n - 1];
+        self->lengths[n < 64 ? n : 64] = 1;
+        self->ends[key / 64] |= (uint64_t)1 << (key % 64);
+    }
     return (PyObject *)self;
 }
 
@@ -821,8 +832,13 @@ static PyObject *needles_scan(Needles *self, PyObject *values) {
             Py_ssize_t start = i;
             while (i < n && !SEPARATOR[(unsigned char)s[i]])
                 i++;
-            if (i > start &&
-                found_once(words, seen_words, table_find(&self->words, s + start, i - start)) < 0)
+            Py_ssize_t len = i - start;
+            if (len == 0 || !self->lengths[len < 64 ? len : 64])
+                continue;
+            unsigned key = (unsigned)(unsigned char)s[start] << 8 | (unsigned char)s[i - 1];
+            if (!(self->ends[key / 64] >> (key % 64) & 1))
+                continue;
+            if (found_once(words, seen_words, table_find(&self->words, s + start, len)) < 0)
                 goto done;
         }
     }

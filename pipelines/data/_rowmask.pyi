@@ -15,7 +15,7 @@ def mask_rows(
     format_error: type[Exception],
     where: list[int],
     /,
-) -> tuple[bytes, list[list[bytes]], list[list[bytes]]]: ...
+) -> tuple[bytes, list[list[bytes]], list[list[bytes]], int]: ...
 
 class Needles:
     """The leak search's whole values and anchor words, looked up in C."""

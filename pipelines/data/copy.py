@@ -30,6 +30,7 @@ representations); `pipelines.data.snapshot` and `pipelines.data.subset` call `pi
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -158,7 +159,10 @@ _SHARED: dict[bytes, SharedMaskers] = {}  # in a pool process: the build's maske
 
 def install_finder(finder: Finder | None) -> None:
     """A pool's initializer: the finder every plan with searched columns uses in this
-    process (sent once per process rather than with every block)."""
+    process (sent once per process rather than with every block). The objects the process
+    was forked with are frozen: the garbage collector would otherwise walk them all, again and
+    again, though masking makes no cycles among them."""
+    gc.freeze()
     _FINDER[:] = [] if finder is None else [finder]
 
 
@@ -309,8 +313,7 @@ class RowMasker:
         """Mask whole rows (separated, not ended, by newlines); the result ends in one."""
         sizes = [0 if cache is None else len(cache) for _, _, cache in self._fields]
         if self._loop is not None:
-            out, searched, beside = self._loop(block)
-            count = block.count(b"\n") + 1
+            out, searched, beside, count = self._loop(block)
         else:
             lines = block.split(b"\n")
             searched = [[] for _ in self._search]
@@ -344,9 +347,11 @@ class RowMasker:
         if any(self._pending):
             raise CopyFormatError("the COPY stream ended inside a row")
 
-    def _compiled(self, block: bytes) -> tuple[bytes, list[list[bytes]], list[list[bytes]]]:
+    def _compiled(self, block: bytes
+                  ) -> tuple[bytes, list[list[bytes]], list[list[bytes]], int]:
         """`_rows` by the compiled loop (`_rowmask.c`): the masked rows, the searched fields
-        and the searched text of the paired columns, as `_rows` collects them."""
+        and the searched text of the paired columns, as `_rows` collects them; and the number
+        of rows."""
         fields = [(i, cache, mask, self._direct.get(i)) for i, mask, cache in self._fields
                   if i not in self._jsons]
         paired = dict(self._paired)

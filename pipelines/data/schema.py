@@ -28,9 +28,16 @@ from bot.errors import PermanentError
 from bot.pg import quote_ident, quote_literal
 from pipelines.data.catalog import Catalog, Column, SequenceDef, Statement, Table
 
+# The golden database is ANALYZEd table by table as it loads, so every clone starts with
+# planner statistics (a clone copies them; no autovacuum would gather them before the clone's
+# rows change). A statistics target of 30 (9,000-row samples, 30 common values) serves an
+# environment's queries and costs a quarter of the default's 100 (0.14 s against 0.5 s at
+# 180 MB); a column with a target of its own keeps it.
+STATISTICS_TARGET = 30
 SESSION = ("SET search_path = ''", "SET check_function_bodies = false",
            "SET synchronous_commit = off", "SET maintenance_work_mem = '128MB'",
-           "SET client_min_messages = warning")
+           "SET client_min_messages = warning",
+           f"SET default_statistics_target = {STATISTICS_TARGET}")
 
 
 async def prepare_session(conn: Any) -> None:

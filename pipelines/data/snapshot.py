@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import hashlib
 import logging
@@ -109,13 +110,18 @@ async def build_snapshot(*, name: str, config: SnapshotConfig, target_admin_url:
         rules = load_rules(config.rules)
     except ConfigError as exc:
         raise PermanentError(str(exc)) from None
-    report = await lint(asyncpg_dsn(config.source), rules)
-    linted = time.monotonic() - clock
-    if not report.ok:
-        raise PermanentError(f"snapshot {name} needs rules first:\n{report.render()}")
+
+    async def linted() -> tuple[set[tuple[str, str]], float]:
+        report = await lint(asyncpg_dsn(config.source), rules)
+        if not report.ok:
+            raise PermanentError(f"snapshot {name} needs rules first:\n{report.render()}")
+        return {(f.table, f.column) for f in report.findings}, time.monotonic()
+
+    # The lint runs while the build opens the source and makes the tables; nothing is copied
+    # before it passed (a failing lint drops what was made, as any failure does).
+    checked = asyncio.ensure_future(linted())
     build = _Build(name=name, config=config, rules=rules, key=key, prefix=prefix,
-                   target_admin_url=target_admin_url, progress=progress,
-                   flagged={(f.table, f.column) for f in report.findings}, linted=linted)
+                   target_admin_url=target_admin_url, progress=progress, lint=checked)
     try:
         return await build.run(started=started, clock=clock)
     except (PermanentError, TemporaryError):
@@ -125,6 +131,11 @@ async def build_snapshot(*, name: str, config: SnapshotConfig, target_admin_url:
     except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
         raise TemporaryError(f"lost a database connection during the build "
                              f"({type(exc).__name__}: {scrub(str(exc))[:200]})") from None
+    finally:
+        if not checked.done():
+            checked.cancel()
+        with contextlib.suppress(BaseException):  # its error, if any, was raised above
+            await checked
 
 
 def _classify(exc: asyncpg.PostgresError) -> TemporaryError | PermanentError:
@@ -188,10 +199,10 @@ class _Build:
 
     def __init__(self, *, name: str, config: SnapshotConfig, rules: Rules, key: bytes,
                  prefix: str, target_admin_url: str, progress: Progress | None,
-                 flagged: set[tuple[str, str]], linted: float = 0.0) -> None:
+                 lint: Awaitable[tuple[set[tuple[str, str]], float]]) -> None:
         self.name, self.config, self.rules, self.key = name, config, rules, key
-        self.linted = linted
-        self.flagged = flagged  # (table, column) the detector flagged
+        self.lint = lint  # the lint: (table, column) the detector flagged, and when it ended
+        self.flagged: set[tuple[str, str]] = set()
         self.prefix, self.admin_url, self.progress = prefix, target_admin_url, progress
         self.coordinator: Any = None
         self.readers: list[Any] = []
@@ -207,7 +218,10 @@ class _Build:
             return await self._run(started=started, clock=clock)
         finally:
             if self.pool is not None:
-                self.pool.shutdown(wait=False, cancel_futures=True)
+                # Waited for: its processes hold at most one block each by now (milliseconds),
+                # and a pool left running breaks the interpreter's exit ("Bad file
+                # descriptor" from the executor's exit hook).
+                self.pool.shutdown(wait=True, cancel_futures=True)
                 self.pool = None
 
     def _start_pool(self, finder: Finder | None) -> None:
@@ -271,7 +285,7 @@ class _Build:
 
     async def _build(self, admin: Any, *, started: datetime, clock: float) -> SnapshotInfo:
         step = _Steps(self.name)
-        step.seconds["lint"] = round(self.linted, 3)
+        step.seconds["lint"] = 0.0  # filled in below: the lint runs alongside the next steps
         catalog, kept = await self._open_source()
         step.done("source", "source schema and subset")
         self.database = await golden.free_name(admin, prefix=self.prefix, name=self.name,
@@ -283,6 +297,9 @@ class _Build:
             await schema.prepare_session(conn)
         await schema.apply_in_order(self.writers[0], schema.pre_data(catalog))
         step.done("tables", "database and tables")
+        self.flagged, lint_ended = await self.lint
+        step.seconds["lint"] = round(lint_ended - clock, 3)
+        step.last = time.monotonic()  # what waiting for the lint took is part of the lint
         values, self.found = await self._sample(catalog, kept)
         if any(values.values()):
             self.finder = functools.partial(leaks.find, leaks.Haystack.build(values))
