@@ -82,9 +82,13 @@ class ColumnMaskingError(ValueError):
     """A masker refused a value; the message names the column and the masker's reason (which
     never quotes the value)."""
 
-    def __init__(self, column: str, reason: BaseException) -> None:
+    def __init__(self, column: str, reason: BaseException | str) -> None:
         super().__init__(f"column {column}: {reason}")
         self.column = column
+        self.reason = str(reason)
+
+    def __reduce__(self) -> tuple[type[ColumnMaskingError], tuple[str, str]]:
+        return type(self), (self.column, self.reason)  # raised in a pool process, too
 
 
 def _unescape_one(m: re.Match[bytes]) -> bytes:
@@ -166,9 +170,8 @@ def install_finder(finder: Finder | None) -> None:
     _FINDER[:] = [] if finder is None else [finder]
 
 
-def mask_block(plan: MaskPlan, block: bytes) -> tuple[bytes, Hits]:
-    """In a pool process: mask a block of whole rows (ending in a newline); and the sampled
-    values found in its searched columns."""
+def _pooled(plan: MaskPlan) -> RowMasker:
+    """In a pool process: the row masker of `plan`, made once and kept."""
     masker = _POOLED.get(plan.token)
     if masker is None:
         from pipelines.data.masking import SharedMaskers
@@ -178,7 +181,69 @@ def mask_block(plan: MaskPlan, block: bytes) -> tuple[bytes, Hits]:
             _SHARED[plan.key] = SharedMaskers(plan.key)
         masker = _POOLED[plan.token] = plan.row_masker(_FINDER[0] if _FINDER else None,
                                                        _SHARED[plan.key])
+    return masker
+
+
+def mask_block(plan: MaskPlan, block: bytes) -> tuple[bytes, Hits]:
+    """In a pool process: mask a block of whole rows (ending in a newline); and the sampled
+    values found in its searched columns."""
+    masker = _pooled(plan)
     return masker.rows(block[:-1]), masker.take_hits()
+
+
+@dataclass(frozen=True)
+class CopyJob:
+    """A table, or a range of its pages, that a pool process copies on connections of its own
+    (`run_job`): it reads the source in the build's exported snapshot, masks as it reads and
+    writes the target, and no row passes through the building process (which would cost it
+    a copy in, a copy out and the pickling of every block both ways)."""
+
+    source: str = field(repr=False)  # asyncpg DSNs: they may hold a password
+    target: str = field(repr=False)
+    snapshot: str  # the exported snapshot the source is read in
+    query: str
+    schema: str
+    table: str
+    columns: tuple[str, ...]
+    plan: MaskPlan | None  # None: nothing to mask or search
+    session: tuple[str, ...] = ()  # statements that prepare the target session
+    timeout: float = 10.0  # connecting
+
+
+def run_job(job: CopyJob) -> tuple[CopyStats, Hits]:
+    """In a pool process: do `job`; its figures and what the leak search found."""
+    return asyncio.run(_run_job(job))
+
+
+async def _run_job(job: CopyJob) -> tuple[CopyStats, Hits]:
+    import asyncpg
+
+    from bot.pg import quote_literal
+
+    source = await asyncpg.connect(job.source, timeout=job.timeout)
+    target = None
+    done = False
+    try:
+        target = await asyncpg.connect(job.target, timeout=job.timeout)
+        await source.execute(
+            "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; "
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+            f"SET TRANSACTION SNAPSHOT {quote_literal(job.snapshot)}; SET LOCAL search_path = ''")
+        for statement in job.session:
+            await target.execute(statement)
+        masker = None if job.plan is None else _pooled(job.plan)
+        stats = await pipe(source, job.query, target=target, table=job.table,
+                           schema=job.schema, columns=job.columns, masker=masker)
+        done = True
+        return stats, ({} if masker is None else masker.take_hits())
+    finally:
+        for conn in (source, target):
+            if conn is None:
+                continue
+            if done:
+                await conn.close(timeout=job.timeout)
+            else:  # mid-COPY a polite close could wait; the build is being abandoned
+                conn.terminate()
 
 
 def _field_masker(mask: Masker) -> Callable[[bytes], bytes]:

@@ -33,6 +33,7 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -53,6 +54,7 @@ from pipelines.data.catalog import Catalog, Table, read_catalog
 from pipelines.data.clone import WarmPool
 from pipelines.data.copy import (
     ColumnMaskingError,
+    CopyJob,
     CopyStats,
     Finder,
     MaskPlan,
@@ -60,6 +62,7 @@ from pipelines.data.copy import (
     first_error,
     install_finder,
     pipe,
+    run_job,
 )
 from pipelines.data.detect import lint
 from pipelines.data.golden import SnapshotInfo, latest_snapshot, list_snapshots
@@ -72,6 +75,7 @@ __all__ = ["BuildProgress", "SnapshotInfo", "build_snapshot", "latest_snapshot",
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
+SPLIT_BYTES = 32 * 1024 * 1024  # a table copied whole and bigger is copied in parts (`_parts`)
 LOCK_TIMEOUT = "60s"  # waiting for the source's tables (a migration holding them, say)
 _TEMPORARY_CLASSES = ("08", "53", "57", "40")
 _TEMPORARY_CODES = ("55006", "55P03")
@@ -97,7 +101,8 @@ Progress = Callable[[BuildProgress], Awaitable[None]]
 
 async def build_snapshot(*, name: str, config: SnapshotConfig, target_admin_url: str,
                          prefix: str, key: bytes,
-                         progress: Progress | None = None) -> SnapshotInfo:
+                         progress: Progress | None = None,
+                         split_bytes: int = SPLIT_BYTES) -> SnapshotInfo:
     """Build snapshot `name` from `config` into a new golden database on the server behind
     `target_admin_url`. Raises PermanentError (lint findings, a leak, a constraint that the
     masked data breaks, …) or TemporaryError (a server unreachable or busy); either way,
@@ -121,7 +126,8 @@ async def build_snapshot(*, name: str, config: SnapshotConfig, target_admin_url:
     # before it passed (a failing lint drops what was made, as any failure does).
     checked = asyncio.ensure_future(linted())
     build = _Build(name=name, config=config, rules=rules, key=key, prefix=prefix,
-                   target_admin_url=target_admin_url, progress=progress, lint=checked)
+                   target_admin_url=target_admin_url, progress=progress, lint=checked,
+                   split_bytes=split_bytes)
     try:
         return await build.run(started=started, clock=clock)
     except (PermanentError, TemporaryError):
@@ -199,7 +205,8 @@ class _Build:
 
     def __init__(self, *, name: str, config: SnapshotConfig, rules: Rules, key: bytes,
                  prefix: str, target_admin_url: str, progress: Progress | None,
-                 lint: Awaitable[tuple[set[tuple[str, str]], float]]) -> None:
+                 lint: Awaitable[tuple[set[tuple[str, str]], float]],
+                 split_bytes: int = SPLIT_BYTES) -> None:
         self.name, self.config, self.rules, self.key = name, config, rules, key
         self.lint = lint  # the lint: (table, column) the detector flagged, and when it ended
         self.flagged: set[tuple[str, str]] = set()
@@ -209,6 +216,8 @@ class _Build:
         self.writers: list[Any] = []
         self.database: str | None = None
         self.coordinator_lock = asyncio.Lock()
+        self.snapshot_id = ""  # the coordinator's exported snapshot
+        self.split_bytes = split_bytes
         self.pool: ProcessPoolExecutor | None = None
         self.finder: Finder | None = None  # the leak search, when anything was sampled
         self.found: list[leaks.Leak] = []  # leaks found so far
@@ -345,7 +354,7 @@ class _Build:
         if tables:  # as pg_dump does: no DDL on them until the build has read them
             await conn.execute(f"LOCK TABLE {', '.join(r[0] for r in tables)} "
                                "IN ACCESS SHARE MODE")
-        snapshot_id = await conn.fetchval("SELECT pg_export_snapshot()")
+        snapshot_id = self.snapshot_id = await conn.fetchval("SELECT pg_export_snapshot()")
         catalog = await read_catalog(conn)
         kept = await subset.compute(conn, catalog, roots=self.rules.roots,
                                     children=self.rules.children)
@@ -397,49 +406,99 @@ class _Build:
             return table.estimated_rows if rows is None else rows
 
         tables = sorted(catalog.tables.values(), key=lambda t: (-expected(t), -t.size, t.key))
+        parts = await self._parts(tables, kept)
+        left = collections.Counter(table.key for table, _ in parts)  # parts not copied yet
         remaining = {t.key: expected(t) for t in tables}
         done, total_rows, start = 0, 0, time.monotonic()
 
-        async def job(pair: tuple[Any, Any], table: Table) -> None:
+        async def job(pair: tuple[Any, Any], part: tuple[Table, str | None]) -> None:
             nonlocal done, total_rows
             reader, writer = pair
-            stats = await self._copy_table(reader, writer, table=table, kept=kept)
-            done += 1
+            table, pages = part
+            stats = await self._copy_table(reader, writer, table=table, kept=kept, pages=pages)
             total_rows += stats.rows
+            left[table.key] -= 1
+            if left[table.key]:
+                return  # another part of the table is still loading
+            done += 1
             remaining.pop(table.key, None)
             if self.progress is not None:
                 elapsed = max(time.monotonic() - start, 1e-6)
                 rate = total_rows / elapsed
-                left = sum(remaining.values())
+                rows_left = sum(remaining.values())
                 await self.progress(BuildProgress(
                     tables_done=done, tables_total=len(tables), rows=total_rows,
                     rows_per_second=rate,
-                    eta_seconds=(left / rate if rate > 0 else None) if left else 0.0,
+                    eta_seconds=(rows_left / rate if rate > 0 else None) if rows_left else 0.0,
                     table=table.display))
             # The table's own keys, checks and indexes while other tables are still loading.
             await schema.apply(writer, schema.table_post_data(table))
             await writer.execute(f"ANALYZE {table.ident}")
 
-        await _parallel(list(zip(self.readers, self.writers, strict=True)), tables, job=job)
+        await _parallel(list(zip(self.readers, self.writers, strict=True)), parts, job=job)
         return total_rows
 
+    async def _parts(self, tables: Sequence[Table], kept: subset.Subset
+                     ) -> list[tuple[Table, str | None]]:
+        """The copy jobs, biggest first: a table whole (None), or a range of its pages per
+        copier, as a condition on `ctid`, so that a big table is masked by every core rather
+        than one (`_copy_table` hands whole-table jobs to the pool). Pages are read by TID
+        range scans (PostgreSQL 14 and newer); the last range is open-ended, so pages added
+        since the snapshot are read too. Subsets are copied whole: their kept rows are shipped
+        per copier (`subset.ship_keys`)."""
+        workers = self.config.workers
+        if workers < 2 or not kept.everything or \
+                self.coordinator.get_server_version().major < 14:
+            return [(table, None) for table in tables]
+        parts: list[tuple[Table, str | None]] = []
+        for table in tables:
+            if table.size < self.split_bytes:
+                parts.append((table, None))
+                continue
+            pages = await self.coordinator.fetchval(
+                "SELECT pg_relation_size($1::oid) / current_setting('block_size')::int",
+                table.oid)
+            edges = [None, *(pages * i // workers for i in range(1, workers)), None]
+            for low, high in itertools.pairwise(edges):
+                parts.append((table, " AND ".join(
+                    ([f"t.ctid >= '({low},0)'::tid"] if low is not None else [])
+                    + ([f"t.ctid < '({high},0)'::tid"] if high is not None else []))))
+        return parts
+
     async def _copy_table(self, reader: Any, writer: Any, *, table: Table,
-                          kept: subset.Subset) -> CopyStats:
+                          kept: subset.Subset, pages: str | None = None) -> CopyStats:
+        """Copy a table's kept rows (those on `pages`, when given). A whole table goes to a
+        pool process with connections of its own (`copy.run_job`); a subset's rows, which
+        need the keys shipped to `reader`, stream through this process, masked in the pool
+        block by block."""
         query = subset.select_rows(table, subset=kept)
         if query is None:
             return CopyStats(rows=0, bytes=0)
-        if not kept.everything:
-            await subset.ship_keys(self.coordinator, reader, table=table,
-                                   lock=self.coordinator_lock)
+        if pages is not None:
+            query += f" WHERE {pages}"
         masker = self._masker(table)
         try:
-            stats = await pipe(reader, query, target=writer, table=table.name,
-                               schema=table.schema, columns=table.copy_columns,
-                               masker=masker, pool=self.pool)
+            if kept.everything and self.pool is not None:
+                stats, hits = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, run_job, CopyJob(
+                        source=asyncpg_dsn(self.config.source),
+                        target=asyncpg_dsn(with_database(self.admin_url, self.database or "")),
+                        snapshot=self.snapshot_id, query=query, schema=table.schema,
+                        table=table.name, columns=tuple(table.copy_columns),
+                        plan=None if masker is None else masker.plan,
+                        session=schema.SESSION, timeout=CONNECT_TIMEOUT))
+            else:
+                if not kept.everything:
+                    await subset.ship_keys(self.coordinator, reader, table=table,
+                                           lock=self.coordinator_lock)
+                stats = await pipe(reader, query, target=writer, table=table.name,
+                                   schema=table.schema, columns=table.copy_columns,
+                                   masker=masker, pool=self.pool)
+                hits = {} if masker is None else masker.take_hits()
         except ColumnMaskingError as exc:
             raise PermanentError(f"masking {table.display}: {exc}") from None
         if masker is not None:
-            for position, found in sorted(masker.take_hits().items()):
+            for position, found in sorted(hits.items()):
                 found_in = f"{table.display}.{masker.column(position)}"
                 self.found.extend(leaks.Leak(column=source, found_in=found_in,
                                              values=len(values))
