@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 import random
 
 import pytest
@@ -159,6 +160,9 @@ def test_errors_are_the_same(compiled: bool) -> None:
         plan.row_masker(compiled=compiled).feed(good + bad_date)
     assert caught.value.column == "born"
     assert "not a date" not in str(caught.value)
+    # Raised in a pool process, it crosses to the build with its column and message.
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert (again.column, str(again)) == ("born", str(caught.value))
 
 
 def test_a_loop_without_masked_columns_searches_every_row() -> None:
