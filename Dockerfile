@@ -1,7 +1,9 @@
 # Ephem's container image: `ephem` on a slim Python 3.11, as a non-root user, with the
 # terraform binary the infra phase runs, able to run on a read-only root filesystem.
 #
-#   build stage    a virtualenv in /opt/ephem with `pip install .` (the project's own pins)
+#   build stage    a virtualenv in /opt/ephem with `pip install .` (the project's own pins),
+#                  on the full Python image of the same version: it has the C compiler that
+#                  builds the masking extensions (without it they would fall back to Python)
 #   runtime stage  that virtualenv, terraform, an unprivileged user; nothing else
 #
 # terraform comes from an image that carries the pinned version (TERRAFORM_IMAGE, by default
@@ -10,12 +12,13 @@
 # tests/test_image.py replays the build stage's install in a clean virtualenv.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BUILD_IMAGE=python:3.11-bookworm
 ARG TERRAFORM_VERSION=1.11.4
 ARG TERRAFORM_IMAGE=hashicorp/terraform:${TERRAFORM_VERSION}
 
 FROM ${TERRAFORM_IMAGE} AS terraform
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 ARG VENV=/opt/ephem
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

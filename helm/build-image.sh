@@ -2,13 +2,14 @@
 # Build Ephem's image from the Dockerfile with buildah and run `ephem --version` in
 # it, as the unprivileged user the image declares.
 #
-#   helm/build-image.sh                  # python:3.11-slim-bookworm + hashicorp/terraform
+#   helm/build-image.sh                  # python:3.11-(slim-)bookworm + hashicorp/terraform
 #   helm/build-image.sh --local-bases    # no container registry reachable: make both bases here
 #
-# --local-bases makes the two images the Dockerfile starts from without a container registry:
-# a Debian bookworm root filesystem with python3.11 (debootstrap, from the Debian mirror) and
-# an image holding the terraform binary found on PATH (its version becomes TERRAFORM_VERSION,
-# which the Dockerfile checks). Everything else (Ephem's dependencies) comes from PyPI during
+# --local-bases makes the images the Dockerfile starts from without a container registry:
+# a Debian bookworm root filesystem with python3.11 (debootstrap, from the Debian mirror), the
+# same with a C compiler and the Python headers for the build stage (the masking extensions),
+# and an image holding the terraform binary found on PATH (its version becomes
+# TERRAFORM_VERSION, which the Dockerfile checks). Everything else (Ephem's dependencies) comes from PyPI during
 # the build, as in any build.
 #
 # Settings (environment): IMAGE (default localhost/ephem:<project version>),
@@ -62,11 +63,19 @@ if $local_bases; then
   buildah config --env PIP_CERT=/etc/ssl/certs/ca-certificates.crt "$ctr"
   buildah commit --quiet --rm "$ctr" "$python_base" >/dev/null
 
+  build_base=localhost/ephem-base/python:3.11-bookworm-build
+  log "base: $build_base (with gcc and the Python headers, for the build stage)"
+  ctr=$(buildah from "$python_base")
+  buildah run "$ctr" -- sh -c 'apt-get update -qq && apt-get install -y -qq \
+    --no-install-recommends gcc libc6-dev python3-dev >/dev/null && rm -rf /var/lib/apt/lists/*'
+  buildah commit --quiet --rm "$ctr" "$build_base" >/dev/null
+
   log "base: terraform $terraform_version from $tf"
   ctr=$(buildah from scratch)
   buildah copy --quiet --chmod 0755 "$ctr" "$tf" /bin/terraform
   buildah commit --quiet --rm "$ctr" "$terraform_base" >/dev/null
-  args+=(--build-arg "PYTHON_IMAGE=$python_base" --build-arg "TERRAFORM_IMAGE=$terraform_base")
+  args+=(--build-arg "PYTHON_IMAGE=$python_base" --build-arg "BUILD_IMAGE=$build_base"
+         --build-arg "TERRAFORM_IMAGE=$terraform_base")
 fi
 
 log "build $image"

@@ -166,3 +166,15 @@ async def test_a_data_server_from_an_infra_output_is_not_dialled(
     [line] = [c.line() for c in found if c.name == "data server"]
     assert line.startswith("ok") and "infrastructure output" in line, line
     assert "clone method" not in {c.name for c in found}
+
+
+async def test_doctor_says_the_masking_is_compiled(
+    tmp_path: Path, slack_api: SlackApi, bot_db_url: str, pg_admin_url: str, db_prefix: str,
+    source_url: str,
+) -> None:
+    raw = healthy(tmp_path, server=pg_admin_url, source=source_url, prefix=db_prefix)
+    found = {c.name: c for c in await checks_for(tmp_path, raw, settings(slack_api, bot_db_url))}
+    # This machine builds the C extensions at install; the check reports what is in use.
+    assert found["masking"].ok, found["masking"].line()
+    assert found["masking"].detail.startswith("compiled: the row loop and the keyed")
+    assert "SHA-256: " in found["masking"].detail

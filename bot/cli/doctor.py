@@ -145,6 +145,7 @@ async def snapshot_checks(settings: Settings, blueprint: Blueprint) -> list[Chec
         checks.append(Check("masking key", False, "snapshots are configured, and neither "
                             "EPHEM_MASKING_KEY nor EPHEM_SECRET_KEY is set: every build refuses; "
                             "set EPHEM_MASKING_KEY (and keep it)"))
+    checks.append(masking_check())
     for name, snap in data.snapshots.items():
         async def source(url: str = snap.source) -> str:
             conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
@@ -157,6 +158,21 @@ async def snapshot_checks(settings: Settings, blueprint: Blueprint) -> list[Chec
         checks.append(await _guard(f"snapshot {name} source", source, url=snap.source))
         checks.append(approval_check(blueprint, name))
     return checks
+
+
+def masking_check() -> Check:
+    """Whether snapshot builds mask with the compiled code (built at install where a C
+    compiler is) or in Python, which gives the same values several times slower."""
+    from pipelines.data import copy, masking
+
+    if copy.COMPILED and masking.COMPILED:
+        return Check("masking", True, "compiled: the row loop and the keyed transformers "
+                                      f"(SHA-256: {masking.sha256_kind()})")
+    missing = [name for name, built in (("the row loop", copy.COMPILED),
+                                        ("the keyed transformers", masking.COMPILED)) if not built]
+    return Check("masking", False, f"{' and '.join(missing)} run in Python: same values, "
+                                   "several times slower builds; reinstall where gcc and the "
+                                   "Python headers are (pip builds the C extensions then)")
 
 
 def approval_check(blueprint: Blueprint, snapshot: str) -> Check:

@@ -68,6 +68,11 @@ Builder = Callable[[Mapping[str, Any], bytes], Transform]
 
 COMPILED: bool = _fastmask is not None  # the keyed transformers run compiled (`_fastmask`)
 
+
+def sha256_kind() -> str:
+    """Which SHA-256 the compiled transformers use ("sha-ni", "portable"), or "python"."""
+    return _fastmask.SHA256 if _fastmask is not None else "python"
+
 REDACTED = "[redacted]"
 EMAIL_DOMAINS = ("example.com", "example.net", "example.org")  # RFC 2606: nobody's mailbox
 DEFAULT_LOCALE = "en_US"
