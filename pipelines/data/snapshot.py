@@ -297,25 +297,26 @@ class _Build:
         step.seconds["lint"] = 0.0  # filled in below: the lint runs alongside the next steps
         catalog, kept = await self._open_source()
         step.done("source", "source schema and subset")
-        self.database = await golden.free_name(admin, prefix=self.prefix, name=self.name,
-                                               at=started)
-        await self._create_database(admin, catalog)
-        url = with_database(self.admin_url, self.database)
-        self.writers = [await _connect(url) for _ in range(self.config.workers)]
-        for conn in self.writers:
-            await schema.prepare_session(conn)
-        await schema.apply_in_order(self.writers[0], schema.pre_data(catalog))
-        step.done("tables", "database and tables")
-        self.flagged, lint_ended = await self.lint
-        step.seconds["lint"] = round(lint_ended - clock, 3)
-        step.last = time.monotonic()  # what waiting for the lint took is part of the lint
-        values, self.found = await self._sample(catalog, kept)
+        # The leak sample is taken while the tables are made and the lint finishes: of every
+        # column it could need, since which flagged columns it needs is the lint's answer.
+        every = {(t.display, c) for t in catalog.tables.values() for c in t.copy_columns}
+        sampling = asyncio.ensure_future(self._sample(
+            catalog, kept, leaks.sampled_columns(catalog, self.rules, flagged=every)))
+        try:
+            values, self.found = await self._tables_and_sample(
+                admin, catalog, kept, step, started=started, clock=clock, sampling=sampling)
+        finally:
+            if not sampling.done():
+                sampling.cancel()
+            with contextlib.suppress(BaseException):  # its error, if any, was raised above
+                await sampling
         if any(values.values()):
             self.finder = functools.partial(leaks.find, leaks.Haystack.build(values))
         self._start_pool(self.finder)
         step.done("leak sample", "sampling the source for the leak check")
         rows = await self._copy(catalog, kept)
         step.done("copy", f"copy, leak search, keys and indexes ({rows} rows)")
+        assert self.database is not None
         await _close([self.coordinator, *self.readers])
         self.coordinator, self.readers = None, []
         if self.found:
@@ -336,6 +337,31 @@ class _Build:
         log.info("snapshot %s built: %s (%d tables, %d rows, %.1f s)", self.name,
                  info.database, info.tables, info.rows, info.seconds)
         return info
+
+    async def _tables_and_sample(
+            self, admin: Any, catalog: Catalog, kept: subset.Subset, step: _Steps, *,
+            started: datetime, clock: float,
+            sampling: Awaitable[tuple[dict[str, list[str]], list[leaks.Leak]]]
+    ) -> tuple[dict[str, list[str]], list[leaks.Leak]]:
+        """Make the database and its tables, wait for the lint, and keep what the sample
+        found in the columns the lint's findings make it look at."""
+        self.database = await golden.free_name(admin, prefix=self.prefix, name=self.name,
+                                               at=started)
+        await self._create_database(admin, catalog)
+        url = with_database(self.admin_url, self.database)
+        self.writers = [await _connect(url) for _ in range(self.config.workers)]
+        for conn in self.writers:
+            await schema.prepare_session(conn)
+        await schema.apply_in_order(self.writers[0], schema.pre_data(catalog))
+        step.done("tables", "database and tables")
+        self.flagged, lint_ended = await self.lint
+        step.seconds["lint"] = round(lint_ended - clock, 3)
+        step.last = time.monotonic()  # what waiting for the lint took is part of the lint
+        wanted = {f"{t.display}.{c}" for t, c, _ in
+                  leaks.sampled_columns(catalog, self.rules, flagged=self.flagged)}
+        values, unchanged = await sampling
+        return ({source: found for source, found in values.items() if source in wanted},
+                [leak for leak in unchanged if leak.column in wanted])
 
     async def _open_source(self) -> tuple[Catalog, subset.Subset]:
         """The coordinator's transaction, its exported snapshot imported by the readers; the
@@ -505,17 +531,17 @@ class _Build:
                                   for source, values in sorted(found.items()))
         return stats
 
-    async def _sample(self, catalog: Catalog, kept: subset.Subset
+    async def _sample(self, catalog: Catalog, kept: subset.Subset,
+                      columns: Iterable[tuple[Table, str, ColumnRule]]
                       ) -> tuple[dict[str, list[str]], list[leaks.Leak]]:
-        """Sensitive values of the kept rows, from the source's snapshot; and the values a
-        replacing rule passed through unchanged."""
+        """Sensitive values of the kept rows of `columns`, from the source's snapshot; and
+        the values a replacing rule passed through unchanged."""
         values: dict[str, list[str]] = {}
         unchanged: list[leaks.Leak] = []
         limit = self.config.leak_sample
         if limit <= 0:
             return values, unchanged
-        for table, column, rule in leaks.sampled_columns(catalog, self.rules,
-                                                          flagged=self.flagged):
+        for table, column, rule in columns:
             if kept.rows(table.key) == 0:
                 continue
             keep_filter = None if kept.everything else (
