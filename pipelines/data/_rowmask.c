@@ -169,17 +169,112 @@ static PyObject *cached(PyObject *cache, PyObject *miss, PyObject *direct, int j
 /* ------------------------------------------------------------------------------ JSON */
 
 typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Part;
+
+
+typedef struct {
     Py_ssize_t position;
     PyObject *structures, *planner, *fallback;
     int searched;
     Py_ssize_t limit, leaf_limit; /* entries in `structures`, in each string cache */
     PyObject *beside; /* list of searched texts, when searched */
+    struct Recent *recent; /* RECENT slots: the plans met in this call, decoded */
 } Json;
 
-typedef struct {
-    const char *s;
-    Py_ssize_t n;
-} Part;
+/* A plan as `json_quick` follows it, read out of its Python tuples once per block rather
+ * than once per document: the structure it is for (and its hash), the keys it was made for,
+ * and its steps. Documents of one column come in a handful of structures, so nearly every
+ * document finds its plan here without a dict lookup or a new bytes object. */
+#define RECENT 64
+#define MAX_ITEMS 64
+typedef struct Recent {
+    uint64_t hash;
+    PyObject *structure; /* bytes (a reference), NULL: an empty slot */
+    PyObject *entry;     /* its (indices, keys, plan) tuple (a reference) */
+    PyObject *plan;      /* the entry's plan: borrowed; Py_None: the Python path */
+    int nkeys, nsteps;
+    Py_ssize_t keys[MAX_ITEMS], steps[MAX_ITEMS];
+    int generated[MAX_ITEMS];
+} Recent;
+
+static void recent_clear(Recent *recent) {
+    for (int i = 0; recent != NULL && i < RECENT; i++) {
+        Py_CLEAR(recent[i].structure);
+        Py_CLEAR(recent[i].entry);
+    }
+}
+
+static uint64_t fnv(const char *s, Py_ssize_t n);
+
+/* The hash of the structure the even parts make (joined by \x01). */
+static uint64_t structure_hash(const Part *parts, Py_ssize_t count) {
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < count; i += 2) {
+        for (Py_ssize_t b = 0; b < parts[i].n; b++) {
+            h ^= (unsigned char)parts[i].s[b];
+            h *= 1099511628211ULL;
+        }
+        h ^= 1;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static int structure_equal(PyObject *structure, const Part *parts, Py_ssize_t count) {
+    const char *w = PyBytes_AS_STRING(structure), *end = w + PyBytes_GET_SIZE(structure);
+    for (Py_ssize_t i = 0; i < count; i += 2) {
+        if (i > 0 && (w >= end || *w++ != '\x01'))
+            return 0;
+        if (end - w < parts[i].n || memcmp(w, parts[i].s, (size_t)parts[i].n) != 0)
+            return 0;
+        w += parts[i].n;
+    }
+    return w == end;
+}
+
+static int keys_equal(const Recent *r, const Part *parts, Py_ssize_t count) {
+    PyObject *keys = PyTuple_GET_ITEM(r->entry, 1);
+    for (int k = 0; k < r->nkeys; k++) {
+        Py_ssize_t at = r->keys[k];
+        PyObject *key = PyTuple_GET_ITEM(keys, k);
+        if (at < 0 || at >= count || PyBytes_GET_SIZE(key) != parts[at].n ||
+            memcmp(PyBytes_AS_STRING(key), parts[at].s, (size_t)parts[at].n) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* Fill slot `r` from a planner's entry; 0 when the entry cannot be decoded here (more keys
+ * or steps than MAX_ITEMS): the caller then takes the Python path. -1 on error. */
+static int recent_fill(Recent *r, uint64_t hash, PyObject *structure, PyObject *entry) {
+    PyObject *indices = PyTuple_GET_ITEM(entry, 0), *plan = PyTuple_GET_ITEM(entry, 2);
+    Py_ssize_t nk = PyTuple_GET_SIZE(indices);
+    Py_ssize_t ns = plan == Py_None ? 0 : PyTuple_GET_SIZE(plan);
+    if (nk > MAX_ITEMS || ns > MAX_ITEMS || PyTuple_GET_SIZE(PyTuple_GET_ITEM(entry, 1)) != nk)
+        return 0;
+    for (Py_ssize_t k = 0; k < nk; k++)
+        r->keys[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(indices, k));
+    for (Py_ssize_t p = 0; p < ns; p++) {
+        PyObject *step = PyTuple_GET_ITEM(plan, p);
+        r->steps[p] = PyLong_AsSsize_t(PyTuple_GET_ITEM(step, 0));
+        r->generated[p] = PyObject_IsTrue(PyTuple_GET_ITEM(step, 3));
+        if (r->generated[p] < 0)
+            return -1;
+    }
+    if (PyErr_Occurred())
+        return -1;
+    Py_INCREF(structure);
+    Py_INCREF(entry);
+    Py_XSETREF(r->structure, structure);
+    Py_XSETREF(r->entry, entry);
+    r->hash = hash;
+    r->plan = plan;
+    r->nkeys = (int)nk;
+    r->nsteps = (int)ns;
+    return 1;
+}
 
 /* Whether a field can be cut at its quotes: no backslash, no control character, printable.
  * Bytes over 0x7f are checked as text (Python's str.isprintable), which is rare and costly;
@@ -214,9 +309,17 @@ static int quick_field(const char *s, Py_ssize_t n, Py_ssize_t *quotes) {
     return printable;
 }
 
-/* The plan entry (key indices, keys, plan) for these parts (a borrowed reference, Py_None
- * when the document needs the Python path), or NULL with an exception. */
-static PyObject *json_plan(Json *j, Part *parts, Py_ssize_t count) {
+/* The plan for these parts, decoded (`Recent`); NULL with `*python` set when the document
+ * needs the Python path, NULL without it on error. */
+static Recent *json_plan(Json *j, Part *parts, Py_ssize_t count, int *python) {
+    *python = 0;
+    uint64_t hash = structure_hash(parts, count);
+    Recent *r = &j->recent[hash % RECENT];
+    if (r->structure != NULL && r->hash == hash && structure_equal(r->structure, parts, count)
+        && keys_equal(r, parts, count)) {
+        *python = r->plan == Py_None;
+        return *python ? NULL : r;
+    }
     Py_ssize_t size = count / 2; /* \x01 between the even parts */
     for (Py_ssize_t i = 0; i < count; i += 2)
         size += parts[i].n;
@@ -235,59 +338,65 @@ static PyObject *json_plan(Json *j, Part *parts, Py_ssize_t count) {
         Py_DECREF(structure);
         return NULL;
     }
-    if (entry != NULL && entry != Py_None) {
-        PyObject *indices = PyTuple_GET_ITEM(entry, 0), *keys = PyTuple_GET_ITEM(entry, 1);
-        Py_ssize_t nk = PyTuple_GET_SIZE(indices);
-        int same = 1;
-        for (Py_ssize_t k = 0; k < nk && same; k++) {
-            Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(indices, k));
-            PyObject *key = PyTuple_GET_ITEM(keys, k);
-            same = at >= 0 && at < count && PyBytes_GET_SIZE(key) == parts[at].n &&
-                   memcmp(PyBytes_AS_STRING(key), parts[at].s, (size_t)parts[at].n) == 0;
-        }
-        if (same) {
-            Py_DECREF(structure);
-            return PyTuple_GET_ITEM(entry, 2);
-        }
-    }
-    if (entry == Py_None) {
+    if (entry == Py_None) { /* not one JSON value */
         Py_DECREF(structure);
-        return Py_None;
-    }
-    PyObject *list = PyList_New(count);
-    if (list == NULL) {
-        Py_DECREF(structure);
+        *python = 1;
         return NULL;
     }
+    Py_XINCREF(entry);
+    if (entry != NULL) { /* known: the plan of the keys it was last seen with */
+        int filled = recent_fill(r, hash, structure, entry);
+        if (filled < 0)
+            goto failed;
+        if (filled == 0)
+            goto python_path;
+        if (keys_equal(r, parts, count))
+            goto found;
+        Py_CLEAR(entry);
+    }
+    PyObject *list = PyList_New(count);
+    if (list == NULL)
+        goto failed;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *part = PyBytes_FromStringAndSize(parts[i].s, parts[i].n);
         if (part == NULL) {
             Py_DECREF(list);
-            Py_DECREF(structure);
-            return NULL;
+            goto failed;
         }
         PyList_SET_ITEM(list, i, part);
     }
-    PyObject *made = PyObject_CallOneArg(j->planner, list);
+    entry = PyObject_CallOneArg(j->planner, list);
     Py_DECREF(list);
-    if (made == NULL) {
-        Py_DECREF(structure);
-        return NULL;
-    }
-    if (made != Py_None && (!PyTuple_Check(made) || PyTuple_GET_SIZE(made) != 3)) {
+    if (entry == NULL)
+        goto failed;
+    if (entry != Py_None && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3 ||
+                             !PyTuple_Check(PyTuple_GET_ITEM(entry, 0)) ||
+                             !PyTuple_Check(PyTuple_GET_ITEM(entry, 1)))) {
         PyErr_SetString(PyExc_TypeError, "a JSON planner returns (indices, keys, plan) or None");
-        Py_DECREF(made);
-        Py_DECREF(structure);
-        return NULL;
+        goto failed;
     }
     if (PyDict_GET_SIZE(j->structures) >= j->limit)
         PyDict_Clear(j->structures);
-    int failed = PyDict_SetItem(j->structures, structure, made);
+    if (PyDict_SetItem(j->structures, structure, entry) < 0)
+        goto failed;
+    if (entry == Py_None)
+        goto python_path;
+    int filled = recent_fill(r, hash, structure, entry);
+    if (filled < 0)
+        goto failed;
+    if (filled == 0)
+        goto python_path;
+found:
     Py_DECREF(structure);
-    Py_DECREF(made); /* the dict holds it */
-    if (failed < 0)
-        return NULL;
-    return made == Py_None ? Py_None : PyTuple_GET_ITEM(made, 2);
+    Py_DECREF(entry);
+    *python = r->plan == Py_None;
+    return *python ? NULL : r;
+python_path:
+    *python = 1;
+failed:
+    Py_DECREF(structure);
+    Py_XDECREF(entry);
+    return NULL;
 }
 
 /* Mask one JSON field into `out` (and its searched text into `searched`). Returns 1 when
@@ -323,18 +432,16 @@ static int json_quick(Json *j, const char *s, Py_ssize_t n, Buf *out, Buf *searc
     parts[k].s = s + start;
     parts[k].n = n - start;
 
-    PyObject *plan = json_plan(j, parts, count);
-    if (plan == NULL)
-        return -1;
-    if (plan == Py_None)
-        return 0;
-    Py_ssize_t steps = PyTuple_GET_SIZE(plan);
-    PyObject *masked[64];
-    if (steps > 64)
-        return 0;
+    int python;
+    Recent *r = json_plan(j, parts, count, &python);
+    if (r == NULL)
+        return python ? 0 : -1;
+    PyObject *plan = r->plan;
+    Py_ssize_t steps = r->nsteps;
+    PyObject *masked[MAX_ITEMS];
     for (Py_ssize_t p = 0; p < steps; p++) {
         PyObject *step = PyTuple_GET_ITEM(plan, p);
-        Py_ssize_t at = PyLong_AsSsize_t(PyTuple_GET_ITEM(step, 0));
+        Py_ssize_t at = r->steps[p];
         PyObject *value = NULL;
         if (at >= 0 && at < count)
             value = cached(PyTuple_GET_ITEM(step, 1), PyTuple_GET_ITEM(step, 2),
@@ -364,10 +471,10 @@ static int json_quick(Json *j, const char *s, Py_ssize_t n, Buf *out, Buf *searc
         const char *text = parts[i].s;
         Py_ssize_t len = parts[i].n;
         int generated = 0;
-        if (p < steps && PyLong_AsSsize_t(PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, p), 0)) == i) {
+        if (p < steps && r->steps[p] == i) {
             text = PyBytes_AS_STRING(masked[p]);
             len = PyBytes_GET_SIZE(masked[p]);
-            generated = PyObject_IsTrue(PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, p), 3));
+            generated = r->generated[p];
             p++;
         }
         if (buf_put_backslashes(out, text, len, NULL) < 0)
@@ -444,6 +551,11 @@ static PyObject *mask_rows(PyObject *Py_UNUSED(self), PyObject *args) {
             goto done;
         if (j->position < 0 || j->position >= width) {
             PyErr_SetString(PyExc_ValueError, "a JSON field is outside the row");
+            goto done;
+        }
+        j->recent = PyMem_Calloc(RECENT, sizeof(Recent));
+        if (j->recent == NULL) {
+            PyErr_NoMemory();
             goto done;
         }
         if (j->searched) {
@@ -645,6 +757,10 @@ done:
     PyMem_Free(columns);
     PyMem_Free(bounds);
     PyMem_Free(search_at);
+    for (Py_ssize_t i = 0; json_specs != NULL && i < njson; i++) {
+        recent_clear(json_specs[i].recent);
+        PyMem_Free(json_specs[i].recent);
+    }
     PyMem_Free(json_specs);
     PyMem_Free(scratch);
     PyMem_Free(out.data);
