@@ -128,38 +128,78 @@ static PyObject *compute(PyObject *miss, PyObject *direct, int json, PyObject *r
     return PyObject_CallOneArg(miss, raw);
 }
 
+/* A small direct-mapped cache in front of the dicts, for one call: a value seen a moment ago
+ * (a customer's e-mail on each of their consecutive orders) is found without a bytes object,
+ * a hash of Python's or a dict lookup in a big, cold table. Slots are tagged with their
+ * owner (the miss function: one per column or JSON path). */
+#define FRONT 512
+typedef struct {
+    uint64_t hash;
+    const void *owner;
+    PyObject *key, *value; /* references, NULL: an empty slot */
+} FrontSlot;
+typedef struct {
+    FrontSlot slots[FRONT];
+} Front;
+
+static void front_free(Front *front) {
+    for (int i = 0; front != NULL && i < FRONT; i++) {
+        Py_XDECREF(front->slots[i].key);
+        Py_XDECREF(front->slots[i].value);
+    }
+    PyMem_Free(front);
+}
+
+static uint64_t fnv(const char *s, Py_ssize_t n);
+static PyObject *cached_in(PyObject *cache, PyObject *miss, PyObject *direct, int json,
+                           PyObject *key, Py_ssize_t limit);
+
 /* The value of `key` in `cache`, computed (`compute`) when absent (a new reference; NULL with
- * an exception set on error). `limit` > 0 bounds the cache: it starts over when full. */
-static PyObject *cached(PyObject *cache, PyObject *miss, PyObject *direct, int json,
-                        const char *s, Py_ssize_t n, Py_ssize_t limit) {
+ * an exception set on error). `limit` > 0 bounds the cache: it starts over when full. `cache`
+ * is None for a column or path whose compiled transformer costs about what a lookup in a big
+ * dict does: `front` alone keeps the values that repeat nearby. */
+static PyObject *cached(Front *front, PyObject *cache, PyObject *miss, PyObject *direct,
+                        int json, const char *s, Py_ssize_t n, Py_ssize_t limit) {
+    uint64_t hash = fnv(s, n) ^ ((uint64_t)(uintptr_t)miss * 0x9E3779B97F4A7C15ULL);
+    FrontSlot *slot = front != NULL ? &front->slots[hash % FRONT] : NULL;
+    if (slot != NULL && slot->key != NULL && slot->hash == hash && slot->owner == miss &&
+        PyBytes_GET_SIZE(slot->key) == n && memcmp(PyBytes_AS_STRING(slot->key), s, (size_t)n) == 0) {
+        Py_INCREF(slot->value);
+        return slot->value;
+    }
     PyObject *key = PyBytes_FromStringAndSize(s, n);
     if (key == NULL)
         return NULL;
-    if (cache == Py_None) {
-        PyObject *out = compute(miss, direct, json, key);
-        Py_DECREF(key);
-        return out;
+    PyObject *out = cached_in(cache, miss, direct, json, key, limit);
+    if (out != NULL && slot != NULL) {
+        Py_INCREF(key);
+        Py_INCREF(out);
+        Py_XSETREF(slot->key, key);
+        Py_XSETREF(slot->value, out);
+        slot->hash = hash;
+        slot->owner = miss;
     }
+    Py_DECREF(key);
+    return out;
+}
+
+static PyObject *cached_in(PyObject *cache, PyObject *miss, PyObject *direct, int json,
+                           PyObject *key, Py_ssize_t limit) {
+    if (cache == Py_None)
+        return compute(miss, direct, json, key);
     PyObject *found = PyDict_GetItemWithError(cache, key);
     if (found != NULL) {
-        Py_DECREF(key);
         Py_INCREF(found);
         return found;
     }
-    if (PyErr_Occurred()) {
-        Py_DECREF(key);
+    if (PyErr_Occurred())
         return NULL;
-    }
     PyObject *out = compute(miss, direct, json, key);
-    if (out == NULL) {
-        Py_DECREF(key);
+    if (out == NULL)
         return NULL;
-    }
     if (limit > 0 && PyDict_GET_SIZE(cache) >= limit)
         PyDict_Clear(cache);
-    int failed = PyDict_SetItem(cache, key, out);
-    Py_DECREF(key);
-    if (failed < 0) {
+    if (PyDict_SetItem(cache, key, out) < 0) {
         Py_DECREF(out);
         return NULL;
     }
@@ -181,6 +221,7 @@ typedef struct {
     Py_ssize_t limit, leaf_limit; /* entries in `structures`, in each string cache */
     PyObject *beside; /* list of searched texts, when searched */
     struct Recent *recent; /* RECENT slots: the plans met in this call, decoded */
+    Front *front;          /* its strings met in this call */
 } Json;
 
 /* A plan as `json_quick` follows it, read out of its Python tuples once per block rather
@@ -444,7 +485,7 @@ static int json_quick(Json *j, const char *s, Py_ssize_t n, Buf *out, Buf *searc
         Py_ssize_t at = r->steps[p];
         PyObject *value = NULL;
         if (at >= 0 && at < count)
-            value = cached(PyTuple_GET_ITEM(step, 1), PyTuple_GET_ITEM(step, 2),
+            value = cached(j->front, PyTuple_GET_ITEM(step, 1), PyTuple_GET_ITEM(step, 2),
                            PyTuple_GET_ITEM(step, 4), 1, parts[at].s, parts[at].n,
                            j->leaf_limit);
         else
@@ -460,28 +501,24 @@ static int json_quick(Json *j, const char *s, Py_ssize_t n, Buf *out, Buf *searc
         }
         masked[p] = value;
     }
-    /* Write the document: parts with the planned strings replaced, quotes between. */
+    /* Write the document: the field as it is, with the planned strings replaced. The rest
+     * holds no backslash (`quick_field`); a masked string may, escaped for JSON: doubled for
+     * COPY, and a space in the searched text, as `copy.FLAT` makes it. */
     int rc = 1;
-    Py_ssize_t p = 0;
-    for (Py_ssize_t i = 0; i < count && rc == 1; i++) {
-        if (i > 0 && (buf_byte(out, '"') < 0 || (searched && buf_byte(searched, '"') < 0))) {
+    const char *at = s;
+    for (Py_ssize_t p = 0; p < steps && rc == 1; p++) {
+        const Part *part = &parts[r->steps[p]];
+        const char *text = PyBytes_AS_STRING(masked[p]);
+        Py_ssize_t len = PyBytes_GET_SIZE(masked[p]);
+        if (buf_put(out, at, part->s - at) < 0 || buf_put_backslashes(out, text, len, NULL) < 0 ||
+            (searched && (buf_put(searched, at, part->s - at) < 0 ||
+                          (!r->generated[p] && buf_put_backslashes(searched, text, len, " ") < 0))))
             rc = -1;
-            break;
-        }
-        const char *text = parts[i].s;
-        Py_ssize_t len = parts[i].n;
-        int generated = 0;
-        if (p < steps && r->steps[p] == i) {
-            text = PyBytes_AS_STRING(masked[p]);
-            len = PyBytes_GET_SIZE(masked[p]);
-            generated = r->generated[p];
-            p++;
-        }
-        if (buf_put_backslashes(out, text, len, NULL) < 0)
-            rc = -1;
-        else if (searched && !generated && buf_put_backslashes(searched, text, len, " ") < 0)
-            rc = -1;
+        at = part->s + part->n;
     }
+    if (rc == 1 && (buf_put(out, at, s + n - at) < 0 ||
+                    (searched && buf_put(searched, at, s + n - at) < 0)))
+        rc = -1;
     for (Py_ssize_t q = 0; q < steps; q++)
         Py_DECREF(masked[q]);
     return rc;
@@ -494,6 +531,7 @@ enum { PASS = 0, FIELD = 1, JSON = 2 };
 typedef struct {
     int kind;
     PyObject *cache, *mask, *direct; /* FIELD */
+    Front *front;                    /* FIELD: its values met in this call */
     Json *json;             /* JSON */
 } Column;
 
@@ -541,7 +579,12 @@ static PyObject *mask_rows(PyObject *Py_UNUSED(self), PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "a masked field is outside the row");
             goto done;
         }
-        columns[at] = (Column){FIELD, cache, mask, direct, NULL};
+        columns[at] = (Column){FIELD, cache, mask, direct, PyMem_Calloc(1, sizeof(Front)),
+                               NULL};
+        if (columns[at].front == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
     }
     for (Py_ssize_t i = 0; i < njson; i++) {
         Json *j = &json_specs[i];
@@ -554,7 +597,8 @@ static PyObject *mask_rows(PyObject *Py_UNUSED(self), PyObject *args) {
             goto done;
         }
         j->recent = PyMem_Calloc(RECENT, sizeof(Recent));
-        if (j->recent == NULL) {
+        j->front = PyMem_Calloc(1, sizeof(Front));
+        if (j->recent == NULL || j->front == NULL) {
             PyErr_NoMemory();
             goto done;
         }
@@ -564,7 +608,7 @@ static PyObject *mask_rows(PyObject *Py_UNUSED(self), PyObject *args) {
                 goto done;
             Py_DECREF(j->beside); /* beside_lists holds it */
         }
-        columns[j->position] = (Column){JSON, NULL, NULL, NULL, j};
+        columns[j->position] = (Column){JSON, NULL, NULL, NULL, NULL, j};
     }
     for (Py_ssize_t i = 0; i < nsearch; i++) {
         search_at[i] = PyLong_AsSsize_t(PyList_GET_ITEM(search, i));
@@ -619,7 +663,8 @@ static PyObject *mask_rows(PyObject *Py_UNUSED(self), PyObject *args) {
                 continue;
             }
             if (col->kind == FIELD) {
-                PyObject *v = cached(col->cache, col->mask, col->direct, 0, f, n, 0);
+                PyObject *v = cached(col->front, col->cache, col->mask, col->direct, 0, f, n,
+                                     0);
                 if (v == NULL || !PyBytes_Check(v)) {
                     if (v != NULL)
                         PyErr_SetString(PyExc_TypeError, "a field masker returns bytes");
@@ -754,12 +799,15 @@ done:
         for (Py_ssize_t c = 0; c < width; c++)
             Py_XDECREF(values[c]);
     PyMem_Free(values);
+    for (Py_ssize_t c = 0; columns != NULL && c < width; c++)
+        front_free(columns[c].front);
     PyMem_Free(columns);
     PyMem_Free(bounds);
     PyMem_Free(search_at);
     for (Py_ssize_t i = 0; json_specs != NULL && i < njson; i++) {
         recent_clear(json_specs[i].recent);
         PyMem_Free(json_specs[i].recent);
+        front_free(json_specs[i].front);
     }
     PyMem_Free(json_specs);
     PyMem_Free(scratch);

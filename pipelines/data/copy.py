@@ -246,6 +246,13 @@ async def _run_job(job: CopyJob) -> tuple[CopyStats, Hits]:
                 conn.terminate()
 
 
+def is_cheap(transform: Callable[[str], str | None]) -> bool:
+    """Whether a transformer is one of the compiled keyed ones (`masking._fastmask`)."""
+    from pipelines.data import masking
+
+    return masking.is_compiled(transform)
+
+
 def _field_masker(mask: Masker) -> Callable[[bytes], bytes]:
     """`mask` on one COPY text field: unescape, mask, escape — each only when needed (a field
     without a backslash has nothing to unescape; most masked text has nothing to escape)."""
@@ -334,6 +341,9 @@ class RowMasker:
         # A masked column's transformer, when it is compiled: the compiled loop calls it
         # itself, without the field masker's Python frames around it.
         self._direct = dict(direct or {})
+        # Those whose transformer costs about what a lookup in a big cache does: the compiled
+        # loop keeps no cache for them but the values it met a moment ago.
+        self._cheap = {i for i, d in self._direct.items() if is_cheap(d)}
         if compiled and _rowmask is None:
             raise ValueError("the compiled row loop is not built (pipelines/data/_rowmask.c)")
         self._loop = self._compiled if compiled else None
@@ -417,8 +427,8 @@ class RowMasker:
         """`_rows` by the compiled loop (`_rowmask.c`): the masked rows, the searched fields
         and the searched text of the paired columns, as `_rows` collects them; and the number
         of rows."""
-        fields = [(i, cache, mask, self._direct.get(i)) for i, mask, cache in self._fields
-                  if i not in self._jsons]
+        fields = [(i, None if i in self._cheap else cache, mask, self._direct.get(i))
+                  for i, mask, cache in self._fields if i not in self._jsons]
         paired = dict(self._paired)
         plain = {i: mask for i, mask, _ in self._fields}
         jsons: list[tuple[int, dict[bytes, Any], Callable[[list[bytes]], Any],

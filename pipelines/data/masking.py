@@ -69,6 +69,11 @@ Builder = Callable[[Mapping[str, Any], bytes], Transform]
 COMPILED: bool = _fastmask is not None  # the keyed transformers run compiled (`_fastmask`)
 
 
+def is_compiled(transform: object) -> bool:
+    """Whether `transform` is a compiled keyed transformer."""
+    return _fastmask is not None and isinstance(transform, _fastmask.Transform)
+
+
 def sha256_kind() -> str:
     """Which SHA-256 the compiled transformers use ("sha-ni", "portable"), or "python"."""
     return _fastmask.SHA256 if _fastmask is not None else "python"
@@ -534,7 +539,7 @@ def _apply(node: object, path: JsonPath, masker: Masker) -> object:
 
 _Plan = list[tuple[int, list["Masker"], bool]]  # (part index, maskers, generated), see _plan
 # A plan as the compiled row loop reads it (`_JsonMasker.c_plan`).
-CPlanStep = tuple[int, dict[bytes, bytes | None], Callable[[bytes], bytes | None], bool,
+CPlanStep = tuple[int, dict[bytes, bytes | None] | None, Callable[[bytes], bytes | None], bool,
                   Callable[[str], str | None] | None]
 CPlanEntry = tuple[tuple[int, ...], tuple[bytes, ...], tuple[CPlanStep, ...] | None]
 
@@ -770,10 +775,17 @@ class _JsonMasker:
         plan = self._planned(shape, slots, key_strings, keys, quoted=False)
         indices = tuple(2 * k + 1 for k in key_strings)
         steps = None if plan is None else tuple(
-            (index, *self._leaf(maskers), generated,
-             self._direct(maskers[0]) if len(maskers) == 1 else None)
+            self._step(index, maskers, generated)
             for index, maskers, generated in sorted(plan, key=operator.itemgetter(0)))
         return indices, tuple(key.encode("utf-8") for key in keys), steps
+
+    def _step(self, index: int, maskers: list[Masker], generated: bool) -> CPlanStep:
+        """A plan step for the compiled loop. A path whose one masker has a compiled
+        transformer gets no cache of its own: the transformer costs about what a lookup in a
+        big cache does, and the loop keeps the strings it met a moment ago anyway."""
+        direct = self._direct(maskers[0]) if len(maskers) == 1 else None
+        cache, miss = self._leaf(maskers)
+        return index, None if is_compiled(direct) else cache, miss, generated, direct
 
     def _leaf(self, maskers: list[Masker]) -> tuple[dict[bytes, bytes | None],
                                                      Callable[[bytes], bytes | None]]:
