@@ -349,9 +349,9 @@ class _Build:
                                                at=started)
         await self._create_database(admin, catalog)
         url = with_database(self.admin_url, self.database)
-        self.writers = [await _connect(url) for _ in range(self.config.workers)]
-        for conn in self.writers:
-            await schema.prepare_session(conn)
+        for _ in range(self.config.workers):
+            self.writers.append(await _connect(url))
+            await schema.prepare_session(self.writers[-1])
         await schema.apply_in_order(self.writers[0], schema.pre_data(catalog))
         step.done("tables", "database and tables")
         self.flagged, lint_ended = await self.lint
@@ -384,7 +384,9 @@ class _Build:
         catalog = await read_catalog(conn)
         kept = await subset.compute(conn, catalog, roots=self.rules.roots,
                                     children=self.rules.children)
-        for _ in range(self.config.workers):
+        # A full copy's rows are read by the masking processes on connections of their own
+        # (`copy.run_job`); a subset's by these sessions, which its kept keys are shipped to.
+        for _ in range(0 if kept.everything else self.config.workers):
             reader = await _connect(self.config.source)
             self.readers.append(reader)
             await subset.prepare_worker(reader)
@@ -461,7 +463,8 @@ class _Build:
             await schema.apply(writer, schema.table_post_data(table))
             await writer.execute(f"ANALYZE {table.ident}")
 
-        await _parallel(list(zip(self.readers, self.writers, strict=True)), parts, job=job)
+        readers = self.readers or [None] * len(self.writers)
+        await _parallel(list(zip(readers, self.writers, strict=True)), parts, job=job)
         return total_rows
 
     async def _parts(self, tables: Sequence[Table], kept: subset.Subset
@@ -504,7 +507,8 @@ class _Build:
             query += f" WHERE {pages}"
         masker = self._masker(table)
         try:
-            if kept.everything and self.pool is not None:
+            if kept.everything:
+                assert self.pool is not None
                 stats, hits = await asyncio.get_running_loop().run_in_executor(
                     self.pool, run_job, CopyJob(
                         source=asyncpg_dsn(self.config.source),
@@ -514,9 +518,8 @@ class _Build:
                         plan=None if masker is None else masker.plan,
                         session=schema.SESSION, timeout=CONNECT_TIMEOUT))
             else:
-                if not kept.everything:
-                    await subset.ship_keys(self.coordinator, reader, table=table,
-                                           lock=self.coordinator_lock)
+                await subset.ship_keys(self.coordinator, reader, table=table,
+                                       lock=self.coordinator_lock)
                 stats = await pipe(reader, query, target=writer, table=table.name,
                                    schema=table.schema, columns=table.copy_columns,
                                    masker=masker, pool=self.pool)
