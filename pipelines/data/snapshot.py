@@ -295,8 +295,20 @@ class _Build:
     async def _build(self, admin: Any, *, started: datetime, clock: float) -> SnapshotInfo:
         step = _Steps(self.name)
         step.seconds["lint"] = 0.0  # filled in below: the lint runs alongside the next steps
-        catalog, kept = await self._open_source()
-        step.done("source", "source schema and subset")
+        # The database is made while the source's catalog is read (it needs only the
+        # source's encoding).
+        opening = asyncio.ensure_future(self._open_source())
+        try:
+            self.database = await golden.free_name(admin, prefix=self.prefix, name=self.name,
+                                                   at=started)
+            await self._create_database(admin, await self._source_encoding())
+            catalog, kept = await opening
+        finally:
+            if not opening.done():
+                opening.cancel()
+            with contextlib.suppress(BaseException):  # its error, if any, was raised above
+                await opening
+        step.done("source", "source schema and subset, and the database")
         # The leak sample is taken while the tables are made and the lint finishes: of every
         # column it could need, since which flagged columns it needs is the lint's answer.
         every = {(t.display, c) for t in catalog.tables.values() for c in t.copy_columns}
@@ -304,7 +316,7 @@ class _Build:
             catalog, kept, leaks.sampled_columns(catalog, self.rules, flagged=every)))
         try:
             values, self.found = await self._tables_and_sample(
-                admin, catalog, kept, step, started=started, clock=clock, sampling=sampling)
+                catalog, kept, step, clock=clock, sampling=sampling)
         finally:
             if not sampling.done():
                 sampling.cancel()
@@ -339,15 +351,12 @@ class _Build:
         return info
 
     async def _tables_and_sample(
-            self, admin: Any, catalog: Catalog, kept: subset.Subset, step: _Steps, *,
-            started: datetime, clock: float,
+            self, catalog: Catalog, kept: subset.Subset, step: _Steps, *, clock: float,
             sampling: Awaitable[tuple[dict[str, list[str]], list[leaks.Leak]]]
     ) -> tuple[dict[str, list[str]], list[leaks.Leak]]:
-        """Make the database and its tables, wait for the lint, and keep what the sample
-        found in the columns the lint's findings make it look at."""
-        self.database = await golden.free_name(admin, prefix=self.prefix, name=self.name,
-                                               at=started)
-        await self._create_database(admin, catalog)
+        """Make the tables, wait for the lint, and keep what the sample found in the columns
+        the lint's findings make it look at."""
+        assert self.database is not None
         url = with_database(self.admin_url, self.database)
         for _ in range(self.config.workers):
             self.writers.append(await _connect(url))
@@ -397,12 +406,21 @@ class _Build:
                 "SET LOCAL search_path = ''")
         return catalog, kept
 
-    async def _create_database(self, admin: Any, catalog: Catalog) -> None:
+    async def _source_encoding(self) -> str:
+        conn = await _connect(self.config.source)
+        try:
+            return str(await conn.fetchval(
+                "SELECT pg_encoding_to_char(encoding) FROM pg_database "
+                "WHERE datname = current_database()"))
+        finally:
+            await _close([conn])
+
+    async def _create_database(self, admin: Any, encoding: str) -> None:
         assert self.database is not None
         ident = quote_ident(self.database)
         try:
             await admin.execute(f"CREATE DATABASE {ident} TEMPLATE template0 "
-                                f"ENCODING {quote_literal(catalog.encoding)}")
+                                f"ENCODING {quote_literal(encoding)}")
         except asyncpg.InvalidParameterValueError:  # the encoding does not fit the locale
             await admin.execute(f"CREATE DATABASE {ident} TEMPLATE template0")
 
