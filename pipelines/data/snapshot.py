@@ -4,17 +4,20 @@ Why: environments get production-like data in seconds only if the expensive part
 production, masking it, building indexes — happens once, ahead of time, into a template the
 server can copy (`pipelines.data.clone`). This module is that once:
 
-1. lint: every column the detector flags needs a rule, or nothing is built (and a schema the
-   lint did not look at stops the build too);
-2. read the source in one `REPEATABLE READ READ ONLY` transaction whose snapshot is exported and
-   imported by `config.workers` more sessions (as `pg_dump -j` does), so parallel copiers see
-   one consistent state; compute the subset there (`subset`);
-3. create `{prefix}snap_{name}_{YYYYmmddHHMMSS}` from `template0` with bare tables (`schema`),
-   sample the source's personal values for the leak check (`leaks`), stream every table's
-   kept rows through the maskers with COPY, biggest tables first (`copy`; memory stays flat:
-   bounded queues, nothing fetched whole), searching the masked rows for the sampled values
-   on the way, and as soon as a table is loaded, build its keys, checks and indexes and
-   ANALYZE it while others still load;
+1. lint: every column the detector flags needs a rule, or nothing is copied (and a schema the
+   lint did not look at stops the build too); it runs beside steps 2 and 3 up to the copy;
+2. read the source in one `REPEATABLE READ READ ONLY` transaction whose snapshot is exported
+   and imported by every session that reads rows (as `pg_dump -j` does), so parallel copiers
+   see one consistent state; compute the subset there (`subset`);
+3. create `{prefix}snap_{name}_{YYYYmmddHHMMSS}` from `template0` (while the catalog is read)
+   with bare tables (`schema`), sample the source's personal values for the leak check
+   (`leaks`), and copy every table's kept rows through the maskers with COPY, biggest tables
+   first (`copy`; memory stays flat: bounded queues, nothing fetched whole), searching the
+   masked rows for the sampled values on the way. A full copy hands each table — a big one in
+   ranges of pages — to a masking process that reads, masks and writes on connections of its
+   own (`copy.run_job`); a subset streams through this process's sessions and is masked in
+   the same processes block by block. As soon as a table is loaded, its keys, checks and
+   indexes are built and it is ANALYZEd while others still load;
 4. refuse the snapshot if the leak search found anything, then foreign keys (validated),
    views, triggers, sequence positions;
 5. record the metadata as the database's comment, make it a template nobody may connect to,
