@@ -12,11 +12,17 @@ Memory stays flat whatever the size: the source's COPY OUT feeds a bounded `asyn
 the target's COPY IN drains; when the target is slow, the queue fills, the source callback
 waits, asyncpg stops reading the socket and the source server waits too.
 
-Masking is CPU-bound Python, and one process has one core. Given an executor (a process pool),
-`pipe` cuts the stream into blocks of whole rows and masks them in the pool's processes while
-it keeps reading and writing; the blocks' results are queued in order, so the target still
-receives the rows as the source sent them. Each pool process rebuilds the row masker from a
-picklable `MaskPlan` once, and keeps it (and its caches) for the rest of the build.
+Masking is CPU-bound, and one process has one core. The row loop is compiled where a C compiler
+was at install (`_rowmask.c`: splitting, cache lookups, jsonb documents, the leak search's
+lookups), calling Python only for what it has not met; `RowMasker._rows` is the same loop in
+Python, the reference it is tested against and the fallback. A full copy gives each table (or
+range of its pages) to a pool process as a `CopyJob`: the process reads the source in the
+build's exported snapshot, masks and writes the target on connections of its own. Otherwise,
+given an executor, `pipe` cuts the stream into blocks of whole rows and masks them in the
+pool's processes while it keeps reading and writing; the blocks' results are queued in order,
+so the target still receives the rows as the source sent them. Each pool process rebuilds the
+row masker from a picklable `MaskPlan` once, and keeps it (and its caches) for the rest of
+the build.
 
 The leak check's search (`pipelines.data.leaks`) runs here too, so the golden database is never
 read back: given a finder, the row masker hands it the masked fields of the searched columns
