@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 SPLIT_BYTES = 32 * 1024 * 1024  # a table copied whole and bigger is copied in parts (`_parts`)
+SAMPLERS = 3  # source sessions reading a full copy's leak sample at once
 LOCK_TIMEOUT = "60s"  # waiting for the source's tables (a migration holding them, say)
 _TEMPORARY_CLASSES = ("08", "53", "57", "40")
 _TEMPORARY_CODES = ("55006", "55P03")
@@ -559,26 +560,62 @@ class _Build:
                       columns: Iterable[tuple[Table, str, ColumnRule]]
                       ) -> tuple[dict[str, list[str]], list[leaks.Leak]]:
         """Sensitive values of the kept rows of `columns`, from the source's snapshot; and
-        the values a replacing rule passed through unchanged."""
+        the values a replacing rule passed through unchanged. A full copy's sample is read on
+        SAMPLERS sessions at once, each in the exported snapshot (a subset's needs the
+        coordinator's kept keys, so it is read there)."""
         values: dict[str, list[str]] = {}
         unchanged: list[leaks.Leak] = []
         limit = self.config.leak_sample
-        if limit <= 0:
+        todo = collections.deque((t, c, r) for t, c, r in columns if kept.rows(t.key) != 0)
+        if limit <= 0 or not todo:
             return values, unchanged
-        for table, column, rule in columns:
-            if kept.rows(table.key) == 0:
-                continue
-            keep_filter = None if kept.everything else (
-                f"t.ctid IN (SELECT k.tid FROM {subset.KEEP} k WHERE k.rel = {table.oid})")
-            rows = await self.coordinator.fetch(
-                leaks.sample_query(table, column, keep_filter=keep_filter, limit=limit))
-            source = f"{table.display}.{column}"
-            found, passed = leaks.needles(rule, [r[0] for r in rows],
-                                          masker=make_masker(rule, key=self.key))
-            values[source] = found
-            if passed:
-                unchanged.append(leaks.Leak(column=source, found_in=source, values=passed))
-        return values, unchanged
+        sessions = [self.coordinator]
+        try:
+            if kept.everything:
+                opened = await asyncio.gather(*(
+                    self._snapshot_session() for _ in range(min(SAMPLERS, len(todo)) - 1)),
+                    return_exceptions=True)
+                sessions += [c for c in opened if not isinstance(c, BaseException)]
+                for failed in opened:
+                    if isinstance(failed, BaseException):
+                        raise failed
+
+            async def take(conn: Any) -> None:
+                while todo:
+                    table, column, rule = todo.popleft()
+                    keep_filter = None if kept.everything else (
+                        f"t.ctid IN (SELECT k.tid FROM {subset.KEEP} k "
+                        f"WHERE k.rel = {table.oid})")
+                    rows = await conn.fetch(
+                        leaks.sample_query(table, column, keep_filter=keep_filter, limit=limit))
+                    source = f"{table.display}.{column}"
+                    found, passed = leaks.needles(rule, [r[0] for r in rows],
+                                                  masker=make_masker(rule, key=self.key))
+                    values[source] = found
+                    if passed:
+                        unchanged.append(leaks.Leak(column=source, found_in=source,
+                                                    values=passed))
+
+            async with first_error(), asyncio.TaskGroup() as group:
+                for conn in sessions:
+                    group.create_task(take(conn))
+        finally:
+            await _close(sessions[1:])
+        return values, sorted(unchanged, key=str)
+
+    async def _snapshot_session(self) -> Any:
+        """A session on the source in the build's exported snapshot."""
+        conn = await _connect(self.config.source)
+        try:
+            await conn.execute(
+                "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; "
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                f"SET TRANSACTION SNAPSHOT {quote_literal(self.snapshot_id)}; "
+                "SET LOCAL search_path = ''")
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     async def _post_data(self, catalog: Catalog) -> None:
         """What spans tables: foreign keys, views, triggers, sequences (each table's own keys
