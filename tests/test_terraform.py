@@ -251,7 +251,9 @@ async def test_a_lock_held_elsewhere_is_temporary_and_names_the_holder(tf: Setup
 async def test_bot_killed_mid_apply_then_another_process_converges(tf: Setup) -> None:
     spec = {"state_url": tf.state_url, "schema": tf.schema, "module": str(tf.module),
             "workdir": str(tf.workdir / "killed-bot"), "env_id": 108, "name": "killed",
-            "variables": {"env_name": "{env.name}", "delay": 3}}
+            # Long enough that the orphaned apply still holds the lock when this process's
+            # own `init` (seconds on a loaded machine) is done and it reaches the lock.
+            "variables": {"env_name": "{env.name}", "delay": 8}}
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.terraform_child", json.dumps(spec),
         stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parent.parent)
