@@ -50,7 +50,7 @@ from bot.slack import messages
 from bot.slack.approval_card import APPROVE_ACTION, DENY_ACTION
 from bot.slack.blocks import ACTION_PREFIX, destroy_list_blocks
 from bot.store import Store, repo
-from bot.store.models import ApprovalRequest, Environment
+from bot.store.models import ApprovalRequest, Environment, Job
 from handlers import parser
 from handlers.approvals import ApprovalDesk
 from handlers.parser import (
@@ -632,7 +632,7 @@ class Commands:
             if env.status is not EnvStatus.READY:
                 raise UserError(f"{messages.is_status(env.name, env.status)}; only a ready "
                                 "environment's data can be reset.")
-            if await repo.pending_jobs(s, env.id):
+            if _work_queued(await repo.pending_jobs(s, env.id)):
                 raise UserError(f"*{escape(env.name)}* already has work queued.")
             data = wanted or DataRequest(env.data_mode, env.data_snapshot)
             rule = approvals.rule_for(self.blueprint, data)
@@ -678,7 +678,7 @@ class Commands:
             if env.status is not EnvStatus.FAILED:
                 raise UserError(f"{messages.is_status(env.name, env.status)}; only a failed "
                                 "environment can be retried.")
-            if await repo.pending_jobs(s, env.id):
+            if _work_queued(await repo.pending_jobs(s, env.id)):
                 raise UserError(f"*{escape(env.name)}* already has work queued.")
             kind = await repo.last_job_kind(s, env.id) or JobKind.CREATE
             data = DataRequest(env.data_mode, env.data_snapshot)
@@ -759,3 +759,11 @@ class Commands:
         if inv.source == "scheduler":
             return
         raise UserError(messages.not_yours(env.name, env.owner_id, deed))
+
+
+def _work_queued(pending: Sequence[Job]) -> bool:
+    """Whether an environment that has come to rest (ready, or failed) has work to come. A job
+    still running then is the one that brought it there: the runner marks the environment
+    before the executor records the job's end, and a click on Retry or Reset in between must
+    not be told that work is queued."""
+    return any(job.status is not JobStatus.RUNNING for job in pending)

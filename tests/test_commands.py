@@ -153,6 +153,30 @@ async def test_retry_only_for_failed_and_repeats_the_last_job_kind(
     assert [(j.kind, j.status) for j in jobs][-1] == (JobKind.CREATE, JobStatus.QUEUED)
 
 
+async def test_retry_right_after_the_failure_is_shown_is_not_refused(
+    commands: Commands, store: Store
+) -> None:
+    # The runner marks the environment failed (and the card says so) a moment before the
+    # executor records its job's end: a click on Retry in between queues the retry.
+    await commands.command(inv("create pr-1"))
+    async with store.transaction() as s:
+        env = await repo.find_live_environment(s, "pr-1")
+        assert env is not None
+        job = (await s.execute(select(Job))).scalars().one()
+        job.status = JobStatus.RUNNING  # its end not recorded yet
+        await repo.set_status(s, env, EnvStatus.CREATING)
+        await repo.set_status(s, env, EnvStatus.FAILED)
+    retried = await commands.action(inv(""), action_id="retry", value="pr-1")
+    assert retried[0].visibility is Visibility.THREAD, retried[0].text
+    async with store.transaction() as s:
+        jobs = (await s.execute(select(Job).order_by(Job.id))).scalars().all()
+    assert [(j.kind, j.status) for j in jobs] == [(JobKind.CREATE, JobStatus.RUNNING),
+                                                  (JobKind.CREATE, JobStatus.QUEUED)]
+    # A retry queued behind it is work queued: a second click is refused.
+    again = await commands.action(inv(""), action_id="retry", value="pr-1")
+    assert "already has work queued" in again[0].text
+
+
 async def test_list_and_status(commands: Commands, store: Store) -> None:
     empty = await commands.command(inv("list"))
     assert "No live environments" in empty[0].text
