@@ -304,12 +304,7 @@ class TerraformProvider:
              f"-parallelism={self.config.parallelism}"],
             workdir=workdir, emit=say, verb="destroying", target=target)
         self._raise_for(stream, action="destroy", target=target)
-        deleted = await self._command(  # from the default workspace: not the one deleted
-            ["workspace delete", f"-lock-timeout={_seconds(self.config.lock_wait)}s",
-             target.workspace], workdir=workdir, workspace="default")
-        if deleted.returncode != 0 and target.workspace in await self.workspaces():
-            raise TemporaryError(f"could not delete workspace {target.workspace}",
-                                 details=scrub(deleted.tail(20)))
+        await self._delete_workspace(target, workdir)
         await asyncio.to_thread(shutil.rmtree, workdir, True)
         await say(f"workspace {target.workspace} deleted")
 
@@ -409,6 +404,25 @@ class TerraformProvider:
                                        f"{self.schema}.states") is not None
         finally:
             await conn.close()
+
+    async def _delete_workspace(self, target: Target, workdir: Path) -> None:
+        """Delete the (destroyed) workspace, from the default one. Deletions of two
+        workspaces at once can fail on the backend's locks (seen with two destroys in one
+        process); one that fails while the workspace still exists is tried again soon, at a
+        jittered interval, until `lock_wait` has passed."""
+        deadline = time.monotonic() + self.config.lock_wait.total_seconds()
+        delay = 0.1
+        while True:
+            deleted = await self._command(
+                ["workspace delete", f"-lock-timeout={_seconds(self.config.lock_wait)}s",
+                 target.workspace], workdir=workdir, workspace="default")
+            if deleted.returncode == 0 or target.workspace not in await self.workspaces():
+                return
+            if time.monotonic() > deadline:
+                raise TemporaryError(f"could not delete workspace {target.workspace}",
+                                     details=scrub(deleted.tail(20)))
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
 
     async def _new_workspace(self, target: Target, workdir: Path) -> None:
         """Make the workspace unless it exists.
