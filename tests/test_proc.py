@@ -32,7 +32,7 @@ def _state(pid: int) -> str | None:
     """Process `pid`'s state letter from /proc (Z: a zombie), or None when it is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return None
 
 

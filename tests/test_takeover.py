@@ -315,6 +315,8 @@ async def test_a_store_query_on_a_frozen_connection_ends_in_an_error(bot_db_url:
             await asyncio.wait_for(store.close(), 5)
 
 
+# Load-sensitive (its timings). Run again once before failing.
+@pytest.mark.flaky(reruns=1)
 async def test_a_frozen_bot_fences_its_successor_which_waits_and_says_so(
         bots: tuple[Path, MakeBot], slack_api: SlackApi) -> None:
     log, make = bots
