@@ -216,6 +216,17 @@ class CopyJob:
     timeout: float = 10.0  # connecting
 
 
+async def join_snapshot(conn: Any, snapshot: str) -> None:
+    """Begin a read-only transaction on `conn` in an exported snapshot (as `pg_dump -j`'s
+    workers do), with no timeouts and an empty `search_path`."""
+    from bot.pg import quote_literal
+
+    await conn.execute(
+        "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; "
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+        f"SET TRANSACTION SNAPSHOT {quote_literal(snapshot)}; SET LOCAL search_path = ''")
+
+
 def run_job(job: CopyJob) -> tuple[CopyStats, Hits]:
     """In a pool process: do `job`; its figures and what the leak search found."""
     return asyncio.run(_run_job(job))
@@ -224,17 +235,12 @@ def run_job(job: CopyJob) -> tuple[CopyStats, Hits]:
 async def _run_job(job: CopyJob) -> tuple[CopyStats, Hits]:
     import asyncpg
 
-    from bot.pg import quote_literal
-
     source = await asyncpg.connect(job.source, timeout=job.timeout)
     target = None
     done = False
     try:
         target = await asyncpg.connect(job.target, timeout=job.timeout)
-        await source.execute(
-            "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; "
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
-            f"SET TRANSACTION SNAPSHOT {quote_literal(job.snapshot)}; SET LOCAL search_path = ''")
+        await join_snapshot(source, job.snapshot)
         for statement in job.session:
             await target.execute(statement)
         masker = None if job.plan is None else _pooled(job.plan)
@@ -250,13 +256,6 @@ async def _run_job(job: CopyJob) -> tuple[CopyStats, Hits]:
                 await conn.close(timeout=job.timeout)
             else:  # mid-COPY a polite close could wait; the build is being abandoned
                 conn.terminate()
-
-
-def is_cheap(transform: Callable[[str], str | None]) -> bool:
-    """Whether a transformer is one of the compiled keyed ones (`masking._fastmask`)."""
-    from pipelines.data import masking
-
-    return masking.is_compiled(transform)
 
 
 def _field_masker(mask: Masker) -> Callable[[bytes], bytes]:
@@ -349,7 +348,9 @@ class RowMasker:
         self._direct = dict(direct or {})
         # Those whose transformer costs about what a lookup in a big cache does: the compiled
         # loop keeps no cache for them but the values it met a moment ago.
-        self._cheap = {i for i, d in self._direct.items() if is_cheap(d)}
+        from pipelines.data.masking import is_compiled
+
+        self._cheap = {i for i, d in self._direct.items() if is_compiled(d)}
         if compiled and _rowmask is None:
             raise ValueError("the compiled row loop is not built (pipelines/data/_rowmask.c)")
         self._loop = self._compiled if compiled else None

@@ -64,6 +64,7 @@ from pipelines.data.copy import (
     RowMasker,
     first_error,
     install_finder,
+    join_snapshot,
     pipe,
     run_job,
 )
@@ -403,11 +404,7 @@ class _Build:
             reader = await _connect(self.config.source)
             self.readers.append(reader)
             await subset.prepare_worker(reader)
-            await reader.execute(
-                "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; "
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
-                f"SET TRANSACTION SNAPSHOT {quote_literal(snapshot_id)}; "
-                "SET LOCAL search_path = ''")
+            await join_snapshot(reader, snapshot_id)
         return catalog, kept
 
     async def _source_encoding(self) -> str:
@@ -607,11 +604,7 @@ class _Build:
         """A session on the source in the build's exported snapshot."""
         conn = await _connect(self.config.source)
         try:
-            await conn.execute(
-                "SET idle_in_transaction_session_timeout = 0; SET statement_timeout = 0; "
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
-                f"SET TRANSACTION SNAPSHOT {quote_literal(self.snapshot_id)}; "
-                "SET LOCAL search_path = ''")
+            await join_snapshot(conn, self.snapshot_id)
         except BaseException:
             conn.terminate()
             raise
