@@ -14,6 +14,8 @@ environment is built here too (`child_environment`), from an allow-list rather t
 from __future__ import annotations
 
 import difflib
+import hashlib
+import hmac
 import os
 import re
 import types
@@ -110,6 +112,17 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, "environment")) from None
+
+
+def masking_key(settings: Settings) -> bytes:
+    """EPHEM_MASKING_KEY; else derived from EPHEM_SECRET_KEY; else empty (builds refuse)."""
+    key = settings.masking_key.get_secret_value()
+    if key:
+        return key.encode()
+    secret = settings.secret_key.get_secret_value()
+    if secret:
+        return hmac.new(secret.encode(), b"ephem-masking", hashlib.sha256).digest()
+    return b""
 
 
 def state_directory(settings: Settings) -> Path:

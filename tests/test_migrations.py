@@ -198,6 +198,21 @@ def test_script_splitting_follows_psql(script: str, texts: list[str]) -> None:
     assert [s.text for s in sqlscript.split(script)] == texts
 
 
+def test_identifier_characters_are_postgresql_s() -> None:
+    """The identifier classes, written as what they exclude, are PostgreSQL's: ASCII letters
+    and `_` first, digits and `$` after, and anything outside ASCII anywhere."""
+    points = [*range(0x800), 0xD7FF, 0xE000, 0xFFFF, 0x10000, 0x1F600, 0x10FFFF]
+    for point in points:
+        char = chr(point)
+        start = char == "_" or (char.isascii() and char.isalpha()) or not char.isascii()
+        part = start or char in "$0123456789"
+        assert bool(sqlscript._WORD.fullmatch(char)) == start, hex(point)
+        assert bool(sqlscript._WORD.fullmatch("a" + char)) == part, hex(point)
+        assert bool(sqlscript._DOLLAR.fullmatch(f"${char}$")) == start, hex(point)
+        assert bool(sqlscript._DOLLAR.fullmatch(f"$a{char}$")) == (part and char != "$"), \
+            hex(point)
+
+
 @pytest.mark.parametrize(("script", "message"), [
     ("SELECT 1;\nSELECT 'open", "line 2: unterminated quoted string"),
     ("SELECT 1;\n\nDO $x$ BEGIN", "line 3: unterminated dollar-quoted string"),

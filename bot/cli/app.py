@@ -9,8 +9,6 @@ means changing this file only.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import os
 import secrets
@@ -21,7 +19,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from bot import approvals, proc
-from bot.config import INFRA_OUTPUT, Blueprint, Settings, state_directory
+from bot.config import INFRA_OUTPUT, Blueprint, Settings, masking_key, state_directory
 from bot.domain import PhaseName, format_duration
 from bot.errors import PermanentError
 from bot.executor import Executor
@@ -54,17 +52,6 @@ from pipelines.infra.terraform import TerraformProvider
 from pipelines.runner import Runner
 
 log = logging.getLogger(__name__)
-
-
-def masking_key(settings: Settings) -> bytes:
-    """EPHEM_MASKING_KEY; else derived from EPHEM_SECRET_KEY; else empty (builds refuse)."""
-    key = settings.masking_key.get_secret_value()
-    if key:
-        return key.encode()
-    secret = settings.secret_key.get_secret_value()
-    if secret:
-        return hmac.new(secret.encode(), b"ephem-masking", hashlib.sha256).digest()
-    return b""
 
 
 def infra_phase(settings: Settings, blueprint: Blueprint) -> InfraPhase | None:

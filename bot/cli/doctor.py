@@ -19,8 +19,7 @@ import asyncpg
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from bot.cli.app import masking_key
-from bot.config import INFRA_OUTPUT, Blueprint, Settings
+from bot.config import INFRA_OUTPUT, Blueprint, Settings, masking_key
 from bot.domain import format_duration
 from bot.errors import EphemError
 from bot.pg import asyncpg_dsn, redact, scrub

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 
-from bot.cli.app import masking_key
-from bot.config import Blueprint, DataPhaseConfig, Settings, SnapshotConfig
+from bot.config import Blueprint, DataPhaseConfig, Settings, SnapshotConfig, masking_key
 from bot.errors import ConfigError, UserError
 from bot.pg import asyncpg_dsn
 from pipelines.data.clone import WarmPool
