@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -120,33 +119,38 @@ def rules_file(tmp: Path, fraction: str | None) -> Path:
     return path
 
 
-BUILD_CHILD = """
-import asyncio, json, sys, time
-from pathlib import Path
-from bot.config import SnapshotConfig
-from pipelines.data.snapshot import build_snapshot
-cfg = SnapshotConfig(source=sys.argv[1], rules=Path(sys.argv[2]), pool=0, workers=2, keep=1)
-info = asyncio.run(build_snapshot(name=sys.argv[3], config=cfg, target_admin_url=sys.argv[4],
-                                  prefix=sys.argv[5], key=sys.argv[6].encode()))
-print(json.dumps({"database": info.database, "rows": info.rows, "bytes": info.bytes,
-                  "steps": dict(info.steps)}))
-"""
-
-
-def build_in_child(source: str, rules: Path, name: str,
-                   admin: str) -> tuple[float, int, dict[str, Any]]:
-    """(seconds, peak RSS in bytes, info) of one build in its own process."""
+async def build_in_child(source: str, rules: Path, name: str,
+                         admin: str) -> tuple[float, int, dict[str, Any]]:
+    """(seconds, peak RSS in bytes, info) of one `ephem snapshot build`, the command a user
+    runs (its start-up and imports included), in its own process."""
+    blueprint = rules.with_name(f"blueprint-{name}.yaml")
+    blueprint.write_text(yaml.safe_dump({"phases": {"data": {
+        "server": admin, "database_prefix": PREFIX, "default_snapshot": name,
+        "snapshots": {name: {"source": source, "rules": str(rules), "pool": 0, "workers": 2,
+                             "keep": 1}}}}}))
+    env = {**os.environ, "EPHEM_CONFIG": str(blueprint), "EPHEM_MASKING_KEY": KEY}
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", BUILD_CHILD, source, str(rules), name, admin,
-                             PREFIX, KEY], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "snapshot", "build", name],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"build {name} failed")
-    return seconds, usage.ru_maxrss * 1024, json.loads(out.strip().splitlines()[-1])
+        raise SystemExit(f"build {name} failed:\n{out}")
+    info = await latest(admin, name)
+    return seconds, usage.ru_maxrss * 1024, {"database": info.database, "rows": info.rows,
+                                             "bytes": info.bytes, "steps": dict(info.steps)}
+
+
+async def latest(admin: str, name: str) -> Any:
+    from pipelines.data.golden import latest_snapshot
+
+    info = await latest_snapshot(admin, prefix=PREFIX, name=name)
+    if info is None:
+        raise SystemExit(f"build {name} made no snapshot")
+    return info
 
 
 PGANONYMIZE_PROVIDERS = {
@@ -388,7 +392,7 @@ async def heavy(args: argparse.Namespace) -> int:
                 # otherwise the build's retention would drop it, and the build alone would pay
                 # for a DROP DATABASE the baseline does not time.
                 await drop_snapshots(admin, "heavy")
-                seconds, _, info = build_in_child(source, rules, "heavy", admin)
+                seconds, _, info = await build_in_child(source, rules, "heavy", admin)
                 builds.append(seconds)
                 steps.append(info["steps"])
                 print(f"  run {run + 1}: pg_dump | psql {plains[-1]:.1f}s, build "
@@ -454,8 +458,8 @@ async def main(args: argparse.Namespace) -> int:
             # Ephem's builds.
             results = {}
             for label, fraction in (("full", None), ("ten", "10%")):
-                seconds, rss, info = build_in_child(prod.url, rules_file(tmp, fraction),
-                                                    label, admin)
+                seconds, rss, info = await build_in_child(prod.url, rules_file(tmp, fraction),
+                                                          label, admin)
                 results[label] = (seconds, rss, info)
                 print(f"ephem build {label}: {seconds:.1f}s, peak RSS {rss / 1e6:.0f} MB, "
                       f"{info['rows']} rows", flush=True)

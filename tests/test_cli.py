@@ -59,6 +59,7 @@ def test_demo_on_an_existing_server(bot_db_url: str, pg_admin_url: str, db_prefi
     assert "Traceback" not in out + done.stderr
     assert "all 12 column(s) that look personal have a rule" in out
     assert f"built {db_prefix}snap_shop_" in out
+    assert re.search(r"\n  lint \d+\.\d\ds, source .* copy \d+\.\d\ds, constraints", out), out
     assert "--data snapshot" in out and "wrote and read 1 row(s)" in out
     # Production rows beside their masked copies: every value changed.
     pairs = [line.split("->") for line in out.splitlines() if line.startswith("  customer ")]

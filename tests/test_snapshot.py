@@ -144,6 +144,11 @@ async def test_golden_database_is_a_closed_template_with_metadata(
     assert info.rows == source_rows and info.tables == 7
     listed = await list_snapshots(pg_admin_url, prefix=db_prefix, name="full")
     assert info in listed
+    # Each step's time is kept with the snapshot (`ephem snapshot build` prints them, the
+    # bench reads them back).
+    assert [step for step, _ in meta["steps"]] == list(info.steps)  # in the order they ran
+    assert {"lint", "source", "copy", "constraints"} <= set(info.steps)
+    assert next(i for i in listed if i == info).steps == pytest.approx(info.steps, abs=1e-3)
     assert await latest_snapshot(pg_admin_url, prefix=db_prefix, name="full") == listed[0]
     with pytest.raises(asyncpg.PostgresError, match="not currently accepting connections"):
         await _fetch(with_database(pg_admin_url, info.database), "SELECT 1")

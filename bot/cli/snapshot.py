@@ -64,6 +64,7 @@ async def build(settings: Settings, blueprint: Blueprint, name: str | None) -> i
                                 prefix=data.database_prefix, key=key, progress=progress)
     print(f"built {info.database}: {info.tables} tables, {info.rows} rows, "
           f"{info.bytes / 1e6:.1f} MB in {info.seconds:.1f}s")
+    print("  " + ", ".join(f"{step} {seconds:.2f}s" for step, seconds in info.steps.items()))
     if cfg.pool > 0:
         started = time.monotonic()
         made = await WarmPool(server, prefix=data.database_prefix).fill(info.database, cfg.pool)

@@ -41,7 +41,8 @@ class SnapshotInfo:
     rows: int
     bytes: int
     seconds: float
-    # Seconds of each step of the build that made it (known to that build only).
+    # Seconds of each step of the build that made it (none in snapshots built before they
+    # were recorded).
     steps: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
@@ -73,7 +74,10 @@ def _like(text: str) -> str:
 def comment(info: SnapshotInfo, **extra: Any) -> str:
     return json.dumps({"kind": MARK, "name": info.name, "built_at": info.built_at.isoformat(),
                        "tables": info.tables, "rows": info.rows, "bytes": info.bytes,
-                       "seconds": round(info.seconds, 3), **extra}, sort_keys=True)
+                       "seconds": round(info.seconds, 3),
+                       "steps": [[step, round(s, 3)] for step, s in info.steps.items()],
+                       **extra},
+                      sort_keys=True)
 
 
 def parse(database: str, text: str | None) -> SnapshotInfo | None:
@@ -85,7 +89,8 @@ def parse(database: str, text: str | None) -> SnapshotInfo | None:
         return SnapshotInfo(
             name=str(meta["name"]), database=database,
             built_at=datetime.fromisoformat(meta["built_at"]), tables=int(meta["tables"]),
-            rows=int(meta["rows"]), bytes=int(meta["bytes"]), seconds=float(meta["seconds"]))
+            rows=int(meta["rows"]), bytes=int(meta["bytes"]), seconds=float(meta["seconds"]),
+            steps={str(step): float(s) for step, s in meta.get("steps") or ()})
     except (ValueError, KeyError, TypeError):
         return None
 
