@@ -29,6 +29,7 @@ post-mask check), the snapshot builder and `ephem snapshot` commands, which refu
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
@@ -277,6 +278,12 @@ def _first_name_set() -> frozenset[str]:
 @cache
 def _last_name_set() -> frozenset[str]:
     return frozenset(n.lower() for loc in _NAME_LOCALES for n in last_names(loc) if len(n) > 1)
+
+
+def _name_sets() -> None:
+    """Read the name lists into their caches (in a thread, while samples are fetched)."""
+    _first_name_set()
+    _last_name_set()
 
 
 @cache
@@ -618,34 +625,46 @@ class Judged:
 
 
 async def _judge(conn: Any, columns: Sequence[SourceColumn], sample: int) -> list[Judged]:
+    # The samples are fetched first, while another thread reads the name lists the tally
+    # compares values with (Faker's import alone takes 0.1 s, most of the lint's own CPU);
+    # then each column is judged.
+    names = asyncio.get_running_loop().run_in_executor(None, _name_sets)
+    sampled: list[list[str] | tuple[str, str] | None] = []  # values, why not, or not sampled
+    try:
+        for col in columns:
+            if not _sampled(col) or sample <= 0:
+                sampled.append(None)
+            elif not col.readable:
+                sampled.append(("free_text", "could not be sampled (no SELECT privilege); "
+                                             "check it by hand"))
+            else:
+                try:
+                    sampled.append(await _sample(conn, col, sample))
+                except asyncpg.PostgresError as exc:
+                    log.warning("could not sample %s.%s: %s", col.table_key, col.name,
+                                type(exc).__name__)
+                    sampled.append(("free_text", f"could not be sampled "
+                                                 f"({type(exc).__name__}); check it by hand"))
+    finally:
+        await names  # not left running: it fills the caches a later call would fill again
     judged: list[Judged] = []
-    for col in columns:
+    for col, got in zip(columns, sampled, strict=True):
         reasons: list[tuple[str, str]] = []
         flagged_paths: list[Finding] = []
-        values: list[str] = []
+        values = got if isinstance(got, list) else []
         if col.kind == NETWORK:
             reasons.append(("ip", f"an {col.type} column: IP addresses"))
         elif col.kind == MAC:
             reasons.append(("mac", f"a {col.type} column: device (MAC) addresses"))
-        if _sampled(col) and sample > 0:
-            if not col.readable:
-                reasons.append(("free_text", "could not be sampled (no SELECT privilege); "
-                                             "check it by hand"))
-            else:
-                try:
-                    values = await _sample(conn, col, sample)
-                except asyncpg.PostgresError as exc:
-                    log.warning("could not sample %s.%s: %s", col.table_key, col.name,
-                                type(exc).__name__)
-                    reasons.append(("free_text", f"could not be sampled "
-                                                 f"({type(exc).__name__}); check it by hand"))
-                else:
-                    tally = _tally(values, col.kind)
-                    reasons.extend(tally.reasons(dated=date_hint(col.name)))
-                    flagged_paths = [
-                        Finding(table=col.table_key, column=col.name, path=path, reason=reason,
-                                suggestion=_CATEGORIES[category][1])
-                        for path, category, reason in tally.flagged_paths()]
+        if isinstance(got, tuple):
+            reasons.append(got)
+        elif got is not None:
+            tally = _tally(values, col.kind)
+            reasons.extend(tally.reasons(dated=date_hint(col.name)))
+            flagged_paths = [
+                Finding(table=col.table_key, column=col.name, path=path, reason=reason,
+                        suggestion=_CATEGORIES[category][1])
+                for path, category, reason in tally.flagged_paths()]
         seen = {c for c, _ in reasons}
         for category in judge_name(col.name, col.kind):
             if category not in seen:
