@@ -158,6 +158,19 @@ def test_db_upgrade_is_repeatable(bot_db_url: str) -> None:
         assert "newest migration" in done.stdout
 
 
+def test_a_command_leaves_its_objects_to_the_exit_not_to_the_collector() -> None:
+    # Whatever a command made is frozen when it returns (or fails), so the interpreter's
+    # last collections do not walk it on the way out.
+    code = ("import gc, sys\nfrom bot.cli.main import main\nbefore = gc.get_freeze_count()\n"
+            "rc = main(sys.argv[1:])\nprint(rc, before, gc.get_freeze_count())")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("EPHEM_", "SLACK_"))}
+    done = subprocess.run([sys.executable, "-c", code, "serve"], env=base, capture_output=True,
+                          text=True, timeout=60, check=False)
+    rc, before, after = (int(x) for x in done.stdout.split())
+    assert rc == 1 and "EPHEM_DATABASE_URL is not set" in done.stderr
+    assert before == 0 and after > 10_000
+
+
 def test_version() -> None:
     done = run(["--version"], {})
     assert done.returncode == 0
