@@ -36,6 +36,9 @@ RULES = {
         "$.items[*].sku": ColumnRule("keep"),
         "$.gone": ColumnRule("null"),
         "$.amount": ColumnRule("number_noise", {"ratio": 0.1}),
+        # Text a transformer leaves non-ASCII, or gives a quote or a backslash to escape.
+        "$.note": ColumnRule("regex", {"pattern": r"\d", "replace": '"'}),
+        "$.memo": ColumnRule("regex", {"pattern": r"\d", "replace": r"\\"}),
     }}),
     4: ColumnRule("regex", {"pattern": r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", "replace": "[email]"}),
     6: ColumnRule("date_shift", {"days": 30}),
@@ -44,7 +47,8 @@ SEARCH: dict[int, ColumnRule | None] = {3: RULES[3], 4: RULES[4], 5: None}
 NAMES = ["Ann Lee", "José Müller", "Zoë O'Brien", "李 小龙", "Ann\tTab", "Quote \"Q\" Smith",
          "Back\\slash", "Line\u2028Sep", "Bell\x07"]
 TEXTS = ["", "plain", "tab\there", "new\nline", "back\\slash", "quote\"s", "\\N", "ünï ✓ 🐘",
-         "mail me: ann.lee@example.org", "ctrl\x01char", "zero\u200bwidth"]
+         "mail me: ann.lee@example.org", "ctrl\x01char", "zero\u200bwidth", "Zoë 42 ✓",
+         "Ünï \"7\"", "tab ü\t9", "del\x7f ü", "ü\\1"]
 
 
 def _doc(rng: random.Random, i: int) -> str | None:
@@ -70,6 +74,8 @@ def _doc(rng: random.Random, i: int) -> str | None:
         doc["amount"] = 12.5  # a rule on a number
     if rng.random() < 0.1:
         doc["note"] = rng.choice(TEXTS)
+    if rng.random() < 0.1:
+        doc["memo"] = rng.choice(TEXTS)
     if rng.random() < 0.05:
         doc = {"wrapped": [doc]}  # a structure no rule path reaches
     return json.dumps(doc, ensure_ascii=rng.random() < 0.3, separators=(", ", ": "))

@@ -111,17 +111,29 @@ static PyObject *compute(PyObject *miss, PyObject *direct, int json, PyObject *r
         Py_DECREF(text);
         if (out == NULL)
             return NULL;
-        if (PyUnicode_Check(out) && PyUnicode_IS_ASCII(out)) {
-            const char *u = (const char *)PyUnicode_1BYTE_DATA(out);
-            Py_ssize_t len = PyUnicode_GET_LENGTH(out), i = 0;
-            while (i < len && u[i] >= 0x20 && u[i] < 0x7f && u[i] != '\\' &&
-                   !(json && u[i] == '"'))
-                i++;
-            if (i == len) {
-                PyObject *bytes = PyBytes_FromStringAndSize(u, len);
-                Py_DECREF(out);
-                return bytes;
+        /* Text with nothing to escape is its UTF-8 as it is, in COPY's text format and
+         * inside a JSON string alike: no control character, backslash or (in JSON) quote.
+         * Anything else (or text UTF-8 cannot hold) takes the Python path. */
+        const char *u = NULL;
+        Py_ssize_t len = 0, i = 0;
+        if (PyUnicode_Check(out)) {
+            if (PyUnicode_IS_ASCII(out)) {
+                u = (const char *)PyUnicode_1BYTE_DATA(out);
+                len = PyUnicode_GET_LENGTH(out);
+            } else if ((u = PyUnicode_AsUTF8AndSize(out, &len)) == NULL) {
+                PyErr_Clear();
             }
+        }
+        while (u != NULL && i < len) {
+            unsigned char c = (unsigned char)u[i];
+            if (c < 0x20 || c == 0x7f || c == '\\' || (json && c == '"'))
+                break;
+            i++;
+        }
+        if (u != NULL && i == len) {
+            PyObject *bytes = PyBytes_FromStringAndSize(u, len);
+            Py_DECREF(out);
+            return bytes;
         }
         Py_DECREF(out);
     }
@@ -150,7 +162,7 @@ static void front_free(Front *front) {
     PyMem_Free(front);
 }
 
-static uint64_t fnv(const char *s, Py_ssize_t n);
+static uint64_t hash_bytes(const char *s, Py_ssize_t n);
 static PyObject *cached_in(PyObject *cache, PyObject *miss, PyObject *direct, int json,
                            PyObject *key, Py_ssize_t limit);
 
@@ -160,7 +172,7 @@ static PyObject *cached_in(PyObject *cache, PyObject *miss, PyObject *direct, in
  * dict does: `front` alone keeps the values that repeat nearby. */
 static PyObject *cached(Front *front, PyObject *cache, PyObject *miss, PyObject *direct,
                         int json, const char *s, Py_ssize_t n, Py_ssize_t limit) {
-    uint64_t hash = fnv(s, n) ^ ((uint64_t)(uintptr_t)miss * 0x9E3779B97F4A7C15ULL);
+    uint64_t hash = hash_bytes(s, n) ^ ((uint64_t)(uintptr_t)miss * 0x9E3779B97F4A7C15ULL);
     FrontSlot *slot = front != NULL ? &front->slots[hash % FRONT] : NULL;
     if (slot != NULL && slot->key != NULL && slot->hash == hash && slot->owner == miss &&
         PyBytes_GET_SIZE(slot->key) == n && memcmp(PyBytes_AS_STRING(slot->key), s, (size_t)n) == 0) {
@@ -247,18 +259,12 @@ static void recent_clear(Recent *recent) {
     }
 }
 
-static uint64_t fnv(const char *s, Py_ssize_t n);
-
-/* The hash of the structure the even parts make (joined by \x01). */
+/* The hash of the structure the even parts make (each part's hash, mixed in order). */
 static uint64_t structure_hash(const Part *parts, Py_ssize_t count) {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = 0;
     for (Py_ssize_t i = 0; i < count; i += 2) {
-        for (Py_ssize_t b = 0; b < parts[i].n; b++) {
-            h ^= (unsigned char)parts[i].s[b];
-            h *= 1099511628211ULL;
-        }
-        h ^= 1;
-        h *= 1099511628211ULL;
+        h = (h ^ hash_bytes(parts[i].s, parts[i].n)) * 0x9E3779B97F4A7C15ULL;
+        h ^= h >> 31;
     }
     return h;
 }
@@ -843,20 +849,56 @@ typedef struct {
     PyObject *held; /* the tuple of both lists: keeps the bytes the slots point into alive */
     Table whole, words;
     Py_ssize_t nwhole, nwords;
-    /* Filters that turn most words away before they are hashed: the lengths of the words
-     * looked for (64: longer), and their first and last bytes. */
+    /* Filters that turn most words and lines away before they are hashed: the lengths of the
+     * words looked for (64: longer), and their first and last bytes; the same for the whole
+     * values (256: longer). */
     unsigned char lengths[65];
     uint64_t ends[65536 / 64];
+    unsigned char whole_lengths[257];
+    uint64_t whole_ends[65536 / 64];
 } Needles;
+
+/* Whether the filters let a run of n bytes at s through (n > 0). */
+static inline int may_be(const unsigned char *lengths, Py_ssize_t longest, const uint64_t *ends,
+                         const char *s, Py_ssize_t n) {
+    if (!lengths[n < longest ? n : longest])
+        return 0;
+    unsigned key = (unsigned)(unsigned char)s[0] << 8 | (unsigned char)s[n - 1];
+    return (int)(ends[key / 64] >> (key % 64) & 1);
+}
+
+static void filter_add(unsigned char *lengths, Py_ssize_t longest, uint64_t *ends,
+                       const char *s, Py_ssize_t n) {
+    lengths[n < longest ? n : longest] = 1;
+    if (n > 0) {
+        unsigned key = (unsigned)(unsigned char)s[0] << 8 | (unsigned char)s[n - 1];
+        ends[key / 64] |= (uint64_t)1 << (key % 64);
+    }
+}
 
 static unsigned char SEPARATOR[256];
 
-static uint64_t fnv(const char *s, Py_ssize_t n) {
-    uint64_t h = 1469598103934665603ULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
+/* A hash of n bytes for this module's tables (never stored: any process may hash
+ * differently). Eight bytes a step, then a final mix so that every bit of the input reaches
+ * the low bits the tables index with. */
+static uint64_t hash_bytes(const char *s, Py_ssize_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, word;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, s + i, 8);
+        h = (h ^ word) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
     }
+    if (i < n) {
+        word = 0; /* the last 1-7 bytes, without a call to memcpy for so few */
+        for (int k = 0; i + k < n; k++)
+            word |= (uint64_t)(unsigned char)s[i + k] << (8 * k);
+        h = (h ^ word) * 0xC4CEB9FE1A85EC53ULL;
+        h ^= h >> 29;
+    }
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 33;
     return h;
 }
 
@@ -881,7 +923,7 @@ static int table_build(Table *t, PyObject *list) {
         }
         const char *s = PyBytes_AS_STRING(item);
         Py_ssize_t n = PyBytes_GET_SIZE(item);
-        size_t at = (size_t)fnv(s, n) & t->mask;
+        size_t at = (size_t)hash_bytes(s, n) & t->mask;
         while (t->slots[at].index >= 0 &&
                !(t->slots[at].n == n && memcmp(t->slots[at].s, s, (size_t)n) == 0))
             at = (at + 1) & t->mask;
@@ -892,7 +934,7 @@ static int table_build(Table *t, PyObject *list) {
 }
 
 static Py_ssize_t table_find(const Table *t, const char *s, Py_ssize_t n) {
-    size_t at = (size_t)fnv(s, n) & t->mask;
+    size_t at = (size_t)hash_bytes(s, n) & t->mask;
     while (t->slots[at].index >= 0) {
         if (t->slots[at].n == n && memcmp(t->slots[at].s, s, (size_t)n) == 0)
             return t->slots[at].index;
@@ -934,13 +976,14 @@ static PyObject *needles_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
     self->nwords = PyList_GET_SIZE(words);
     for (Py_ssize_t i = 0; i < self->nwords; i++) {
         PyObject *word = PyList_GET_ITEM(PyTuple_GET_ITEM(self->held, 1), i);
-        Py_ssize_t n = PyBytes_GET_SIZE(word);
-        if (n == 0)
-            continue;
-        const unsigned char *w = (const unsigned char *)PyBytes_AS_STRING(word);
-        unsigned key = (unsigned)w[0] << 8 | w[n - 1];
-        self->lengths[n < 64 ? n : 64] = 1;
-        self->ends[key / 64] |= (uint64_t)1 << (key % 64);
+        if (PyBytes_GET_SIZE(word) > 0)
+            filter_add(self->lengths, 64, self->ends, PyBytes_AS_STRING(word),
+                       PyBytes_GET_SIZE(word));
+    }
+    for (Py_ssize_t i = 0; i < self->nwhole; i++) {
+        PyObject *value = PyList_GET_ITEM(PyTuple_GET_ITEM(self->held, 0), i);
+        filter_add(self->whole_lengths, 256, self->whole_ends, PyBytes_AS_STRING(value),
+                   PyBytes_GET_SIZE(value));
     }
     return (PyObject *)self;
 }
@@ -982,8 +1025,11 @@ static PyObject *needles_scan(Needles *self, PyObject *values) {
         for (Py_ssize_t i = 0; i <= n; i++) { /* each line, as a whole */
             if (i < n && s[i] != '\n')
                 continue;
-            if (self->nwhole &&
-                found_once(whole, seen_whole, table_find(&self->whole, s + line, i - line)) < 0)
+            Py_ssize_t len = i - line;
+            if (self->nwhole && (len == 0 ? self->whole_lengths[0]
+                                 : may_be(self->whole_lengths, 256, self->whole_ends, s + line,
+                                          len)) &&
+                found_once(whole, seen_whole, table_find(&self->whole, s + line, len)) < 0)
                 goto done;
             line = i + 1;
         }
@@ -997,10 +1043,7 @@ static PyObject *needles_scan(Needles *self, PyObject *values) {
             while (i < n && !SEPARATOR[(unsigned char)s[i]])
                 i++;
             Py_ssize_t len = i - start;
-            if (len == 0 || !self->lengths[len < 64 ? len : 64])
-                continue;
-            unsigned key = (unsigned)(unsigned char)s[start] << 8 | (unsigned char)s[i - 1];
-            if (!(self->ends[key / 64] >> (key % 64) & 1))
+            if (len == 0 || !may_be(self->lengths, 64, self->ends, s + start, len))
                 continue;
             if (found_once(words, seen_words, table_find(&self->words, s + start, len)) < 0)
                 goto done;
