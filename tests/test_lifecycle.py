@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 
 from bot.cli.app import Ephem, build
 from bot.config import load_settings, parse_blueprint
+from bot.cost import month_start
 from bot.domain import EnvStatus
 from bot.pg import asyncpg_dsn
 from bot.slack.writer import WebApiWriter, make_web_client
@@ -381,20 +382,29 @@ async def test_a_create_that_would_pass_the_channel_budget_is_refused_saying_by_
     async for (bot,) in _bots(slack_api, bot_db_url,
                               _blueprint(budget, db_prefix, pg_admin_url)):
         env = await bot.create_ready("b-1", "--data none")
-        # It has had a 1,000 GB database for an hour and a half: 1000 * 2.4 * 1.5 / 24 = $150.
+        # Its database has cost $150 this month: an hour and a half of 1,000 GB
+        # (1000 * 2.4 * 1.5 / 24), or, early in a month (what came before is last month's),
+        # a bigger database since the month began.
         now = datetime.now(UTC)
+        created = max(now - timedelta(hours=1, minutes=30), month_start(now))
+        hours = (now - created) / timedelta(hours=1)
         async with bot.app.store.transaction() as s:
             await s.execute(update(Environment).where(Environment.id == env.id).values(
-                db_bytes=1000 * 10**9, created_at=now - timedelta(hours=1, minutes=30)))
+                db_bytes=round(150 * 24 / (2.4 * hours) * 10**9), created_at=created))
         await bot.slack.command("create b-2 --data none", user_id=OWNER, channel_id=CHANNEL)
         [refused] = await bot.api.wait_for(
             "chat.postEphemeral", lambda c: c.params["text"].startswith("Nothing"), timeout=20)
+        since = (datetime.now(UTC) - now) / timedelta(hours=1)  # it costs more as we wait
         text = refused.params["text"]
         m = re.fullmatch(
-            r"Nothing was created: this channel has spent \$(150\.[0-9]{2}) this month, and "
-            r"with this environment it would reach \$(150\.[0-9]{2}), \$(50\.[0-9]{2}) over its "
-            r"monthly budget of \$100\.00 \(`cost.monthly_channel_budget`\)\. .*", text)
+            r"Nothing was created: this channel has spent \$([0-9,]+\.[0-9]{2}) this month, "
+            r"and with this environment it would reach \$([0-9,]+\.[0-9]{2}), "
+            r"\$([0-9,]+\.[0-9]{2}) over its monthly budget of \$100\.00 "
+            r"\(`cost.monthly_channel_budget`\)\. .*", text)
         assert m is not None, text
-        assert m.group(3) == f"{float(m.group(2)) - 100:.2f}"
+        spent, reach, over = (float(g.replace(",", "")) for g in m.groups())
+        assert 149.99 <= spent <= 150 * (hours + since) / hours + 0.01, text
+        assert reach == spent  # b-2 has no quota and no database: it adds nothing
+        assert f"{over:.2f}" == f"{reach - 100:.2f}"
         async with bot.app.store.transaction() as s:
             assert await repo.live_names(s) == {"b-1"}
