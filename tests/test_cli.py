@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import subprocess
@@ -156,6 +157,28 @@ def test_db_upgrade_is_repeatable(bot_db_url: str) -> None:
         done = run(["db", "upgrade"], {"EPHEM_DATABASE_URL": bot_db_url})
         assert done.returncode == 0, done.stderr
         assert "newest migration" in done.stdout
+
+
+def test_an_abandoned_connection_attempt_is_not_reported_as_an_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # What asyncpg leaves when a connection still opening is cancelled: a future failing with
+    # "unexpected connection_lost() call" that nobody awaits. Any other such future is still
+    # reported as asyncio reports it.
+    from bot.cli.main import _run
+
+    async def abandon(exc: Exception) -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(exc)
+        del future  # unretrieved: reported as it is collected
+
+    with caplog.at_level(logging.DEBUG):
+        _run(abandon(ConnectionError("unexpected connection_lost() call")))
+        _run(abandon(ValueError("something else")))
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "never retrieved" in errors[0].getMessage()
+    assert "something else" in str(errors[0].exc_info[1] if errors[0].exc_info else "")
+    assert any("abandoned while it was being opened" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.DEBUG)
 
 
 def test_a_command_leaves_its_objects_to_the_exit_not_to_the_collector() -> None:

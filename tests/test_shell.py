@@ -166,9 +166,6 @@ class SlowHandshakes:
         await asyncio.gather(pipe(client_r, server_w, 0), pipe(server_r, client_w, self.delay))
 
 
-# Load-sensitive: a connection still opening as the shell leaves has once left a future
-# failing unread. Run again once before failing.
-@pytest.mark.flaky(reruns=1)
 async def test_piped_help_leaves_cleanly_and_says_the_key_note_once(
     bot_db_url: str, pg_admin_url: str
 ) -> None:

@@ -11,10 +11,35 @@ import asyncio
 import gc
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from bot.config import load_blueprint, load_settings
 from bot.errors import ConfigError, EphemError
+
+T = TypeVar("T")
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)`, on a loop that does not report abandoned connection attempts."""
+    async def run() -> T:
+        asyncio.get_running_loop().set_exception_handler(_quiet_abandoned_connects)
+        return await main
+
+    return asyncio.run(run())
+
+
+def _quiet_abandoned_connects(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A database connection still being opened when its task is cancelled (the shell or the
+    bot leaving) leaves asyncpg's handshake future failing with "unexpected connection_lost()
+    call", which nobody awaits any more: asyncio would print it as an error with a traceback
+    (asyncpg issues 1211 and 1310). Said at DEBUG instead; anything else as asyncio would."""
+    exc = context.get("exception")
+    if isinstance(exc, ConnectionError) and str(exc) == "unexpected connection_lost() call" \
+            and "never retrieved" in str(context.get("message", "")):
+        logging.getLogger(__name__).debug("a connection abandoned while it was being opened")
+        return
+    loop.default_exception_handler(context)
 
 
 def _setup_logging(level: str) -> None:
@@ -32,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     blueprint = load_blueprint(settings.config)
     _setup_logging(settings.log_level)
-    asyncio.run(serve(settings, blueprint))
+    _run(serve(settings, blueprint))
     return 0
 
 
@@ -60,9 +85,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.orphans or args.fix:
         from bot.cli.doctor import orphans
 
-        return asyncio.run(orphans(settings, blueprint, fix=args.fix))
+        return _run(orphans(settings, blueprint, fix=args.fix))
     source = str(settings.config or "the example blueprint")
-    checks = asyncio.run(run_checks(settings, blueprint, source=source))
+    checks = _run(run_checks(settings, blueprint, source=source))
     for check in checks:
         print(check.line())
     return 0 if all(c.ok for c in checks) else 1
@@ -73,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     _setup_logging(settings.log_level if settings.log_level != "INFO" else "WARNING")
-    return asyncio.run(run_demo(settings, keep=args.keep))
+    return _run(run_demo(settings, keep=args.keep))
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
@@ -81,7 +106,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     _setup_logging(settings.log_level if settings.log_level != "INFO" else "WARNING")
-    return asyncio.run(run_shell(settings, user=args.user, channel=args.channel))
+    return _run(run_shell(settings, user=args.user, channel=args.channel))
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -91,17 +116,17 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level if settings.log_level != "INFO" else "WARNING")
     blueprint = load_blueprint(settings.config)
     if args.snapshot_command == "build":
-        return asyncio.run(snapshot_cli.build(settings, blueprint, args.name))
+        return _run(snapshot_cli.build(settings, blueprint, args.name))
     if args.snapshot_command == "lint":
-        return asyncio.run(snapshot_cli.lint_snapshot(settings, blueprint, args.name))
-    return asyncio.run(snapshot_cli.show(settings, blueprint))
+        return _run(snapshot_cli.lint_snapshot(settings, blueprint, args.name))
+    return _run(snapshot_cli.show(settings, blueprint))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from bot.cli.audit import audit
 
     settings = load_settings()
-    return asyncio.run(audit(settings.database_url, env=args.env, since=args.since,
+    return _run(audit(settings.database_url, env=args.env, since=args.since,
                              as_json=args.json))
 
 
