@@ -20,12 +20,12 @@ from bot.pg import asyncpg_dsn
 EPHEM = [sys.executable, "-m", "bot.cli"]
 
 
-def run(args: list[str], env: dict[str, str], *, timeout: float = 180
-        ) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], env: dict[str, str], *, timeout: float = 180,
+        command: list[str] = EPHEM) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("EPHEM_", "SLACK_"))}
-    return subprocess.run([*EPHEM, *args], env={**base, **env}, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run([*command, *args], env={**base, **env}, capture_output=True,
+                          text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture
@@ -186,9 +186,7 @@ def test_a_command_leaves_its_objects_to_the_exit_not_to_the_collector() -> None
     # last collections do not walk it on the way out.
     code = ("import gc, sys\nfrom bot.cli.main import main\nbefore = gc.get_freeze_count()\n"
             "rc = main(sys.argv[1:])\nprint(rc, before, gc.get_freeze_count())")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("EPHEM_", "SLACK_"))}
-    done = subprocess.run([sys.executable, "-c", code, "serve"], env=base, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = run(["serve"], {}, timeout=60, command=[sys.executable, "-c", code])
     rc, before, after = (int(x) for x in done.stdout.split())
     assert rc == 1 and "EPHEM_DATABASE_URL is not set" in done.stderr
     assert before == 0 and after > 10_000

@@ -127,7 +127,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     return _run(audit(settings.database_url, env=args.env, since=args.since,
-                             as_json=args.json))
+                      as_json=args.json))
 
 
 def _version() -> str:

@@ -858,21 +858,26 @@ typedef struct {
     uint64_t whole_ends[65536 / 64];
 } Needles;
 
+/* The bit of `ends` for a run of n bytes at s (n > 0): its first and last byte. */
+static inline unsigned ends_bit(const char *s, Py_ssize_t n) {
+    return (unsigned)(unsigned char)s[0] << 8 | (unsigned char)s[n - 1];
+}
+
 /* Whether the filters let a run of n bytes at s through (n > 0). */
 static inline int may_be(const unsigned char *lengths, Py_ssize_t longest, const uint64_t *ends,
                          const char *s, Py_ssize_t n) {
     if (!lengths[n < longest ? n : longest])
         return 0;
-    unsigned key = (unsigned)(unsigned char)s[0] << 8 | (unsigned char)s[n - 1];
-    return (int)(ends[key / 64] >> (key % 64) & 1);
+    unsigned bit = ends_bit(s, n);
+    return (int)(ends[bit / 64] >> (bit % 64) & 1);
 }
 
 static void filter_add(unsigned char *lengths, Py_ssize_t longest, uint64_t *ends,
                        const char *s, Py_ssize_t n) {
     lengths[n < longest ? n : longest] = 1;
     if (n > 0) {
-        unsigned key = (unsigned)(unsigned char)s[0] << 8 | (unsigned char)s[n - 1];
-        ends[key / 64] |= (uint64_t)1 << (key % 64);
+        unsigned bit = ends_bit(s, n);
+        ends[bit / 64] |= (uint64_t)1 << (bit % 64);
     }
 }
 

@@ -929,8 +929,7 @@ class SharedMaskers:
                 out = cache[value] = transform(value)
             return out
 
-        if rule.transformer == "regex" or (
-                _fastmask is not None and isinstance(transform, _fastmask.Transform)):
+        if rule.transformer == "regex" or is_compiled(transform):
             self._compiled[id(masker)] = transform  # no Python frame inside: called directly
         return masker
 

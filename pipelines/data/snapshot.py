@@ -143,10 +143,7 @@ async def build_snapshot(*, name: str, config: SnapshotConfig, target_admin_url:
         raise TemporaryError(f"lost a database connection during the build "
                              f"({type(exc).__name__}: {scrub(str(exc))[:200]})") from None
     finally:
-        if not checked.done():
-            checked.cancel()
-        with contextlib.suppress(BaseException):  # its error, if any, was raised above
-            await checked
+        await _settled(checked)
 
 
 def _classify(exc: asyncpg.PostgresError) -> TemporaryError | PermanentError:
@@ -164,6 +161,15 @@ async def _connect(url: str) -> Any:
     except (OSError, TimeoutError) as exc:
         raise TemporaryError(f"cannot reach PostgreSQL at {pgconn.location(url)} "
                              f"({type(exc).__name__})") from None
+
+
+async def _settled(task: asyncio.Future[Any]) -> None:
+    """A task started beside the build is over when the build leaves: cancelled if it still
+    runs, and waited for. Its error, if any, was raised where it was awaited."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 async def _close(conns: Iterable[Any]) -> None:
@@ -309,10 +315,7 @@ class _Build:
             await self._create_database(admin, await self._source_encoding())
             catalog, kept = await opening
         finally:
-            if not opening.done():
-                opening.cancel()
-            with contextlib.suppress(BaseException):  # its error, if any, was raised above
-                await opening
+            await _settled(opening)
         step.done("source", "source schema and subset, and the database")
         # The leak sample is taken while the tables are made and the lint finishes: of every
         # column it could need, since which flagged columns it needs is the lint's answer.
@@ -323,10 +326,7 @@ class _Build:
             values, self.found = await self._tables_and_sample(
                 catalog, kept, step, clock=clock, sampling=sampling)
         finally:
-            if not sampling.done():
-                sampling.cancel()
-            with contextlib.suppress(BaseException):  # its error, if any, was raised above
-                await sampling
+            await _settled(sampling)
         if any(values.values()):
             self.finder = functools.partial(leaks.find, leaks.Haystack.build(values))
         self._start_pool(self.finder)
